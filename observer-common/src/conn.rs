@@ -1,0 +1,225 @@
+//! One watched connection as the kernel keeps it, and the rules of its life. These rules run in
+//! the eBPF program (every counter comes from them) and are unit-tested here on plain data.
+
+use crate::tcp;
+
+/// The connection reached ESTABLISHED (now, or before observer started).
+pub const FLAG_ESTABLISHED: u8 = 1;
+/// The move to ESTABLISHED was observed: `start_ns` is valid and the close has a duration.
+pub const FLAG_OPEN_SEEN: u8 = 2;
+/// The socket existed before observer attached.
+pub const FLAG_PREEXISTING: u8 = 4;
+
+/// Nothing for a person: a step inside the handshake or the shutdown.
+pub const EVENT_NONE: u8 = 0;
+/// The connection reached ESTABLISHED.
+pub const EVENT_OPEN: u8 = 1;
+/// An established connection reached CLOSE.
+pub const EVENT_CLOSE: u8 = 2;
+/// A handshake ended in CLOSE without ever being established.
+pub const EVENT_FAILED: u8 = 3;
+
+/// Value of the per-socket map (keyed by the socket's kernel address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    /// Monotonic time (ns) of the move to ESTABLISHED; 0 when it was not observed.
+    pub start_ns: u64,
+    /// The process this connection belongs to for sure; 0 when it cannot be known.
+    pub pid: u32,
+    /// Local port (inbound) or remote port (outbound): the label of its counters.
+    pub port: u16,
+    pub direction: u8,
+    /// The state the counters hold it in; 0 for a pre-existing socket the counters never held.
+    pub state: u8,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+    pub comm: [u8; 16],
+}
+crate::pod!(Conn);
+
+/// What one transition does to the counters of the connection's port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Gauge state to decrement (0: none).
+    pub leave: u8,
+    /// Gauge state to increment (0: none).
+    pub enter: u8,
+    pub event: u8,
+    /// The socket reached CLOSE: forget it.
+    pub ended: bool,
+    /// Lifetime of a closed connection whose open was observed.
+    pub duration_ns: Option<u64>,
+}
+
+impl Conn {
+    /// A socket seen for the first time. `counted` is the state in which the counters already
+    /// hold it (a socket of the start-up snapshot), or 0 (a new socket, or a pre-existing one
+    /// that the snapshot did not count).
+    pub const fn new(direction: u8, port: u16, counted: u8, established: bool) -> Self {
+        Conn {
+            start_ns: 0,
+            pid: 0,
+            port,
+            direction,
+            state: counted,
+            flags: if established { FLAG_ESTABLISHED } else { 0 },
+            _pad: [0; 7],
+            comm: [0; 16],
+        }
+    }
+
+    /// The socket moved to `new` at monotonic time `now_ns`.
+    pub fn advance(&mut self, new: u8, now_ns: u64) -> Step {
+        if new == self.state {
+            // Same-state transitions happen (FIN_WAIT1 -> FIN_WAIT1): nothing changes.
+            return Step::default();
+        }
+        let mut step = Step {
+            leave: if tcp::is_gauged(self.state) { self.state } else { 0 },
+            enter: if tcp::is_gauged(new) { new } else { 0 },
+            ..Step::default()
+        };
+        if new == tcp::ESTABLISHED && self.flags & FLAG_ESTABLISHED == 0 {
+            self.flags |= FLAG_ESTABLISHED | FLAG_OPEN_SEEN;
+            self.start_ns = now_ns;
+            step.event = EVENT_OPEN;
+        }
+        if new == tcp::CLOSE {
+            step.ended = true;
+            if self.flags & FLAG_ESTABLISHED != 0 {
+                step.event = EVENT_CLOSE;
+                if self.flags & FLAG_OPEN_SEEN != 0 {
+                    step.duration_ns = Some(now_ns.saturating_sub(self.start_ns));
+                }
+            } else {
+                step.event = EVENT_FAILED;
+            }
+        }
+        self.state = new;
+        step
+    }
+}
+
+/// How the program decides what a first sighting of a socket means.
+///
+/// `old -> new` is that first transition; `baselined` says the start-up snapshot counted the
+/// socket in state `old` (its seed was found in the kernel's baseline map).
+pub fn first_sighting(direction: u8, port: u16, old: u8, baselined: bool) -> Conn {
+    let counted = if baselined && tcp::is_gauged(old) {
+        old
+    } else {
+        0
+    };
+    let mut conn = Conn::new(direction, port, counted, tcp::implies_established(old));
+    if !matches!(old, tcp::CLOSE | tcp::LISTEN) {
+        conn.flags |= FLAG_PREEXISTING;
+    }
+    conn
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DIR_INBOUND, DIR_OUTBOUND, tcp::*};
+
+    fn walk(conn: &mut Conn, states: &[u8]) -> [Step; 8] {
+        let mut steps = [Step::default(); 8];
+        for (i, s) in states.iter().enumerate() {
+            steps[i] = conn.advance(*s, 1_000 * (i as u64 + 1));
+        }
+        steps
+    }
+
+    #[test]
+    fn inbound_server_closes_first() {
+        let mut c = first_sighting(DIR_INBOUND, 8080, LISTEN, false);
+        assert_eq!(c.flags & FLAG_PREEXISTING, 0);
+        let s = walk(&mut c, &[SYN_RECV, ESTABLISHED, FIN_WAIT1, FIN_WAIT1, FIN_WAIT2, CLOSE]);
+        assert_eq!((s[0].leave, s[0].enter, s[0].event), (0, SYN_RECV, EVENT_NONE));
+        assert_eq!((s[1].leave, s[1].enter, s[1].event), (SYN_RECV, ESTABLISHED, EVENT_OPEN));
+        assert_eq!((s[2].leave, s[2].enter), (ESTABLISHED, FIN_WAIT1));
+        assert_eq!(s[3], Step::default(), "same-state transition counts nothing");
+        assert_eq!((s[4].leave, s[4].enter), (FIN_WAIT1, FIN_WAIT2));
+        assert_eq!((s[5].leave, s[5].enter, s[5].event), (FIN_WAIT2, 0, EVENT_CLOSE));
+        assert!(s[5].ended);
+        // Established at t=2000, closed at t=6000.
+        assert_eq!(s[5].duration_ns, Some(4_000));
+    }
+
+    #[test]
+    fn inbound_client_closes_first() {
+        let mut c = first_sighting(DIR_INBOUND, 80, LISTEN, false);
+        let s = walk(&mut c, &[SYN_RECV, ESTABLISHED, CLOSE_WAIT, LAST_ACK, CLOSE]);
+        assert_eq!((s[2].leave, s[2].enter), (ESTABLISHED, CLOSE_WAIT));
+        assert_eq!((s[3].leave, s[3].enter), (CLOSE_WAIT, LAST_ACK));
+        assert_eq!((s[4].leave, s[4].enter, s[4].event), (LAST_ACK, 0, EVENT_CLOSE));
+    }
+
+    #[test]
+    fn gauges_balance_over_any_life() {
+        // Whatever the path, every enter is matched by a leave once the socket ends.
+        let paths: [&[u8]; 4] = [
+            &[SYN_SENT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE],
+            &[SYN_SENT, CLOSE],
+            &[SYN_RECV, ESTABLISHED, CLOSE_WAIT, LAST_ACK, CLOSE],
+            &[SYN_RECV, ESTABLISHED, FIN_WAIT1, CLOSING, CLOSE],
+        ];
+        for path in paths {
+            let mut c = first_sighting(DIR_OUTBOUND, 5432, CLOSE, false);
+            let mut net = [0i64; NUM_STATES];
+            for (i, s) in path.iter().enumerate() {
+                let step = c.advance(*s, i as u64);
+                if step.leave != 0 {
+                    net[step.leave as usize] -= 1;
+                }
+                if step.enter != 0 {
+                    net[step.enter as usize] += 1;
+                }
+            }
+            assert_eq!(net, [0; NUM_STATES], "{path:?}");
+        }
+    }
+
+    #[test]
+    fn refused_connect_is_failed_not_closed() {
+        let mut c = first_sighting(DIR_OUTBOUND, 5432, CLOSE, false);
+        let s = walk(&mut c, &[SYN_SENT, CLOSE]);
+        assert_eq!((s[0].leave, s[0].enter), (0, SYN_SENT));
+        assert_eq!((s[1].leave, s[1].enter, s[1].event), (SYN_SENT, 0, EVENT_FAILED));
+        assert_eq!(s[1].duration_ns, None);
+    }
+
+    #[test]
+    fn baselined_socket_leaves_the_state_the_snapshot_counted() {
+        // Counted ESTABLISHED by the snapshot; closes without an observed open.
+        let mut c = first_sighting(DIR_INBOUND, 8080, ESTABLISHED, true);
+        assert_ne!(c.flags & FLAG_PREEXISTING, 0);
+        let s = c.advance(CLOSE_WAIT, 10);
+        assert_eq!((s.leave, s.enter, s.event), (ESTABLISHED, CLOSE_WAIT, EVENT_NONE));
+        c.advance(LAST_ACK, 11);
+        let s = c.advance(CLOSE, 12);
+        assert_eq!((s.leave, s.event, s.duration_ns), (LAST_ACK, EVENT_CLOSE, None));
+    }
+
+    #[test]
+    fn unbaselined_preexisting_socket_only_enters() {
+        // Seen by the kernel before the snapshot could count it: the counters start from its new
+        // state, so nothing is decremented that was never incremented.
+        let mut c = first_sighting(DIR_INBOUND, 8080, ESTABLISHED, false);
+        let s = c.advance(FIN_WAIT1, 10);
+        assert_eq!((s.leave, s.enter, s.event), (0, FIN_WAIT1, EVENT_NONE));
+        let mut c = first_sighting(DIR_INBOUND, 8080, ESTABLISHED, false);
+        let s = c.advance(CLOSE, 10);
+        assert_eq!((s.leave, s.enter, s.event), (0, 0, EVENT_CLOSE), "closed, not failed");
+    }
+
+    #[test]
+    fn preexisting_half_open_connect_that_succeeds_is_an_observed_open() {
+        let mut c = first_sighting(DIR_OUTBOUND, 443, SYN_SENT, false);
+        let s = c.advance(ESTABLISHED, 50);
+        assert_eq!((s.leave, s.enter, s.event), (0, ESTABLISHED, EVENT_OPEN));
+        let s = c.advance(CLOSE, 80);
+        assert_eq!(s.duration_ns, Some(30));
+    }
+}

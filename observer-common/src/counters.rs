@@ -1,0 +1,17 @@
+//! Indices of the kernel's per-CPU health counters (`COUNTERS` map): everything the program could
+//! not do, so that nothing is lost silently.
+
+/// A record did not fit in the event ring (the reader is behind): an event was dropped.
+pub const RING_FULL: u32 = 0;
+/// The per-socket map was full: a connection could not be tracked.
+pub const SOCKETS_FULL: u32 = 1;
+/// The per-port counter map was full: a port could not get its counters.
+pub const PORTS_FULL: u32 = 2;
+/// The snapshot's SEEN map was full while the snapshot was taken.
+pub const SEEN_FULL: u32 = 3;
+/// The watched-ports map was full when a listen() should have added a port.
+pub const LOCAL_PORTS_FULL: u32 = 4;
+/// A socket address came back for a new connection while its old entry never saw CLOSE (a
+/// transition the kernel did not deliver): the old entry was retired.
+pub const STALE_SOCKETS: u32 = 5;
+pub const LEN: u32 = 8;

@@ -1,0 +1,100 @@
+//! What the program keeps: the watched ports, processes and cgroups, and the switches the daemon
+//! sets before loading it.
+
+/// `PORT_FLAGS[port]` bit: some (namespace, port) entry of `LOCAL_PORTS` names this port.
+pub const PORT_LOCAL: u32 = 1;
+/// `PORT_FLAGS[port]` bit: outbound connections to this remote port are watched.
+pub const PORT_REMOTE: u32 = 2;
+
+/// Key of `LOCAL_PORTS`: a local port watched for inbound connections in one network namespace
+/// (its inode number, as in `/proc/PID/ns/net`), or in all of them when `netns` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LocalPortKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+crate::pod!(LocalPortKey);
+
+impl LocalPortKey {
+    pub const fn new(netns: u32, port: u16) -> Self {
+        LocalPortKey {
+            netns,
+            port,
+            _pad: 0,
+        }
+    }
+}
+
+/// The process a connection belongs to for sure; `pid` 0 means it cannot be known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: [u8; 16],
+}
+crate::pod!(Owner);
+
+impl Owner {
+    pub const UNKNOWN: Owner = Owner {
+        pid: 0,
+        comm: [0; 16],
+    };
+}
+
+/// A cgroup v2 directory: its id (the directory's inode) and its depth below the v2 root. A task
+/// is in it or below it when its ancestor at `level` has this id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupTarget {
+    pub id: u64,
+    pub level: u32,
+    pub _pad: u32,
+}
+crate::pod!(CgroupTarget);
+
+/// Bits of the `FLAGS` global.
+pub mod flags {
+    /// Send a record per kept transition through the ring buffer.
+    pub const EMIT_EVENTS: u32 = 1;
+    /// Every listen() on the host adds its port (observer with no target).
+    pub const ALL_LISTENERS: u32 = 2;
+    /// Processes are targets (`--pid`, `--cgroup`): their listen() and connect() are watched.
+    pub const PROCESS_TARGETS: u32 = 4;
+}
+
+/// Names of the program's read-only globals, set by the daemon at load time.
+pub mod globals {
+    /// u32, bits of `flags`.
+    pub const FLAGS: &str = "FLAGS";
+    /// u32: offset of `sock_common.skc_net` in `struct sock`; 0 when unknown (no namespaces).
+    pub const SK_NET_OFFSET: &str = "SK_NET_OFFSET";
+    /// u32: offset of `net.ns.inum` in `struct net`.
+    pub const NET_INUM_OFFSET: &str = "NET_INUM_OFFSET";
+    /// u32: number of histogram bucket bounds in `BUCKET_BOUNDS`.
+    pub const N_BUCKETS: &str = "N_BUCKETS";
+    /// [u64; MAX_BUCKETS]: histogram bucket upper bounds in nanoseconds, ascending.
+    pub const BUCKET_BOUNDS: &str = "BUCKET_BOUNDS";
+    /// u32: number of entries of the `CGROUPS` map in use.
+    pub const N_CGROUPS: &str = "N_CGROUPS";
+}
+
+/// Names of the program's maps.
+pub mod maps {
+    pub const SOCKETS: &str = "SOCKETS";
+    pub const STATS: &str = "STATS";
+    pub const STATS_ZERO: &str = "STATS_ZERO";
+    pub const PORT_FLAGS: &str = "PORT_FLAGS";
+    pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
+    pub const PIDS: &str = "PIDS";
+    pub const CGROUPS: &str = "CGROUPS";
+    pub const BASELINE: &str = "BASELINE";
+    pub const SEEN: &str = "SEEN";
+    pub const CONTROL: &str = "CONTROL";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+}
+
+/// Name of the program (the tracepoint handler).
+pub const PROGRAM: &str = "inet_sock_set_state";

@@ -1,0 +1,21 @@
+//! Sizes of the kernel maps. Every per-connection structure is bounded; overflows are counted
+//! (see `counters`) and exported, never silent.
+
+/// Connections tracked at once (entries in the per-socket map).
+pub const MAX_SOCKETS: u32 = 262_144;
+/// (direction, port) pairs with their own counters.
+pub const MAX_PORTS: u32 = 4_096;
+/// Listening (port, network namespace) pairs that count as watched.
+pub const MAX_LOCAL_PORTS: u32 = 4_096;
+/// Processes watched by PID.
+pub const MAX_PIDS: u32 = 1_024;
+/// Cgroup v2 directories watched.
+pub const MAX_CGROUPS: u32 = 8;
+/// Histogram bucket bounds (the +Inf bucket comes on top).
+pub const MAX_BUCKETS: usize = 32;
+/// Entries of the start-up snapshot handed to the kernel.
+pub const MAX_BASELINE: u32 = 262_144;
+/// Sockets the kernel saw change while the start-up snapshot was being taken.
+pub const MAX_SEEN: u32 = 262_144;
+/// Default size of the event ring buffer, in bytes (a power of two, a multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 1 << 20;

@@ -1,0 +1,41 @@
+//! The record the program sends through the ring buffer for each kept transition. It carries
+//! what the kernel knows about the connection, so that the daemon needs no per-connection state.
+
+/// The record has a valid `duration_ns` (a close whose open was observed).
+pub const RECORD_HAS_DURATION: u8 = 1;
+/// The connection existed before observer attached.
+pub const RECORD_PREEXISTING: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Monotonic time of the transition (CLOCK_MONOTONIC, ns).
+    pub ts_ns: u64,
+    /// The socket's kernel address (identifies the connection while it lives).
+    pub sock: u64,
+    pub duration_ns: u64,
+    /// Owner process; 0 when unknown.
+    pub pid: u32,
+    pub netns: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// The watched port (local for inbound, remote for outbound).
+    pub port: u16,
+    pub family: u16,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub direction: u8,
+    /// `conn::EVENT_*`.
+    pub event: u8,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// Local and remote address; IPv4 fills the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+}
+crate::pod!(Record);
+
+impl Record {
+    pub const SIZE: usize = core::mem::size_of::<Record>();
+}

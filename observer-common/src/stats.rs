@@ -1,0 +1,177 @@
+//! Per-port counters, kept per CPU in the kernel and summed by the daemon at scrape time.
+
+use crate::{
+    conn::{EVENT_CLOSE, EVENT_FAILED, EVENT_OPEN, Step},
+    limits::MAX_BUCKETS,
+    tcp::NUM_STATES,
+};
+
+/// Key of the per-port counters: one (direction, port) label pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StatsKey {
+    pub port: u16,
+    pub direction: u8,
+    pub _pad: u8,
+}
+crate::pod!(StatsKey);
+
+impl StatsKey {
+    pub const fn new(direction: u8, port: u16) -> Self {
+        StatsKey {
+            port,
+            direction,
+            _pad: 0,
+        }
+    }
+}
+
+/// One CPU's share of a port's counters. Gauges are wrapping: a connection may enter a state on
+/// one CPU and leave it on another, so one CPU's share can wrap below zero; their sum cannot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortStats {
+    pub gauges: [u64; NUM_STATES],
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    pub duration_count: u64,
+    pub duration_sum_ns: u64,
+    /// Closed connections per bucket (not cumulative); index `n_bounds` is the +Inf bucket.
+    pub buckets: [u64; MAX_BUCKETS + 1],
+}
+crate::pod!(PortStats);
+
+impl PortStats {
+    pub const ZERO: PortStats = PortStats {
+        gauges: [0; NUM_STATES],
+        opened: 0,
+        closed: 0,
+        failed: 0,
+        duration_count: 0,
+        duration_sum_ns: 0,
+        buckets: [0; MAX_BUCKETS + 1],
+    };
+
+    /// Applies one transition. `bucket_of` maps a duration to its bucket index.
+    #[inline(always)]
+    pub fn apply(&mut self, step: &Step, bucket_of: impl FnOnce(u64) -> usize) {
+        if let Some(g) = self.gauges.get_mut(step.leave as usize)
+            && step.leave != 0
+        {
+            *g = g.wrapping_sub(1);
+        }
+        if let Some(g) = self.gauges.get_mut(step.enter as usize)
+            && step.enter != 0
+        {
+            *g = g.wrapping_add(1);
+        }
+        match step.event {
+            EVENT_OPEN => self.opened += 1,
+            EVENT_FAILED => self.failed += 1,
+            EVENT_CLOSE => {
+                self.closed += 1;
+                if let Some(d) = step.duration_ns {
+                    self.duration_count += 1;
+                    self.duration_sum_ns = self.duration_sum_ns.wrapping_add(d);
+                    if let Some(b) = self.buckets.get_mut(bucket_of(d)) {
+                        *b += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Adds another CPU's share.
+    pub fn merge(&mut self, other: &PortStats) {
+        for (a, b) in self.gauges.iter_mut().zip(other.gauges.iter()) {
+            *a = a.wrapping_add(*b);
+        }
+        self.opened += other.opened;
+        self.closed += other.closed;
+        self.failed += other.failed;
+        self.duration_count += other.duration_count;
+        self.duration_sum_ns = self.duration_sum_ns.wrapping_add(other.duration_sum_ns);
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += *b;
+        }
+    }
+
+    /// The summed gauge of a state, read as the signed number it is.
+    pub fn gauge(&self, state: u8) -> i64 {
+        self.gauges.get(state as usize).map_or(0, |g| *g as i64)
+    }
+}
+
+/// Index of the first bucket whose upper bound (inclusive, as Prometheus's `le`) holds
+/// `duration_ns`; `n_bounds` when none does (+Inf). `bound(i)` reads bound i, ascending.
+#[inline(always)]
+pub fn bucket_of(duration_ns: u64, n_bounds: usize, bound: impl Fn(usize) -> u64) -> usize {
+    let mut i = 0;
+    // Bounded by a constant so that the verifier sees the loop end.
+    while i < MAX_BUCKETS {
+        if i >= n_bounds || duration_ns <= bound(i) {
+            return i;
+        }
+        i += 1;
+    }
+    MAX_BUCKETS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::{ESTABLISHED, SYN_RECV};
+
+    #[test]
+    fn bucket_bounds_are_inclusive() {
+        let bounds = [10u64, 100, 1000];
+        let b = |d| bucket_of(d, bounds.len(), |i| bounds[i]);
+        assert_eq!(b(0), 0);
+        assert_eq!(b(10), 0);
+        assert_eq!(b(11), 1);
+        assert_eq!(b(1000), 2);
+        assert_eq!(b(1001), 3, "+Inf");
+    }
+
+    #[test]
+    fn per_cpu_shares_wrap_but_sum_right() {
+        let mut cpu0 = PortStats::ZERO;
+        let mut cpu1 = PortStats::ZERO;
+        let none = |_| 0;
+        cpu0.apply(
+            &Step {
+                enter: SYN_RECV,
+                ..Step::default()
+            },
+            none,
+        );
+        cpu0.apply(
+            &Step {
+                leave: SYN_RECV,
+                enter: ESTABLISHED,
+                event: EVENT_OPEN,
+                ..Step::default()
+            },
+            none,
+        );
+        cpu1.apply(
+            &Step {
+                leave: ESTABLISHED,
+                event: EVENT_CLOSE,
+                ended: true,
+                duration_ns: Some(5),
+            },
+            |_| 1,
+        );
+        assert_eq!(cpu1.gauge(ESTABLISHED), -1);
+        let mut sum = PortStats::ZERO;
+        sum.merge(&cpu0);
+        sum.merge(&cpu1);
+        assert_eq!(sum.gauge(ESTABLISHED), 0);
+        assert_eq!(sum.gauge(SYN_RECV), 0);
+        assert_eq!((sum.opened, sum.closed, sum.failed), (1, 1, 0));
+        assert_eq!((sum.duration_count, sum.duration_sum_ns, sum.buckets[1]), (1, 5, 1));
+    }
+}

@@ -1,0 +1,484 @@
+//! observer's kernel program, on the tracepoint `sock:inet_sock_set_state`.
+//!
+//! For every TCP state change it decides whether the socket is watched (filter), updates that
+//! port's per-CPU counters (count), and, when asked, sends a record through the ring (emit).
+//! The rules of a connection's life live in `observer_common::conn`, unit-tested on the host.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::bpf_get_current_ancestor_cgroup_id,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::TracePointContext,
+};
+use observer_common::{
+    DIR_INBOUND, DIR_OUTBOUND,
+    conn::{Conn, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step, first_sighting},
+    counters,
+    filter::{CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_REMOTE, flags},
+    limits::{
+        DEFAULT_RING_BYTES, MAX_BASELINE, MAX_BUCKETS, MAX_CGROUPS, MAX_LOCAL_PORTS, MAX_PIDS,
+        MAX_PORTS, MAX_SEEN, MAX_SOCKETS,
+    },
+    record::{RECORD_HAS_DURATION, RECORD_PREEXISTING, Record},
+    snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_LEN, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
+    stats::{PortStats, StatsKey, bucket_of},
+    tcp,
+    tracepoint::{AF_INET, IPPROTO_TCP, InetSockSetState},
+};
+
+// Read-only settings, fixed by the daemon at load time (see `observer_common::filter::globals`).
+#[unsafe(no_mangle)]
+static FLAGS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SK_NET_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static NET_INUM_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static N_BUCKETS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static BUCKET_BOUNDS: Global<[u64; MAX_BUCKETS]> = Global::new([0; MAX_BUCKETS]);
+#[unsafe(no_mangle)]
+static N_CGROUPS: Global<u32> = Global::new(0);
+
+/// Watched connections, keyed by socket address; an entry lives from birth (or first sighting)
+/// to CLOSE.
+#[map]
+static SOCKETS: HashMap<u64, Conn> = HashMap::with_max_entries(MAX_SOCKETS, 0);
+/// Counters per (direction, port), per CPU.
+#[map]
+static STATS: PerCpuHashMap<StatsKey, PortStats> = PerCpuHashMap::with_max_entries(MAX_PORTS, 0);
+/// One zeroed `PortStats`: the initial value of a new port (too large for the BPF stack).
+#[map]
+static STATS_ZERO: Array<PortStats> = Array::with_max_entries(1, 0);
+/// Per port number: PORT_LOCAL / PORT_REMOTE bits, a cheap first filter.
+#[map]
+static PORT_FLAGS: Array<u32> = Array::with_max_entries(65_536, 0);
+/// Local ports watched for inbound connections, per network namespace (0: all), with their owner.
+#[map]
+static LOCAL_PORTS: HashMap<LocalPortKey, Owner> = HashMap::with_max_entries(MAX_LOCAL_PORTS, 0);
+/// Target processes (tgid).
+#[map]
+static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PIDS, 0);
+/// Target cgroup v2 directories (N_CGROUPS in use).
+#[map]
+static CGROUPS: Array<CgroupTarget> = Array::with_max_entries(MAX_CGROUPS, 0);
+/// Connections counted by the start-up snapshot, until their first transition.
+#[map]
+static BASELINE: HashMap<TupleKey, Seed> = HashMap::with_max_entries(MAX_BASELINE, 0);
+/// Connections that changed while the snapshot was taken.
+#[map]
+static SEEN: HashMap<TupleKey, u8> = HashMap::with_max_entries(MAX_SEEN, 0);
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_LEN, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = handle(&Tp(&ctx));
+    0
+}
+
+/// The tracepoint's record, read field by field at the offsets of `InetSockSetState`.
+struct Tp<'a>(&'a TracePointContext);
+
+macro_rules! field {
+    ($tp:expr, $name:ident: $t:ty) => {
+        // SAFETY: a constant offset inside the tracepoint record, checked at start by the daemon.
+        unsafe {
+            core::ptr::read_volatile(
+                ($tp.0.as_ptr() as *const u8)
+                    .add(core::mem::offset_of!(InetSockSetState, $name)) as *const $t,
+            )
+        }
+    };
+}
+
+impl Tp<'_> {
+    #[inline(always)]
+    fn addrs(&self) -> (u16, [u8; 16], [u8; 16]) {
+        let family = field!(self, family: u16);
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        if family == AF_INET {
+            s[..4].copy_from_slice(&field!(self, saddr: u32).to_ne_bytes());
+            d[..4].copy_from_slice(&field!(self, daddr: u32).to_ne_bytes());
+        } else {
+            let base = core::mem::offset_of!(InetSockSetState, saddr_v6);
+            s = self.read16(base);
+            d = self.read16(base + 16);
+        }
+        (family, s, d)
+    }
+
+    #[inline(always)]
+    fn read16(&self, off: usize) -> [u8; 16] {
+        let p = self.0.as_ptr() as *const u8;
+        // SAFETY: two aligned 8-byte loads inside the record.
+        let (a, b) = unsafe {
+            (
+                core::ptr::read_volatile(p.add(off) as *const u64),
+                core::ptr::read_volatile(p.add(off + 8) as *const u64),
+            )
+        };
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&a.to_ne_bytes());
+        out[8..].copy_from_slice(&b.to_ne_bytes());
+        out
+    }
+
+    #[inline(always)]
+    fn tuple(&self, netns: u32) -> TupleKey {
+        let (family, saddr, daddr) = self.addrs();
+        TupleKey {
+            netns,
+            family,
+            sport: field!(self, sport: u16),
+            dport: field!(self, dport: u16),
+            _pad: 0,
+            saddr,
+            daddr,
+        }
+    }
+}
+
+#[inline(always)]
+fn handle(tp: &Tp) -> Option<()> {
+    if field!(tp, protocol: u16) != IPPROTO_TCP {
+        return None;
+    }
+    let old = field!(tp, oldstate: i32) as u8;
+    let new = field!(tp, newstate: i32) as u8;
+    if old == new {
+        return None;
+    }
+    let sk = field!(tp, skaddr: u64);
+    let sport = field!(tp, sport: u16);
+    let dport = field!(tp, dport: u16);
+    let cfg = FLAGS.load();
+    if new == tcp::LISTEN {
+        return on_listen(cfg, sk, sport);
+    }
+    if old == tcp::LISTEN && new != tcp::SYN_RECV {
+        return None; // a listener closed
+    }
+    let local = port_flags(sport) & PORT_LOCAL != 0;
+    let remote = port_flags(dport) & PORT_REMOTE != 0;
+    if !local && !remote && cfg & flags::PROCESS_TARGETS == 0 && !baseline_active() {
+        return None; // cannot be ours: the common case on a busy host
+    }
+    // A birth: a new inbound connection (the child socket), or connect().
+    let birth = (old == tcp::LISTEN) || (old == tcp::CLOSE && new == tcp::SYN_SENT);
+    if let Some(p) = SOCKETS.get_ptr_mut(&sk) {
+        // SAFETY: transitions of one socket are serialised by the socket's lock.
+        let conn = unsafe { &mut *p };
+        if !birth {
+            return advance(tp, sk, conn, new, None);
+        }
+        // The address was freed and reused without a CLOSE that we saw: retire the old entry.
+        retire_stale(conn);
+        let _ = SOCKETS.remove(&sk);
+    }
+    if old == tcp::LISTEN {
+        if !local {
+            return None;
+        }
+        let netns = netns_of(sk);
+        let owner = local_owner(netns, sport)?;
+        let conn = with_owner(first_sighting(DIR_INBOUND, sport, old, false), &owner);
+        return track_new(tp, sk, conn, new, netns, true);
+    }
+    if birth {
+        // connect() runs in the connecting process: it is the owner for sure.
+        if !remote && !(cfg & flags::PROCESS_TARGETS != 0 && current_is_target()) {
+            return None;
+        }
+        let owner = current_owner();
+        let conn = with_owner(first_sighting(DIR_OUTBOUND, dport, old, false), &owner);
+        return track_new(tp, sk, conn, new, netns_of(sk), true);
+    }
+    adopt(tp, sk, old, new, local, remote)
+}
+
+/// First sighting of a socket that existed before observer: counted by the start-up snapshot if
+/// the kernel holds its seed, otherwise from its new state on.
+#[inline(always)]
+fn adopt(tp: &Tp, sk: u64, old: u8, new: u8, local: bool, remote: bool) -> Option<()> {
+    let netns = netns_of(sk);
+    let key = tp.tuple(netns);
+    if baseline_active()
+        && let Some(seed) = unsafe { BASELINE.get(&key) }
+    {
+        let seed = *seed;
+        let _ = BASELINE.remove(&key);
+        let conn = with_owner(
+            first_sighting(seed.direction, seed.port, old, true),
+            &seed.owner,
+        );
+        return track_new(tp, sk, conn, new, netns, false);
+    }
+    let sport = key.sport;
+    let conn = if let Some(owner) = local.then(|| local_owner(netns, sport)).flatten() {
+        with_owner(first_sighting(DIR_INBOUND, sport, old, false), &owner)
+    } else if remote {
+        first_sighting(DIR_OUTBOUND, key.dport, old, false)
+    } else {
+        return None;
+    };
+    track_new(tp, sk, conn, new, netns, true)
+}
+
+#[inline(always)]
+fn track_new(tp: &Tp, sk: u64, mut conn: Conn, new: u8, netns: u32, mark_seen: bool) -> Option<()> {
+    let step = conn.advance(new, now());
+    if !step.ended && SOCKETS.insert(&sk, &conn, BPF_NOEXIST.into()).is_err() {
+        count(counters::SOCKETS_FULL);
+        return None; // untracked: counting its entry now would leave the gauge stuck
+    }
+    finish(tp, sk, &conn, &step, netns, mark_seen)
+}
+
+#[inline(always)]
+fn advance(tp: &Tp, sk: u64, conn: &mut Conn, new: u8, netns: Option<u32>) -> Option<()> {
+    let step = conn.advance(new, now());
+    let conn = *conn;
+    if step.ended {
+        let _ = SOCKETS.remove(&sk);
+    }
+    let netns = netns.unwrap_or_else(|| {
+        if snapshot_open() || FLAGS.load() & flags::EMIT_EVENTS != 0 {
+            netns_of(sk)
+        } else {
+            0
+        }
+    });
+    finish(tp, sk, &conn, &step, netns, true)
+}
+
+#[inline(always)]
+fn finish(tp: &Tp, sk: u64, conn: &Conn, step: &Step, netns: u32, mark_seen: bool) -> Option<()> {
+    if mark_seen && snapshot_open() && SEEN.insert(&tp.tuple(netns), &0, 0).is_err() {
+        count(counters::SEEN_FULL);
+    }
+    if let Some(stats) = stats_of(StatsKey::new(conn.direction, conn.port)) {
+        // SAFETY: this CPU's share of the counters; the program does not nest on one CPU.
+        unsafe { &mut *stats }.apply(step, |d| bucket_of(d, N_BUCKETS.load() as usize, bound));
+    }
+    if FLAGS.load() & flags::EMIT_EVENTS != 0 {
+        emit(tp, sk, conn, step, netns);
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn emit(tp: &Tp, sk: u64, conn: &Conn, step: &Step, netns: u32) {
+    let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
+        count(counters::RING_FULL);
+        return;
+    };
+    let (family, saddr, daddr) = tp.addrs();
+    let mut rflags = 0;
+    if step.duration_ns.is_some() {
+        rflags |= RECORD_HAS_DURATION;
+    }
+    if conn.flags & FLAG_PREEXISTING != 0 && conn.flags & FLAG_OPEN_SEEN == 0 {
+        rflags |= RECORD_PREEXISTING;
+    }
+    entry.write(Record {
+        ts_ns: now(),
+        sock: sk,
+        duration_ns: step.duration_ns.unwrap_or(0),
+        pid: conn.pid,
+        netns,
+        sport: field!(tp, sport: u16),
+        dport: field!(tp, dport: u16),
+        port: conn.port,
+        family,
+        oldstate: field!(tp, oldstate: i32) as u8,
+        newstate: field!(tp, newstate: i32) as u8,
+        direction: conn.direction,
+        event: step.event,
+        flags: rflags,
+        _pad: [0; 3],
+        saddr,
+        daddr,
+        comm: conn.comm,
+    });
+    entry.submit(0);
+}
+
+/// A listen(): claims the port when every listener counts, or when a target process calls it.
+#[inline(always)]
+fn on_listen(cfg: u32, sk: u64, port: u16) -> Option<()> {
+    if cfg & flags::ALL_LISTENERS == 0
+        && !(cfg & flags::PROCESS_TARGETS != 0 && current_is_target())
+    {
+        return None;
+    }
+    let key = LocalPortKey::new(netns_of(sk), port);
+    if LOCAL_PORTS.insert(&key, &current_owner(), 0).is_err() {
+        count(counters::LOCAL_PORTS_FULL);
+        return None;
+    }
+    let p = PORT_FLAGS.get_ptr_mut(port as u32)?;
+    // SAFETY: only this bit is ever set here, so racing writers agree.
+    unsafe { *p |= PORT_LOCAL };
+    Some(())
+}
+
+/// The counters of an entry that will never see its CLOSE leave its state.
+#[inline(always)]
+fn retire_stale(conn: &Conn) {
+    let step = Step {
+        leave: if tcp::is_gauged(conn.state) {
+            conn.state
+        } else {
+            0
+        },
+        ..Step::default()
+    };
+    if let Some(stats) = stats_of(StatsKey::new(conn.direction, conn.port)) {
+        unsafe { &mut *stats }.apply(&step, |_| 0);
+    }
+    count(counters::STALE_SOCKETS);
+}
+
+#[inline(always)]
+fn stats_of(key: StatsKey) -> Option<*mut PortStats> {
+    if let Some(p) = STATS.get_ptr_mut(&key) {
+        return Some(p);
+    }
+    let zero = STATS_ZERO.get(0)?;
+    let _ = STATS.insert(&key, zero, BPF_NOEXIST.into());
+    let p = STATS.get_ptr_mut(&key);
+    if p.is_none() {
+        count(counters::PORTS_FULL);
+    }
+    p
+}
+
+#[inline(always)]
+fn local_owner(netns: u32, port: u16) -> Option<Owner> {
+    // SAFETY: plain reads of a map value.
+    unsafe {
+        LOCAL_PORTS
+            .get(&LocalPortKey::new(netns, port))
+            .or_else(|| LOCAL_PORTS.get(&LocalPortKey::new(0, port)))
+            .copied()
+    }
+}
+
+#[inline(always)]
+fn with_owner(mut conn: Conn, owner: &Owner) -> Conn {
+    conn.pid = owner.pid;
+    conn.comm = owner.comm;
+    conn
+}
+
+#[inline(always)]
+fn current_owner() -> Owner {
+    Owner {
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+fn current_is_target() -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if unsafe { PIDS.get(&tgid) }.is_some() {
+        return true;
+    }
+    let n = N_CGROUPS.load();
+    let mut i = 0;
+    while i < MAX_CGROUPS {
+        if i >= n {
+            break;
+        }
+        if let Some(t) = CGROUPS.get(i)
+            && unsafe { bpf_get_current_ancestor_cgroup_id(t.level as i32) } == t.id
+        {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The inode number of the socket's network namespace, or 0 when its offsets are unknown.
+#[inline(always)]
+fn netns_of(sk: u64) -> u32 {
+    let off = SK_NET_OFFSET.load();
+    if off == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the addresses.
+    unsafe {
+        let Ok(net) = bpf_probe_read_kernel((sk + off as u64) as *const u64) else {
+            return 0;
+        };
+        bpf_probe_read_kernel((net + NET_INUM_OFFSET.load() as u64) as *const u32).unwrap_or(0)
+    }
+}
+
+#[inline(always)]
+fn port_flags(port: u16) -> u32 {
+    PORT_FLAGS.get(port as u32).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn control(index: u32) -> u32 {
+    CONTROL.get(index).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn snapshot_open() -> bool {
+    control(CONTROL_SNAPSHOT_DONE) == 0
+}
+
+#[inline(always)]
+fn baseline_active() -> bool {
+    control(CONTROL_BASELINE_ACTIVE) != 0
+}
+
+#[inline(always)]
+fn bound(i: usize) -> u64 {
+    if i >= MAX_BUCKETS {
+        return u64::MAX;
+    }
+    let p = &BUCKET_BOUNDS as *const Global<[u64; MAX_BUCKETS]> as *const u64;
+    // SAFETY: i < MAX_BUCKETS, inside the global.
+    unsafe { core::ptr::read_volatile(p.add(i)) }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
