@@ -11,8 +11,9 @@ pub const MAX_LOCAL_PORTS: u32 = 4_096;
 pub const MAX_PIDS: u32 = 1_024;
 /// Cgroup v2 directories watched.
 pub const MAX_CGROUPS: u32 = 8;
-/// Histogram bucket bounds (the +Inf bucket comes on top).
-pub const MAX_BUCKETS: usize = 32;
+/// Histogram bucket bounds (the +Inf bucket comes on top: 32 buckets, a power of two, so that an
+/// index can be masked into range).
+pub const MAX_BUCKETS: usize = 31;
 /// Entries of the start-up snapshot handed to the kernel.
 pub const MAX_BASELINE: u32 = 262_144;
 /// Sockets the kernel saw change while the start-up snapshot was being taken.

@@ -56,14 +56,14 @@ impl PortStats {
     /// Applies one transition. `bucket_of` maps a duration to its bucket index.
     #[inline(always)]
     pub fn apply(&mut self, step: &Step, bucket_of: impl FnOnce(u64) -> usize) {
-        if let Some(g) = self.gauges.get_mut(step.leave as usize)
-            && step.leave != 0
-        {
+        // Indices are masked rather than bounds-checked: the verifier follows a mask, while
+        // LLVM may check a copy of the index and dereference another.
+        if step.leave != 0 {
+            let g = &mut self.gauges[step.leave as usize & (NUM_STATES - 1)];
             *g = g.wrapping_sub(1);
         }
-        if let Some(g) = self.gauges.get_mut(step.enter as usize)
-            && step.enter != 0
-        {
+        if step.enter != 0 {
+            let g = &mut self.gauges[step.enter as usize & (NUM_STATES - 1)];
             *g = g.wrapping_add(1);
         }
         match step.event {
@@ -74,9 +74,7 @@ impl PortStats {
                 if let Some(d) = step.duration_ns {
                     self.duration_count += 1;
                     self.duration_sum_ns = self.duration_sum_ns.wrapping_add(d);
-                    if let Some(b) = self.buckets.get_mut(bucket_of(d)) {
-                        *b += 1;
-                    }
+                    self.buckets[bucket_of(d) & MAX_BUCKETS] += 1;
                 }
             }
             _ => {}

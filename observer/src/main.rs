@@ -1,1 +1,294 @@
-fn main() {}
+//! observer: watches the TCP connections of a running server from the kernel, with eBPF.
+//!
+//! The start-up sequence (each step can fail with one clear line, and nothing stays loaded):
+//! targets are resolved, the metrics port is bound, the program is loaded and attached, the
+//! targets' listening ports are found, the connections that already exist are counted (see
+//! `snapshot`), then metrics are served and events streamed until SIGINT/SIGTERM.
+mod btf;
+mod cli;
+mod config;
+mod diag;
+mod events;
+mod kernel;
+mod metrics;
+mod netns;
+mod output;
+mod snapshot;
+mod targets;
+mod tracefs;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser as _;
+use observer_common::{
+    DIR_INBOUND, DIR_OUTBOUND,
+    filter::Owner,
+    stats::StatsKey,
+    tcp,
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::Cli,
+    config::Config,
+    kernel::{Kernel, Settings},
+    netns::Namespace,
+    output::Clock,
+    targets::{Cgroup, Process},
+};
+
+fn main() -> ExitCode {
+    let config = match Config::from_cli(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("observer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("observer: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("observer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("observer needs root to load eBPF programs (run it with sudo)");
+    }
+    let processes: Vec<Process> = config
+        .pids
+        .iter()
+        .map(|p| targets::resolve_pid(*p))
+        .collect::<Result<_, _>>()?;
+    let cgroups: Vec<Cgroup> = config
+        .cgroups
+        .iter()
+        .map(|p| targets::resolve_cgroup(p))
+        .collect::<Result<_, _>>()?;
+    let listener = match config.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+
+    tracefs::ensure_mounted()?;
+    tracefs::check_format()?;
+    let netns = match btf::netns_offsets() {
+        Ok(o) => Some(o),
+        Err(e) => {
+            eprintln!(
+                "observer: warning: network namespaces will not be told apart ({e:#})"
+            );
+            None
+        }
+    };
+    let process_targets = !processes.is_empty() || !cgroups.is_empty();
+    let mut kernel = Kernel::load(&Settings {
+        emit_events: config.events.is_some(),
+        all_listeners: config.all_listeners(),
+        process_targets,
+        netns,
+        bucket_bounds_ns: config.bucket_bounds_ns(),
+        cgroups: cgroups.iter().map(|c| c.target).collect(),
+        ring_bytes: config.ring_bytes,
+    })?;
+    for port in &config.ports {
+        kernel.watch_local_port(0, *port, &Owner::UNKNOWN)?;
+    }
+    for port in &config.remote_ports {
+        kernel.watch_remote_port(*port)?;
+    }
+    for p in &processes {
+        kernel.watch_pid(p.pid)?;
+    }
+    kernel.attach()?;
+
+    // From here on the kernel sees every transition; now find what already exists.
+    let target_pids: Vec<u32> = processes
+        .iter()
+        .map(|p| p.pid)
+        .chain(cgroups.iter().flat_map(|c| targets::cgroup_pids(&c.path)))
+        .collect();
+    let namespaces = if netns.is_none() {
+        vec![Namespace { inode: 0, ..Namespace::own() }]
+    } else if config.all_listeners() || !config.ports.is_empty() || !config.remote_ports.is_empty() {
+        netns::all()
+    } else {
+        targets::namespaces_of(&target_pids)
+    };
+    let owners = if config.all_listeners() {
+        targets::socket_owners(targets::all_pids())
+    } else {
+        targets::socket_owners(target_pids.iter().copied())
+    };
+    let target_inodes: HashSet<u32> = if process_targets {
+        owners.keys().copied().collect()
+    } else {
+        HashSet::new()
+    };
+    watch_listeners(&mut kernel, &namespaces, &owners, config.all_listeners(), &target_inodes)?;
+    let local: HashMap<(u32, u16), Owner> = kernel
+        .local_ports()
+        .into_iter()
+        .map(|(k, o)| ((k.netns, k.port), o))
+        .collect();
+    let remote: HashSet<u16> = config.remote_ports.iter().copied().collect();
+    let classify = |ns: u32, s: &diag::DiagSocket| {
+        if let Some(o) = local.get(&(ns, s.sport)).or_else(|| local.get(&(0, s.sport))) {
+            return Some((DIR_INBOUND, s.sport, *o));
+        }
+        let owner = owners.get(&s.inode).copied();
+        if remote.contains(&s.dport) {
+            return Some((DIR_OUTBOUND, s.dport, owner.unwrap_or(Owner::UNKNOWN)));
+        }
+        target_inodes
+            .contains(&s.inode)
+            .then(|| (DIR_OUTBOUND, s.dport, owner.unwrap_or(Owner::UNKNOWN)))
+    };
+    let baseline = snapshot::take(&mut kernel, &namespaces, &classify)
+        .context("counting the connections that already exist")?;
+
+    let events = kernel.take_events();
+    let kernel = Arc::new(Mutex::new(kernel));
+    let static_keys: Vec<StatsKey> = config
+        .ports
+        .iter()
+        .map(|p| StatsKey::new(DIR_INBOUND, *p))
+        .chain(config.remote_ports.iter().map(|p| StatsKey::new(DIR_OUTBOUND, *p)))
+        .collect();
+    let mut metrics_addr = None;
+    let server = match listener {
+        Some(l) => {
+            metrics_addr = l.local_addr().ok();
+            let collector = metrics::ConnCollector::new(
+                kernel.clone(),
+                baseline.clone(),
+                static_keys,
+                config.buckets.clone(),
+            )?;
+            let registry = Arc::new(metrics::registry(collector)?);
+            Some(tokio::spawn(metrics::serve(l, registry)))
+        }
+        None => None,
+    };
+    let mut stream = match (events, config.events) {
+        (Some(ring), Some(format)) => {
+            Some(tokio::spawn(events::stream(ring, format, Clock::now())))
+        }
+        _ => None,
+    };
+    for p in &processes {
+        tokio::spawn(watch_exit(p.pid));
+    }
+    eprintln!(
+        "observer: ready: watching {}; {} existing connections counted{}",
+        describe(&config, &processes, &cgroups),
+        baseline.gauges.values().map(|g| g.iter().sum::<i64>()).sum::<i64>(),
+        metrics_addr.map_or(String::new(), |a| format!("; metrics at http://{a}/metrics")),
+    );
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let result = tokio::select! {
+        _ = term.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
+        r = async { stream.as_mut().expect("guarded").await }, if stream.is_some() => {
+            // Ok: stdout was closed, which ends observer cleanly.
+            r.context("the event stream stopped")?
+        }
+    };
+    if let Some(s) = server {
+        s.abort();
+        let _ = s.await;
+    }
+    if let Some(s) = stream {
+        s.abort();
+    }
+    // The last reference: dropping it detaches the program and frees its maps.
+    drop(kernel);
+    result
+}
+
+/// Adds the listening ports of the targets (or of every process) to the watched set.
+fn watch_listeners(
+    kernel: &mut Kernel,
+    namespaces: &[Namespace],
+    owners: &HashMap<u32, Owner>,
+    all: bool,
+    target_inodes: &HashSet<u32>,
+) -> Result<()> {
+    if !all && target_inodes.is_empty() {
+        return Ok(());
+    }
+    let mask = diag::state_mask(&[tcp::LISTEN]);
+    for ns in namespaces {
+        for s in ns.dump(mask).with_context(|| format!("listing the listening sockets of {ns}"))? {
+            if all || target_inodes.contains(&s.inode) {
+                let owner = owners.get(&s.inode).copied().unwrap_or(Owner::UNKNOWN);
+                kernel.watch_local_port(ns.inode, s.sport, &owner)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Says on stderr when a target process exits; its ports stay watched.
+async fn watch_exit(pid: u32) {
+    // SAFETY: plain syscall; a pidfd becomes readable when the process exits.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: a fresh fd that we own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: the OwnedFd stays open and the same while the AsyncFd owns it.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    let Ok(afd) = registered else {
+        return;
+    };
+    if afd.readable().await.is_ok() {
+        eprintln!("observer: process {pid} exited; still watching its ports");
+    }
+}
+
+fn describe(config: &Config, processes: &[Process], cgroups: &[Cgroup]) -> String {
+    if config.all_listeners() {
+        return "inbound connections on every listening port".into();
+    }
+    let mut parts: BTreeMap<u8, Vec<String>> = BTreeMap::new();
+    let list = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    if !config.ports.is_empty() {
+        parts.entry(0).or_default().push(format!("inbound port {}", list(&config.ports)));
+    }
+    for p in processes {
+        parts.entry(1).or_default().push(format!("process {}", p.pid));
+    }
+    for c in cgroups {
+        parts.entry(2).or_default().push(format!("cgroup {}", c.path.display()));
+    }
+    if !config.remote_ports.is_empty() {
+        parts
+            .entry(3)
+            .or_default()
+            .push(format!("outbound to port {}", list(&config.remote_ports)));
+    }
+    parts.into_values().flatten().collect::<Vec<_>>().join(", ")
+}

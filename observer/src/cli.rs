@@ -1,0 +1,110 @@
+//! Command-line interface. Parsing only: `config` validates what needs the system to check.
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::output::Format;
+
+/// Default address of the metrics endpoint: loopback only, on a port outside the range that the
+/// Prometheus exporters' registry has allocated (9100-9999).
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:18090";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "observer",
+    version,
+    about = "Watch the TCP connections of a running server from the kernel (eBPF), with no change to the server.",
+    long_about = "Watch the TCP connections of a running server from the kernel (eBPF), with no change \
+to the server: no restart, no code, no sidecar. observer counts connections per port and state, \
+serves them to Prometheus, and can print every open/close as it happens. Connections that were \
+already open when observer started are counted too. Needs root.",
+    after_help = "\
+Targets (combine and repeat them; the watched set is their union):
+  --port 8080            inbound connections to local port 8080, in every network namespace
+  --pid 1234             inbound connections on every port process 1234 listens on (now or later),
+                         and the outbound connections it opens; its network namespace only
+  --cgroup PATH          the same for every process in that cgroup v2 directory and below
+  --remote-port 5432     outbound connections to remote port 5432, from any process
+  (none)                 inbound connections on every listening port of the host
+
+Examples:
+  observer --port 8080                          serve metrics on http://127.0.0.1:18090/metrics
+  observer --port 8080 --events text            and print each open/close/failed connection
+  observer --pid $(pgrep -o nginx) --events json --no-metrics | jq .
+  observer --remote-port 5432 --metrics-addr 0.0.0.0:18090"
+)]
+pub struct Cli {
+    /// Watch inbound connections to this local port (repeatable).
+    #[arg(long = "port", value_name = "PORT", value_parser = port)]
+    pub ports: Vec<u16>,
+
+    /// Watch a process: the ports it listens on and the connections it opens (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Watch every process of a cgroup v2 directory and below (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
+
+    /// Watch outbound connections to this remote port, from any process (repeatable).
+    #[arg(long = "remote-port", value_name = "PORT", value_parser = port)]
+    pub remote_ports: Vec<u16>,
+
+    /// Print one line per connection opened, closed or failed: `text` for people, `json` (one
+    /// object per line) for jq and log shippers.
+    #[arg(long, value_name = "FORMAT")]
+    pub events: Option<Format>,
+
+    /// Where to serve Prometheus metrics (GET /metrics).
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: String,
+
+    /// Serve no metrics (events only).
+    #[arg(long, conflicts_with = "metrics_addr")]
+    pub no_metrics: bool,
+
+    /// Upper bounds of the connection-duration histogram, in seconds, comma-separated and
+    /// ascending [default: 0.0001,0.00025,0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.5,1,10,60,600,3600]
+    #[arg(long, value_name = "SECONDS,...", value_delimiter = ',')]
+    pub duration_buckets: Vec<f64>,
+
+    /// Size of the event ring buffer in KiB (a power of two, at least 4).
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    pub ring_kib: u32,
+}
+
+fn port(s: &str) -> Result<u16, String> {
+    match s.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(format!("`{s}` is not a TCP port (1-65535)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ports_repeat_and_are_checked() {
+        let c = Cli::try_parse_from(["observer", "--port", "80", "--port", "8080"]).unwrap();
+        assert_eq!(c.ports, vec![80, 8080]);
+        for bad in ["0", "65536", "-1", "http"] {
+            let e = Cli::try_parse_from(["observer", "--port", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn events_formats() {
+        let c = Cli::try_parse_from(["observer", "--port", "1", "--events", "json"]).unwrap();
+        assert_eq!(c.events, Some(Format::Json));
+        assert!(Cli::try_parse_from(["observer", "--events", "xml"]).is_err());
+    }
+}

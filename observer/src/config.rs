@@ -1,0 +1,139 @@
+//! Turns the command line into validated settings, before anything is loaded into the kernel.
+use std::{net::SocketAddr, path::PathBuf};
+
+use observer_common::limits::{MAX_BUCKETS, MAX_CGROUPS, MAX_PIDS};
+
+use crate::{cli::Cli, metrics::DEFAULT_BUCKETS, output::Format};
+
+/// A usage error: one line for the user, exit code 2 (like clap's).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--metrics-addr `{0}` is not an address like 127.0.0.1:18090 or [::1]:18090")]
+    MetricsAddr(String),
+    #[error("--duration-buckets: {0}")]
+    Buckets(String),
+    #[error("--ring-kib {0}: must be a power of two between 4 and 1048576")]
+    Ring(u32),
+    #[error("too many {what}: at most {max}")]
+    TooMany { what: &'static str, max: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub ports: Vec<u16>,
+    pub remote_ports: Vec<u16>,
+    pub pids: Vec<u32>,
+    pub cgroups: Vec<PathBuf>,
+    pub events: Option<Format>,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Seconds, ascending.
+    pub buckets: Vec<f64>,
+    pub ring_bytes: u32,
+}
+
+impl Config {
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let metrics_addr = if cli.no_metrics {
+            None
+        } else {
+            Some(
+                cli.metrics_addr
+                    .parse()
+                    .map_err(|_| ConfigError::MetricsAddr(cli.metrics_addr.clone()))?,
+            )
+        };
+        let buckets = if cli.duration_buckets.is_empty() {
+            DEFAULT_BUCKETS.to_vec()
+        } else {
+            buckets(&cli.duration_buckets)?
+        };
+        if !cli.ring_kib.is_power_of_two() || !(4..=1 << 20).contains(&cli.ring_kib) {
+            return Err(ConfigError::Ring(cli.ring_kib));
+        }
+        if cli.pids.len() > MAX_PIDS as usize {
+            return Err(ConfigError::TooMany { what: "--pid", max: MAX_PIDS as usize });
+        }
+        if cli.cgroups.len() > MAX_CGROUPS as usize {
+            return Err(ConfigError::TooMany { what: "--cgroup", max: MAX_CGROUPS as usize });
+        }
+        Ok(Config {
+            ports: dedup(cli.ports),
+            remote_ports: dedup(cli.remote_ports),
+            pids: dedup(cli.pids),
+            cgroups: cli.cgroups,
+            events: cli.events,
+            metrics_addr,
+            buckets,
+            ring_bytes: cli.ring_kib * 1024,
+        })
+    }
+
+    /// No target at all: every listening port of the host.
+    pub fn all_listeners(&self) -> bool {
+        self.ports.is_empty() && self.remote_ports.is_empty() && self.pids.is_empty() && self.cgroups.is_empty()
+    }
+
+    pub fn bucket_bounds_ns(&self) -> Vec<u64> {
+        self.buckets.iter().map(|s| (s * 1e9).round() as u64).collect()
+    }
+}
+
+fn buckets(v: &[f64]) -> Result<Vec<f64>, ConfigError> {
+    if v.len() > MAX_BUCKETS {
+        return Err(ConfigError::Buckets(format!("at most {MAX_BUCKETS} bounds")));
+    }
+    if let Some(b) = v.iter().find(|b| !b.is_finite() || **b <= 0.0) {
+        return Err(ConfigError::Buckets(format!("{b} is not a positive number of seconds")));
+    }
+    if v.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(ConfigError::Buckets("bounds must be strictly ascending".into()));
+    }
+    if v.iter().any(|b| b * 1e9 < 1.0) {
+        return Err(ConfigError::Buckets("bounds below one nanosecond are meaningless".into()));
+    }
+    Ok(v.to_vec())
+}
+
+fn dedup<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["observer"];
+        all.extend_from_slice(args);
+        Config::from_cli(Cli::try_parse_from(all).unwrap())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--port", "8080"]).unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:18090".parse().unwrap()));
+        assert_eq!(c.buckets.first(), Some(&0.0001));
+        assert_eq!(c.buckets.last(), Some(&3600.0));
+        assert!(!c.all_listeners());
+        assert!(parse(&[]).unwrap().all_listeners());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse(&["--metrics-addr", "localhost"]).unwrap_err().to_string();
+        assert!(e.contains("`localhost`"), "{e}");
+        let e = parse(&["--duration-buckets", "1,0.5"]).unwrap_err().to_string();
+        assert!(e.contains("ascending"), "{e}");
+        assert!(parse(&["--ring-kib", "1000"]).is_err());
+    }
+
+    #[test]
+    fn buckets_in_nanoseconds() {
+        let c = parse(&["--duration-buckets", "0.001,1,60"]).unwrap();
+        assert_eq!(c.bucket_bounds_ns(), vec![1_000_000, 1_000_000_000, 60_000_000_000]);
+    }
+}

@@ -1,0 +1,286 @@
+//! The only module that speaks aya: loads the eBPF program with its settings, attaches it,
+//! and reads and writes its maps. Dropping `Kernel` detaches and unloads everything.
+use std::{collections::HashSet, os::fd::AsRawFd as _};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{ProgramFd, TracePoint},
+};
+use observer_common::{
+    counters,
+    filter::{CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_REMOTE, flags, globals, maps},
+    limits::MAX_BUCKETS,
+    snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
+    stats::{PortStats, StatsKey},
+    tracepoint,
+};
+
+use crate::btf::NetnsOffsets;
+
+static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// How the program is set up; fixed at load time.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub emit_events: bool,
+    pub all_listeners: bool,
+    pub process_targets: bool,
+    pub netns: Option<NetnsOffsets>,
+    /// Histogram bucket upper bounds in nanoseconds, ascending, at most MAX_BUCKETS.
+    pub bucket_bounds_ns: Vec<u64>,
+    pub cgroups: Vec<CgroupTarget>,
+    pub ring_bytes: u32,
+}
+
+pub struct Kernel {
+    // Owns the program and its link: dropping it detaches.
+    _ebpf: Ebpf,
+    prog_fd: ProgramFd,
+    stats: PerCpuHashMap<MapData, StatsKey, PortStats>,
+    counters: PerCpuArray<MapData, u64>,
+    port_flags: Array<MapData, u32>,
+    local_ports: HashMap<MapData, LocalPortKey, Owner>,
+    pids: HashMap<MapData, u32, u8>,
+    baseline: HashMap<MapData, TupleKey, Seed>,
+    seen: HashMap<MapData, TupleKey, u8>,
+    control: Array<MapData, u32>,
+    events: Option<RingBuf<MapData>>,
+}
+
+/// Everything the program could not do, summed over CPUs (see `observer_common::counters`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    pub ring_full: u64,
+    pub sockets_full: u64,
+    pub ports_full: u64,
+    pub seen_full: u64,
+    pub local_ports_full: u64,
+    pub stale_sockets: u64,
+    /// Runs of the program the kernel skipped because it was already running on that CPU.
+    pub missed_runs: u64,
+}
+
+impl Kernel {
+    /// Loads the program and its maps (not attached yet).
+    pub fn load(s: &Settings) -> Result<Kernel> {
+        if PROGRAM_OBJECT.is_empty() {
+            return Err(anyhow!("this observer was built with AYA_BUILD_SKIP=1 and has no eBPF program"));
+        }
+        let mut bounds = [0u64; MAX_BUCKETS];
+        bounds[..s.bucket_bounds_ns.len()].copy_from_slice(&s.bucket_bounds_ns);
+        let n_buckets = s.bucket_bounds_ns.len() as u32;
+        let mut f = 0;
+        if s.emit_events {
+            f |= flags::EMIT_EVENTS;
+        }
+        if s.all_listeners {
+            f |= flags::ALL_LISTENERS;
+        }
+        if s.process_targets {
+            f |= flags::PROCESS_TARGETS;
+        }
+        let (sk_net, net_inum) = s.netns.map_or((0, 0), |o| (o.sk_net, o.net_inum));
+        let n_cgroups = s.cgroups.len() as u32;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::FLAGS, &f, true)
+            .override_global(globals::SK_NET_OFFSET, &sk_net, true)
+            .override_global(globals::NET_INUM_OFFSET, &net_inum, true)
+            .override_global(globals::N_BUCKETS, &n_buckets, true)
+            .override_global(globals::BUCKET_BOUNDS, &bounds, true)
+            .override_global(globals::N_CGROUPS, &n_cgroups, true)
+            .map_max_entries(maps::EVENTS, s.ring_bytes)
+            .load(PROGRAM_OBJECT)
+            .map_err(privilege_hint)
+            .context("loading the eBPF program into the kernel")?;
+
+        let program: &mut TracePoint = ebpf
+            .program_mut(observer_common::filter::PROGRAM)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {}", observer_common::filter::PROGRAM))?
+            .try_into()?;
+        program.load().map_err(|e| match e {
+            aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+                if std::env::var_os("OBSERVER_DEBUG").is_some() {
+                    eprintln!("{verifier_log}");
+                }
+                anyhow!(
+                    "the kernel refused the eBPF program ({io_error}); run with OBSERVER_DEBUG=1 to see the verifier's log"
+                )
+            }
+            e => privilege_hint(e),
+        })?;
+        let prog_fd = program.fd()?.try_clone()?;
+
+        let mut cgroups: Array<MapData, CgroupTarget> = take(&mut ebpf, maps::CGROUPS)?;
+        for (i, c) in s.cgroups.iter().enumerate() {
+            cgroups.set(i as u32, c, 0)?;
+        }
+        let events = if s.emit_events {
+            Some(take(&mut ebpf, maps::EVENTS)?)
+        } else {
+            None
+        };
+        Ok(Kernel {
+            prog_fd,
+            stats: take(&mut ebpf, maps::STATS)?,
+            counters: take(&mut ebpf, maps::COUNTERS)?,
+            port_flags: take(&mut ebpf, maps::PORT_FLAGS)?,
+            local_ports: take(&mut ebpf, maps::LOCAL_PORTS)?,
+            pids: take(&mut ebpf, maps::PIDS)?,
+            baseline: take(&mut ebpf, maps::BASELINE)?,
+            seen: take(&mut ebpf, maps::SEEN)?,
+            control: take(&mut ebpf, maps::CONTROL)?,
+            events,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Attaches the program to the tracepoint: from now on every transition is seen.
+    pub fn attach(&mut self) -> Result<()> {
+        let program: &mut TracePoint = self
+            ._ebpf
+            .program_mut(observer_common::filter::PROGRAM)
+            .expect("checked at load")
+            .try_into()?;
+        program
+            .attach(tracepoint::CATEGORY, tracepoint::NAME)
+            .with_context(|| format!("attaching to tracepoint {}:{}", tracepoint::CATEGORY, tracepoint::NAME))?;
+        Ok(())
+    }
+
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Watches inbound connections to `port` in network namespace `netns` (0: every namespace).
+    pub fn watch_local_port(&mut self, netns: u32, port: u16, owner: &Owner) -> Result<()> {
+        self.local_ports
+            .insert(LocalPortKey::new(netns, port), owner, 0)
+            .with_context(|| format!("adding local port {port} to the watched ports"))?;
+        self.set_port_flag(port, PORT_LOCAL)
+    }
+
+    /// Watches outbound connections to remote port `port`.
+    pub fn watch_remote_port(&mut self, port: u16) -> Result<()> {
+        self.set_port_flag(port, PORT_REMOTE)
+    }
+
+    fn set_port_flag(&mut self, port: u16, bit: u32) -> Result<()> {
+        let old = self.port_flags.get(&(port as u32), 0)?;
+        self.port_flags.set(port as u32, old | bit, 0)?;
+        Ok(())
+    }
+
+    pub fn watch_pid(&mut self, pid: u32) -> Result<()> {
+        self.pids
+            .insert(pid, 1, 0)
+            .with_context(|| format!("adding PID {pid} to the targets"))
+    }
+
+    /// (namespace, port, owner) of every watched local port, including those the program added.
+    pub fn local_ports(&self) -> Vec<(LocalPortKey, Owner)> {
+        self.local_ports.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn set_control(&mut self, index: u32, value: u32) -> Result<()> {
+        self.control.set(index, value, 0)?;
+        Ok(())
+    }
+
+    pub fn seed(&mut self, key: &TupleKey, seed: &Seed) -> Result<()> {
+        self.baseline.insert(key, seed, 0)?;
+        self.set_control(CONTROL_BASELINE_ACTIVE, 1)
+    }
+
+    pub fn unseed(&mut self, key: &TupleKey) {
+        let _ = self.baseline.remove(key);
+    }
+
+    /// Ends the snapshot window and returns the sockets the program saw change during it.
+    pub fn close_snapshot_window(&mut self) -> Result<HashSet<TupleKey>> {
+        self.set_control(CONTROL_SNAPSHOT_DONE, 1)?;
+        let seen: HashSet<TupleKey> = self.seen.keys().filter_map(|k| k.ok()).collect();
+        for k in &seen {
+            let _ = self.seen.remove(k);
+        }
+        Ok(seen)
+    }
+
+    /// Every port's counters, summed over CPUs.
+    pub fn stats(&self) -> Vec<(StatsKey, PortStats)> {
+        let mut out = Vec::new();
+        for entry in self.stats.iter() {
+            let Ok((key, per_cpu)) = entry else { continue };
+            let mut sum = PortStats::ZERO;
+            for share in per_cpu.iter() {
+                sum.merge(share);
+            }
+            out.push((key, sum));
+        }
+        out
+    }
+
+    pub fn health(&self) -> Health {
+        let sum = |i: u32| -> u64 {
+            self.counters
+                .get(&i, 0)
+                .map(|v| v.iter().copied().fold(0u64, u64::wrapping_add))
+                .unwrap_or(0)
+        };
+        Health {
+            ring_full: sum(counters::RING_FULL),
+            sockets_full: sum(counters::SOCKETS_FULL),
+            ports_full: sum(counters::PORTS_FULL),
+            seen_full: sum(counters::SEEN_FULL),
+            local_ports_full: sum(counters::LOCAL_PORTS_FULL),
+            stale_sockets: sum(counters::STALE_SOCKETS),
+            missed_runs: self.missed_runs(),
+        }
+    }
+
+    /// The kernel's count of skipped runs (`recursion_misses` in the program's fdinfo): a
+    /// transition in softirq that interrupted the program running on the same CPU.
+    fn missed_runs(&self) -> u64 {
+        let path = format!("/proc/self/fdinfo/{}", self.prog_fd.as_fd_raw());
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+trait RawFdExt {
+    fn as_fd_raw(&self) -> i32;
+}
+
+impl RawFdExt for ProgramFd {
+    fn as_fd_raw(&self) -> i32 {
+        use std::os::fd::AsFd as _;
+        self.as_fd().as_raw_fd()
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("opening map {name}"))
+}
+
+/// Turns a permission error into the one thing a user must know.
+fn privilege_hint<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
+    let text = format!("{e:?} {e}");
+    if text.contains("EPERM") || text.contains("Operation not permitted") {
+        anyhow!("permission denied: observer needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs")
+    } else {
+        anyhow::Error::new(e)
+    }
+}

@@ -1,0 +1,325 @@
+//! Prometheus metrics, read from the kernel's maps at scrape time (plus the start-up snapshot),
+//! and a minimal HTTP endpoint for them. A scrape reads one entry per watched (direction, port):
+//! its cost does not grow with the number of connections.
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result};
+use observer_common::{
+    DIR_INBOUND,
+    stats::{PortStats, StatsKey},
+    tcp,
+};
+use prometheus::{
+    Encoder as _, Registry, TextEncoder,
+    core::{Collector, Desc},
+    proto::{self, MetricFamily, MetricType},
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{kernel::Kernel, snapshot::Baseline};
+
+/// Default histogram buckets for connection lifetimes, in seconds: 100 µs to 1 h.
+pub const DEFAULT_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0, 60.0,
+    600.0, 3600.0,
+];
+
+/// Reads the kernel's counters at each scrape.
+pub struct ConnCollector {
+    kernel: Arc<Mutex<Kernel>>,
+    baseline: Baseline,
+    /// Ports that are watched from the start (so that they show up at 0).
+    static_keys: Vec<StatsKey>,
+    bucket_bounds: Vec<f64>,
+    descs: Vec<Desc>,
+}
+
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+const FAMILIES: [Family; 8] = [
+    Family {
+        name: "observer_tcp_connections",
+        help: "Watched sockets in each TCP state right now.",
+        labels: &["direction", "port", "state"],
+    },
+    Family {
+        name: "observer_tcp_connections_opened_total",
+        help: "Connections that reached ESTABLISHED while observed.",
+        labels: &["direction", "port"],
+    },
+    Family {
+        name: "observer_tcp_connections_closed_total",
+        help: "Established connections (also those open before observer started) that reached CLOSE while observed.",
+        labels: &["direction", "port"],
+    },
+    Family {
+        name: "observer_tcp_connections_failed_total",
+        help: "Handshakes that ended in CLOSE without reaching ESTABLISHED.",
+        labels: &["direction", "port"],
+    },
+    Family {
+        name: "observer_tcp_connection_duration_seconds",
+        help: "Lifetime, ESTABLISHED to CLOSE, of connections whose opening was observed.",
+        labels: &["direction", "port"],
+    },
+    Family {
+        name: "observer_events_dropped_total",
+        help: "Events the kernel could not hand to userspace (ring buffer full). Metrics are not affected.",
+        labels: &[],
+    },
+    Family {
+        name: "observer_kernel_errors_total",
+        help: "Things the kernel program could not do, by reason; the metrics may be off when these move.",
+        labels: &["reason"],
+    },
+    Family {
+        name: "observer_build_info",
+        help: "observer's version.",
+        labels: &["version"],
+    },
+];
+
+impl ConnCollector {
+    pub fn new(
+        kernel: Arc<Mutex<Kernel>>,
+        baseline: Baseline,
+        static_keys: Vec<StatsKey>,
+        bucket_bounds: Vec<f64>,
+    ) -> Result<ConnCollector> {
+        let descs = FAMILIES
+            .iter()
+            .map(|f| {
+                Desc::new(
+                    f.name.into(),
+                    f.help.into(),
+                    f.labels.iter().map(|s| s.to_string()).collect(),
+                    Default::default(),
+                )
+            })
+            .collect::<prometheus::Result<_>>()?;
+        Ok(ConnCollector {
+            kernel,
+            baseline,
+            static_keys,
+            bucket_bounds,
+            descs,
+        })
+    }
+}
+
+impl Collector for ConnCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (stats, local_ports, health) = {
+            let k = self.kernel.lock().expect("kernel lock");
+            (k.stats(), k.local_ports(), k.health())
+        };
+        // Every watched key, even those the kernel has not counted anything for yet.
+        let mut keys: BTreeSet<StatsKey> = self.static_keys.iter().copied().collect();
+        keys.extend(local_ports.iter().map(|(k, _)| StatsKey::new(DIR_INBOUND, k.port)));
+        keys.extend(self.baseline.gauges.keys().copied());
+        keys.extend(stats.iter().map(|(k, _)| *k));
+        let get = |key: &StatsKey| {
+            stats
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(PortStats::ZERO, |(_, s)| *s)
+        };
+
+        let mut fams: Vec<MetricFamily> = FAMILIES
+            .iter()
+            .map(|f| {
+                let mut m = MetricFamily::default();
+                m.set_name(f.name.into());
+                m.set_help(f.help.into());
+                m
+            })
+            .collect();
+        let mut gauges = Vec::new();
+        let (mut opened, mut closed, mut failed, mut hists) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for key in &keys {
+            let s = get(key);
+            let base = self.baseline.gauges.get(key);
+            let dir = direction(key.direction);
+            let port = key.port.to_string();
+            for state in tcp::GAUGED {
+                let v = s.gauge(state) + base.map_or(0, |b| b[state as usize]);
+                let mut g = proto::Gauge::default();
+                g.set_value(v as f64);
+                let mut m = metric(&[("direction", dir), ("port", &port), ("state", tcp::name(state))]);
+                m.set_gauge(g);
+                gauges.push(m);
+            }
+            let labels = [("direction", dir), ("port", port.as_str())];
+            opened.push(counter(&labels, s.opened));
+            closed.push(counter(&labels, s.closed));
+            failed.push(counter(&labels, s.failed));
+            let mut h = proto::Histogram::default();
+            h.set_sample_count(s.duration_count);
+            h.set_sample_sum(s.duration_sum_ns as f64 / 1e9);
+            let mut cumulative = 0;
+            let buckets = self
+                .bucket_bounds
+                .iter()
+                .zip(s.buckets.iter())
+                .map(|(le, n)| {
+                    cumulative += n;
+                    let mut b = proto::Bucket::default();
+                    b.set_upper_bound(*le);
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect();
+            h.set_bucket(buckets);
+            let mut m = metric(&labels);
+            m.set_histogram(h);
+            hists.push(m);
+        }
+        let kernel_errors = [
+            ("sockets_map_full", health.sockets_full),
+            ("ports_map_full", health.ports_full),
+            ("snapshot_map_full", health.seen_full),
+            ("listeners_map_full", health.local_ports_full),
+            ("stale_socket_retired", health.stale_sockets),
+            ("missed_run", health.missed_runs),
+        ]
+        .iter()
+        .map(|(reason, n)| counter(&[("reason", reason)], *n))
+        .collect();
+        let mut info_gauge = proto::Gauge::default();
+        info_gauge.set_value(1.0);
+        let mut info = metric(&[("version", env!("CARGO_PKG_VERSION"))]);
+        info.set_gauge(info_gauge);
+
+        let parts: [(MetricType, Vec<proto::Metric>); 8] = [
+            (MetricType::GAUGE, gauges),
+            (MetricType::COUNTER, opened),
+            (MetricType::COUNTER, closed),
+            (MetricType::COUNTER, failed),
+            (MetricType::HISTOGRAM, hists),
+            (MetricType::COUNTER, vec![counter(&[], health.ring_full)]),
+            (MetricType::COUNTER, kernel_errors),
+            (MetricType::GAUGE, vec![info]),
+        ];
+        for (fam, (ty, metrics)) in fams.iter_mut().zip(parts) {
+            fam.set_field_type(ty);
+            fam.set_metric(metrics);
+        }
+        fams.retain(|f| !f.get_metric().is_empty());
+        fams
+    }
+}
+
+fn direction(d: u8) -> &'static str {
+    if d == DIR_INBOUND { "inbound" } else { "outbound" }
+}
+
+fn metric(labels: &[(&str, &str)]) -> proto::Metric {
+    let pairs = labels
+        .iter()
+        .map(|(n, v)| {
+            let mut l = proto::LabelPair::default();
+            l.set_name(n.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect();
+    let mut m = proto::Metric::default();
+    m.set_label(pairs);
+    m
+}
+
+fn counter(labels: &[(&str, &str)], v: u64) -> proto::Metric {
+    let mut c = proto::Counter::default();
+    c.set_value(v as f64);
+    let mut m = metric(labels);
+    m.set_counter(c);
+    m
+}
+
+/// The registry: the connection collector and the process collector (observer's own CPU,
+/// memory and fds).
+pub fn registry(collector: ConnCollector) -> Result<Registry> {
+    let r = Registry::new();
+    r.register(Box::new(collector))?;
+    r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    Ok(r)
+}
+
+/// Binds the metrics endpoint (before anything is loaded, so that a busy port fails early).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {addr}"))
+}
+
+/// Serves `GET /metrics` until the task is dropped.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    loop {
+        let Ok((conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let _ = respond(conn, registry).await;
+        });
+    }
+}
+
+async fn respond(mut conn: TcpStream, registry: Arc<Registry>) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 || buf.len() > 16 * 1024 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => {
+            let body = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                TextEncoder::new()
+                    .encode(&registry.gather(), &mut out)
+                    .map(|_| out)
+            })
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)?;
+            ("200 OK", TextEncoder::new().format_type().to_string(), body)
+        }
+        ("GET", "/") => (
+            "200 OK",
+            "text/plain; charset=utf-8".into(),
+            b"observer: metrics at /metrics\n".to_vec(),
+        ),
+        _ => ("404 Not Found", "text/plain".into(), b"not found\n".to_vec()),
+    };
+    let header = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(header.as_bytes()).await?;
+    conn.write_all(&body).await?;
+    conn.shutdown().await
+}

@@ -1,0 +1,305 @@
+//! Connection events as people and machines read them: one line of text, or one JSON object per
+//! line. Pure: no IO here.
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use observer_common::{
+    DIR_INBOUND,
+    conn::{EVENT_CLOSE, EVENT_FAILED, EVENT_OPEN},
+    record::{RECORD_HAS_DURATION, Record},
+    tracepoint::AF_INET,
+};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Open,
+    Close,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// One connection event.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Event {
+    /// RFC 3339, UTC.
+    pub ts: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub direction: Direction,
+    pub port: u16,
+    pub local: String,
+    pub remote: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<Option<f64>>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+/// Converts the kernel's monotonic timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock ns since the Unix epoch minus monotonic ns, taken once at start.
+    pub offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let read = |id| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: a valid clock id and pointer.
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        let mono = read(libc::CLOCK_MONOTONIC);
+        let real = read(libc::CLOCK_REALTIME);
+        Clock {
+            offset_ns: real - mono,
+        }
+    }
+
+    pub fn wall_ns(&self, monotonic_ns: u64) -> i128 {
+        monotonic_ns as i128 + self.offset_ns
+    }
+}
+
+impl Event {
+    /// The event a transition record stands for, if it is one a person would want to see.
+    pub fn from_record(r: &Record, clock: &Clock) -> Option<Event> {
+        let kind = match r.event {
+            EVENT_OPEN => Kind::Open,
+            EVENT_CLOSE => Kind::Close,
+            EVENT_FAILED => Kind::Failed,
+            _ => return None,
+        };
+        let duration_seconds = (kind == Kind::Close).then(|| {
+            (r.flags & RECORD_HAS_DURATION != 0).then_some(r.duration_ns as f64 / 1e9)
+        });
+        let pid = (r.pid != 0).then_some(r.pid);
+        let comm = pid.map(|_| comm(&r.comm));
+        Some(Event {
+            ts: rfc3339(clock.wall_ns(r.ts_ns)),
+            kind,
+            direction: if r.direction == DIR_INBOUND {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            },
+            port: r.port,
+            local: SocketAddr::new(ip(r.family, &r.saddr), r.sport).to_string(),
+            remote: SocketAddr::new(ip(r.family, &r.daddr), r.dport).to_string(),
+            duration_seconds,
+            pid,
+            comm,
+        })
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("an Event always serialises")
+    }
+
+    pub fn text(&self) -> String {
+        let kind = match self.kind {
+            Kind::Open => "open",
+            Kind::Close => "close",
+            Kind::Failed => "failed",
+        };
+        let (dir, arrow) = match self.direction {
+            Direction::Inbound => ("inbound", "<-"),
+            Direction::Outbound => ("outbound", "->"),
+        };
+        let mut line = format!(
+            "{} {kind:<6} {dir:<8} port={} {} {arrow} {}",
+            self.ts, self.port, self.local, self.remote
+        );
+        if let Some(d) = self.duration_seconds {
+            match d {
+                Some(d) => write!(line, " duration={d:.6}s").unwrap(),
+                None => line.push_str(" duration=unknown(opened before observer)"),
+            }
+        }
+        match (&self.pid, &self.comm) {
+            (Some(pid), Some(comm)) => write!(line, " pid={pid} comm={comm}").unwrap(),
+            _ => line.push_str(" pid=- comm=-"),
+        }
+        line
+    }
+
+    pub fn format(&self, f: Format) -> String {
+        match f {
+            Format::Text => self.text(),
+            Format::Json => self.json(),
+        }
+    }
+}
+
+fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    }
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// RFC 3339 in UTC with microseconds, from nanoseconds since the Unix epoch.
+pub fn rfc3339(ns: i128) -> String {
+    let secs = ns.div_euclid(1_000_000_000) as i64;
+    let micros = (ns.rem_euclid(1_000_000_000) / 1_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use observer_common::{DIR_OUTBOUND, tcp, tracepoint::AF_INET6};
+
+    use super::*;
+
+    fn record(event: u8) -> Record {
+        let mut saddr = [0u8; 16];
+        saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        let mut comm = [0u8; 16];
+        comm[..5].copy_from_slice(b"nginx");
+        Record {
+            ts_ns: 1_000,
+            sock: 0xffff_0000,
+            duration_ns: 1_500_000_000,
+            pid: 42,
+            netns: 0,
+            sport: 8080,
+            dport: 51234,
+            port: 8080,
+            family: AF_INET,
+            oldstate: tcp::FIN_WAIT2,
+            newstate: tcp::CLOSE,
+            direction: DIR_INBOUND,
+            event,
+            flags: RECORD_HAS_DURATION,
+            _pad: [0; 3],
+            saddr,
+            daddr,
+            comm,
+        }
+    }
+
+    const CLOCK: Clock = Clock {
+        offset_ns: 1_764_000_000_000_000_000,
+    };
+
+    #[test]
+    fn close_as_json() {
+        let e = Event::from_record(&record(EVENT_CLOSE), &CLOCK).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
+        assert_eq!(v["type"], "close");
+        assert_eq!(v["direction"], "inbound");
+        assert_eq!(v["port"], 8080);
+        assert_eq!(v["local"], "127.0.0.1:8080");
+        assert_eq!(v["remote"], "127.0.0.2:51234");
+        assert_eq!(v["duration_seconds"], 1.5);
+        assert_eq!(v["pid"], 42);
+        assert_eq!(v["comm"], "nginx");
+        assert_eq!(v["ts"], "2025-11-24T16:00:00.000001Z");
+    }
+
+    #[test]
+    fn open_has_no_duration_and_unknown_owner_is_null() {
+        let mut r = record(EVENT_OPEN);
+        r.pid = 0;
+        r.direction = DIR_OUTBOUND;
+        let v: serde_json::Value =
+            serde_json::from_str(&Event::from_record(&r, &CLOCK).unwrap().json()).unwrap();
+        assert_eq!(v["type"], "open");
+        assert_eq!(v["direction"], "outbound");
+        assert!(v.get("duration_seconds").is_none());
+        assert!(v["pid"].is_null());
+        assert!(v["comm"].is_null());
+    }
+
+    #[test]
+    fn close_of_a_connection_opened_before_observer_has_null_duration() {
+        let mut r = record(EVENT_CLOSE);
+        r.flags = 0;
+        let e = Event::from_record(&r, &CLOCK).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
+        assert!(v["duration_seconds"].is_null());
+        assert!(e.text().contains("duration=unknown"));
+    }
+
+    #[test]
+    fn ipv6_in_brackets() {
+        let mut r = record(EVENT_FAILED);
+        r.family = AF_INET6;
+        r.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        r.daddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        let e = Event::from_record(&r, &CLOCK).unwrap();
+        assert_eq!(e.local, "[::1]:8080");
+        assert_eq!(e.kind, Kind::Failed);
+    }
+
+    #[test]
+    fn transitions_inside_a_life_are_not_events() {
+        assert!(Event::from_record(&record(0), &CLOCK).is_none());
+    }
+
+    #[test]
+    fn text_line() {
+        let e = Event::from_record(&record(EVENT_CLOSE), &CLOCK).unwrap();
+        assert_eq!(
+            e.text(),
+            "2025-11-24T16:00:00.000001Z close  inbound  port=8080 127.0.0.1:8080 <- 127.0.0.2:51234 duration=1.500000s pid=42 comm=nginx"
+        );
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(rfc3339(4_102_444_799_999_999_000), "2099-12-31T23:59:59.999999Z");
+    }
+}

@@ -1,0 +1,217 @@
+//! Turns `--pid` and `--cgroup` into what the kernel program filters on, from procfs and the
+//! cgroup v2 filesystem, and finds the listening sockets and connections that the targets hold.
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use observer_common::filter::{CgroupTarget, Owner};
+
+use crate::netns::Namespace;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("--pid {0}: no such process")]
+    NoSuchPid(u32),
+    #[error("--pid {0}: {1} is a kernel thread, which has no sockets of its own")]
+    KernelThread(u32, String),
+    #[error("--cgroup {0}: no such directory")]
+    NoSuchCgroup(PathBuf),
+    #[error("--cgroup {path}: not a cgroup v2 directory ({hint})")]
+    NotCgroup2 { path: PathBuf, hint: String },
+    #[error("--cgroup {0}: {1}")]
+    CgroupIo(PathBuf, std::io::Error),
+}
+
+/// A target process.
+#[derive(Clone, Debug)]
+pub struct Process {
+    pub pid: u32,
+    pub owner: Owner,
+    pub netns: Option<Namespace>,
+}
+
+const PF_KTHREAD: u32 = 0x0020_0000;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+pub fn resolve_pid(pid: u32) -> Result<Process, TargetError> {
+    let proc = procfs::process::Process::new(pid as i32).map_err(|_| TargetError::NoSuchPid(pid))?;
+    let stat = proc.stat().map_err(|_| TargetError::NoSuchPid(pid))?;
+    if stat.flags & PF_KTHREAD != 0 {
+        return Err(TargetError::KernelThread(pid, stat.comm));
+    }
+    Ok(Process {
+        pid,
+        owner: owner(pid, &stat.comm),
+        netns: Namespace::of_pid(pid),
+    })
+}
+
+pub fn owner(pid: u32, comm: &str) -> Owner {
+    let mut c = [0u8; 16];
+    let n = comm.len().min(15);
+    c[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    Owner { pid, comm: c }
+}
+
+/// A target cgroup v2 directory.
+#[derive(Clone, Debug)]
+pub struct Cgroup {
+    pub path: PathBuf,
+    pub target: CgroupTarget,
+}
+
+pub fn resolve_cgroup(path: &Path) -> Result<Cgroup, TargetError> {
+    let real = path
+        .canonicalize()
+        .map_err(|_| TargetError::NoSuchCgroup(path.to_path_buf()))?;
+    let meta = std::fs::metadata(&real).map_err(|e| TargetError::CgroupIo(path.into(), e))?;
+    let mount = cgroup2_mount();
+    let hint = || match &mount {
+        Some(m) => format!("cgroup v2 is mounted at {}", m.display()),
+        None => "no cgroup v2 hierarchy is mounted".to_string(),
+    };
+    if !meta.is_dir() || !is_cgroup2(&real) {
+        return Err(TargetError::NotCgroup2 {
+            path: path.into(),
+            hint: hint(),
+        });
+    }
+    let root = mount.clone().ok_or_else(|| TargetError::NotCgroup2 {
+        path: path.into(),
+        hint: hint(),
+    })?;
+    let rel = real.strip_prefix(&root).map_err(|_| TargetError::NotCgroup2 {
+        path: path.into(),
+        hint: hint(),
+    })?;
+    Ok(Cgroup {
+        path: real.clone(),
+        target: CgroupTarget {
+            // The cgroup id is the directory's inode number in cgroupfs.
+            id: meta.ino(),
+            level: rel.components().count() as u32,
+            _pad: 0,
+        },
+    })
+}
+
+fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid path and a zeroed out-struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on
+/// hybrid hosts), from /proc/mounts.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+/// The processes in a cgroup directory and below.
+pub fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Socket inode -> the process that holds it, for the given processes (the lowest PID wins
+/// when several share a socket: the parent of a pre-forked server).
+pub fn socket_owners(pids: impl IntoIterator<Item = u32>) -> HashMap<u32, Owner> {
+    let mut sorted: Vec<u32> = pids.into_iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = HashMap::new();
+    for pid in sorted {
+        let Ok(proc) = procfs::process::Process::new(pid as i32) else {
+            continue;
+        };
+        let comm = proc.stat().map(|s| s.comm).unwrap_or_default();
+        let Ok(fds) = proc.fd() else { continue };
+        for fd in fds.flatten() {
+            if let procfs::process::FDTarget::Socket(inode) = fd.target {
+                out.entry(inode as u32).or_insert_with(|| owner(pid, &comm));
+            }
+        }
+    }
+    out
+}
+
+/// Every process on the host.
+pub fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The distinct namespaces of some processes.
+pub fn namespaces_of(pids: &[u32]) -> Vec<Namespace> {
+    let mut m: BTreeMap<u32, Namespace> = BTreeMap::new();
+    for ns in pids.iter().filter_map(|p| Namespace::of_pid(*p)) {
+        m.entry(ns.inode).or_insert(ns);
+    }
+    m.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_errors_name_the_culprit() {
+        let e = resolve_pid(u32::MAX - 1).unwrap_err().to_string();
+        assert_eq!(e, format!("--pid {}: no such process", u32::MAX - 1));
+        // PID 2 is kthreadd on Linux.
+        let e = resolve_pid(2).unwrap_err().to_string();
+        assert!(e.contains("kernel thread"), "{e}");
+    }
+
+    #[test]
+    fn cgroup_errors_name_the_culprit() {
+        let e = resolve_cgroup(Path::new("/no/such/cgroup")).unwrap_err().to_string();
+        assert_eq!(e, "--cgroup /no/such/cgroup: no such directory");
+        let e = resolve_cgroup(Path::new("/tmp")).unwrap_err().to_string();
+        assert!(e.starts_with("--cgroup /tmp: not a cgroup v2 directory"), "{e}");
+    }
+
+    #[test]
+    fn the_v2_root_is_level_zero() {
+        if let Some(root) = cgroup2_mount() {
+            let c = resolve_cgroup(&root).unwrap();
+            assert_eq!(c.target.level, 0);
+        }
+    }
+
+    #[test]
+    fn own_sockets_are_found() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ino = {
+            use std::os::fd::AsRawFd as _;
+            std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap().ino() as u32
+        };
+        let owners = socket_owners([std::process::id()]);
+        assert_eq!(owners.get(&ino).map(|o| o.pid), Some(std::process::id()));
+    }
+}
