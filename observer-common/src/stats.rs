@@ -157,6 +157,7 @@ mod tests {
         cpu1.apply(
             &Step {
                 leave: ESTABLISHED,
+                enter: 0,
                 event: EVENT_CLOSE,
                 ended: true,
                 duration_ns: Some(5),

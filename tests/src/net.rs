@@ -1,0 +1,139 @@
+//! Real TCP servers and clients on loopback.
+use std::{
+    io::Read as _,
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use tokio::io::AsyncReadExt as _;
+
+/// What a server does with each connection it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Keeps it open until the client closes, then closes too.
+    Hold,
+    /// Closes it at once (the server closes first).
+    CloseFirst,
+}
+
+/// A TCP server on its own runtime thread; stops when dropped.
+pub struct Server {
+    pub addrs: Vec<SocketAddr>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Server {
+    /// Listens on each address (port 0: the first picks an ephemeral port, the others reuse it).
+    pub fn start(hosts: &[&str], mode: Mode) -> Server {
+        for _ in 0..50 {
+            if let Some(s) = Self::try_start(hosts, mode) {
+                return s;
+            }
+        }
+        panic!("could not bind {hosts:?} on a common port");
+    }
+
+    fn try_start(hosts: &[&str], mode: Mode) -> Option<Server> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut port = 0;
+        let mut listeners = Vec::new();
+        for h in hosts {
+            let addr: SocketAddr = format!("{h}:{port}").parse().expect("address");
+            let std_l = std::net::TcpListener::bind(addr).ok()?;
+            std_l.set_nonblocking(true).ok()?;
+            port = std_l.local_addr().ok()?.port();
+            listeners.push(std_l);
+        }
+        let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        for l in listeners {
+            runtime.spawn(async move {
+                let l = tokio::net::TcpListener::from_std(l).expect("listener");
+                loop {
+                    let Ok((mut s, _)) = l.accept().await else { continue };
+                    if mode == Mode::CloseFirst {
+                        drop(s);
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 256];
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        Some(Server {
+            addrs,
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addrs[0].port()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Opens `n` connections and keeps them.
+pub fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connection {i} to {addr}: {e}"))
+        })
+        .collect()
+}
+
+/// Opens and closes `n` connections one after the other, the client closing first; returns the
+/// client-side local ports.
+pub fn open_close(addr: SocketAddr, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|_| {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+            s.local_addr().unwrap().port()
+        })
+        .collect()
+}
+
+/// `n` short connections as fast as `threads` clients can make them, against a server that
+/// closes first (so TIME_WAIT stays on the server side and the client's ports stay free).
+pub fn churn(addr: SocketAddr, n: usize, threads: usize) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let count = n / threads + usize::from(t < n % threads);
+            s.spawn(move || {
+                let mut buf = [0u8; 16];
+                for _ in 0..count {
+                    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                        .expect("connect");
+                    c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                    // The server closes: read until EOF, then close.
+                    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+}
+
+/// Connections in state ESTABLISHED with local port `port`, as `ss` counts them (the oracle).
+pub fn ss_established(port: u16) -> usize {
+    let out = std::process::Command::new("ss")
+        .args(["-Htn", "state", "established", &format!("( sport = :{port} )")])
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+}

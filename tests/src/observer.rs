@@ -1,0 +1,234 @@
+//! The observer binary as a child process.
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        mpsc::{self, Receiver},
+    },
+    time::Duration,
+};
+
+use crate::scrape::{Scrape, http_get};
+
+/// The observer binary `cargo xtask test` builds (override with OBSERVER_BIN).
+pub fn binary() -> PathBuf {
+    let path = std::env::var_os("OBSERVER_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/observer")
+    });
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p observer`, or run `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+/// A running observer. Killed on drop if still running.
+pub struct Observer {
+    child: Child,
+    pub metrics: Option<SocketAddr>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// How to wire the child's stdout.
+pub enum Stdout {
+    /// Lines, read by a thread into a channel.
+    Lines,
+    /// A pipe nobody reads (to make the event stream fall behind).
+    Stuck,
+    Null,
+}
+
+impl Observer {
+    /// Starts observer with `args` (plus `--metrics-addr 127.0.0.1:0` unless given) and waits
+    /// until it says it is ready. Panics with its stderr if it does not get there.
+    pub fn start(args: &[&str]) -> Observer {
+        Self::spawn(args, Stdout::Null).0
+    }
+
+    /// The same, with its stdout as a stream of lines.
+    pub fn start_with_events(args: &[&str]) -> (Observer, Receiver<String>) {
+        let (o, rx) = Self::spawn(args, Stdout::Lines);
+        (o, rx.expect("lines"))
+    }
+
+    pub fn spawn(args: &[&str], stdout: Stdout) -> (Observer, Option<Receiver<String>>) {
+        let (mut child, stderr, ready) = Self::launch(args, stdout);
+        let lines = child.stdout.take().map(|out: ChildStdout| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        });
+        let metrics = match ready.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line
+                .split("metrics at http://")
+                .nth(1)
+                .and_then(|s| s.split('/').next())
+                .and_then(|a| a.parse().ok()),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "observer {args:?} did not become ready:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
+            }
+        };
+        (
+            Observer {
+                child,
+                metrics,
+                stderr,
+            },
+            lines,
+        )
+    }
+
+    /// Spawns with stdout kept as a raw pipe when asked (`Stuck` keeps it unread).
+    fn launch(
+        args: &[&str],
+        stdout: Stdout,
+    ) -> (Child, Arc<Mutex<Vec<String>>>, Receiver<String>) {
+        let mut all: Vec<&str> = args.to_vec();
+        if !args.iter().any(|a| *a == "--metrics-addr" || *a == "--no-metrics") {
+            all.extend(["--metrics-addr", "127.0.0.1:0"]);
+        }
+        let mut child = Command::new(binary())
+            .args(&all)
+            .stdin(Stdio::null())
+            .stdout(match stdout {
+                Stdout::Null => Stdio::null(),
+                Stdout::Lines | Stdout::Stuck => Stdio::piped(),
+            })
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting observer");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.starts_with("observer: ready") {
+                    let _ = ready_tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        if let Stdout::Stuck = stdout {
+            // Keep the read end open and unread for the child's whole life.
+            let out = child.stdout.take();
+            std::thread::spawn(move || {
+                let _keep = out;
+                std::thread::sleep(Duration::from_secs(3600));
+            });
+        }
+        (child, stderr, ready)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        let addr = self.metrics.expect("observer serves metrics");
+        let text = http_get(addr, "/metrics")
+            .unwrap_or_else(|e| panic!("scraping {addr}: {e}\nstderr:\n{}", self.stderr()));
+        Scrape { text }
+    }
+
+    /// IDs of the eBPF programs this observer has loaded (bpftool lists their holders).
+    pub fn program_ids(&self) -> Vec<u64> {
+        programs_of(self.pid())
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(20))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// The exit status if the child has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("waiting for observer")
+    }
+
+    /// Waits for the child to exit on its own; panics after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for observer") {
+                return status;
+            }
+            if std::time::Instant::now() > end {
+                let _ = self.child.kill();
+                panic!("observer did not exit within {timeout:?}:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs observer to completion (for bad-input cases): (exit code, stderr).
+pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running observer");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// IDs of the eBPF programs process `pid` holds, from the `prog_id:` lines of its fdinfo.
+pub fn programs_of(pid: u32) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Whether a program with this ID is still loaded.
+pub fn program_loaded(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}

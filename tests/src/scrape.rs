@@ -1,0 +1,81 @@
+//! Reading a Prometheus text exposition, and plain HTTP GETs on loopback.
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+/// GET `path` from `addr`; returns the body of a 200 response.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let (head, body) = buf.split_once("\r\n\r\n").ok_or("no HTTP header")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(head.lines().next().unwrap_or("").to_string());
+    }
+    Ok(body.to_string())
+}
+
+/// One scrape of /metrics.
+#[derive(Clone, Debug)]
+pub struct Scrape {
+    pub text: String,
+}
+
+impl Scrape {
+    /// The value of the sample `name{labels}` whose labels include all of `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples(name)
+            .into_iter()
+            .find(|(l, _)| labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v)))
+            .map(|(_, v)| v)
+    }
+
+    /// Every sample of metric `name` (exact name), with its labels.
+    pub fn samples(&self, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+        let mut out = Vec::new();
+        for line in self.text.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = match line.rsplit_once(' ') {
+                Some(x) => x,
+                None => continue,
+            };
+            let (n, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                continue;
+            }
+            let labels = labels
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    Some((k.to_string(), v.trim_matches('"').to_string()))
+                })
+                .collect();
+            if let Ok(v) = value.parse::<f64>() {
+                out.push((labels, v));
+            }
+        }
+        out
+    }
+
+    /// Shorthand for a (direction, port)-labelled sample.
+    pub fn conn(&self, name: &str, direction: &str, port: u16) -> Option<f64> {
+        self.value(name, &[("direction", direction), ("port", &port.to_string())])
+    }
+
+    pub fn established(&self, direction: &str, port: u16) -> Option<f64> {
+        self.value(
+            "observer_tcp_connections",
+            &[("direction", direction), ("port", &port.to_string()), ("state", "established")],
+        )
+    }
+}
