@@ -78,7 +78,34 @@ pub mod globals {
     pub const BUCKET_BOUNDS: &str = "BUCKET_BOUNDS";
     /// u32: number of entries of the `CGROUPS` map in use.
     pub const N_CGROUPS: &str = "N_CGROUPS";
+    /// `SockOffsets`: where the backup program reads a socket's fields.
+    pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
 }
+
+/// Offsets of the `struct sock` fields that the tracepoint copies into its record, for the backup
+/// program, which only gets the socket pointer. From the kernel's BTF at start; all 0 when
+/// unknown (the backup program then stays detached).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sock.sk_protocol` (u16).
+    pub protocol: u32,
+    /// `sock_common.skc_family` (u16).
+    pub family: u32,
+    /// `inet_sock.inet_sport` (__be16).
+    pub sport: u32,
+    /// `sock_common.skc_dport` (__be16).
+    pub dport: u32,
+    /// `inet_sock.inet_saddr` (__be32).
+    pub saddr: u32,
+    /// `sock_common.skc_daddr` (__be32).
+    pub daddr: u32,
+    /// `sock_common.skc_v6_rcv_saddr` (16 bytes).
+    pub saddr_v6: u32,
+    /// `sock_common.skc_v6_daddr` (16 bytes).
+    pub daddr_v6: u32,
+}
+crate::pod!(SockOffsets);
 
 /// Names of the program's maps.
 pub mod maps {
@@ -96,5 +123,8 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
 }
 
-/// Name of the program (the tracepoint handler).
+/// Name of the main program (on the tracepoint, reading its record).
 pub const PROGRAM: &str = "inet_sock_set_state";
+/// Name of the backup program (a raw tracepoint on the same event) that handles the transitions
+/// the kernel skips for the main program because they interrupted it on the same CPU.
+pub const BACKUP_PROGRAM: &str = "inet_sock_set_state_nested";

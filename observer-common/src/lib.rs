@@ -4,6 +4,8 @@
 //! ring. Each module is one concept; the kernel half of a concept is its layout and its pure rules
 //! (which the eBPF program runs), the user half is `aya::Pod` (feature `user`).
 #![no_std]
+// The eBPF build (RUSTC_BOOTSTRAP=1, see observer/build.rs) reaches the atomic-add intrinsic.
+#![cfg_attr(target_arch = "bpf", allow(internal_features), feature(core_intrinsics))]
 
 pub mod conn;
 pub mod counters;

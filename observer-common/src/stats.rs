@@ -59,22 +59,20 @@ impl PortStats {
         // Indices are masked rather than bounds-checked: the verifier follows a mask, while
         // LLVM may check a copy of the index and dereference another.
         if step.leave != 0 {
-            let g = &mut self.gauges[step.leave as usize & (NUM_STATES - 1)];
-            *g = g.wrapping_sub(1);
+            add(&mut self.gauges[step.leave as usize & (NUM_STATES - 1)], u64::MAX);
         }
         if step.enter != 0 {
-            let g = &mut self.gauges[step.enter as usize & (NUM_STATES - 1)];
-            *g = g.wrapping_add(1);
+            add(&mut self.gauges[step.enter as usize & (NUM_STATES - 1)], 1);
         }
         match step.event {
-            EVENT_OPEN => self.opened += 1,
-            EVENT_FAILED => self.failed += 1,
+            EVENT_OPEN => add(&mut self.opened, 1),
+            EVENT_FAILED => add(&mut self.failed, 1),
             EVENT_CLOSE => {
-                self.closed += 1;
+                add(&mut self.closed, 1);
                 if let Some(d) = step.duration_ns {
-                    self.duration_count += 1;
-                    self.duration_sum_ns = self.duration_sum_ns.wrapping_add(d);
-                    self.buckets[bucket_of(d) & MAX_BUCKETS] += 1;
+                    add(&mut self.duration_count, 1);
+                    add(&mut self.duration_sum_ns, d);
+                    add(&mut self.buckets[bucket_of(d) & MAX_BUCKETS], 1);
                 }
             }
             _ => {}
@@ -100,6 +98,26 @@ impl PortStats {
     pub fn gauge(&self, state: u8) -> i64 {
         self.gauges.get(state as usize).map_or(0, |g| *g as i64)
     }
+}
+
+/// Adds `delta` (wrapping) as one atomic instruction. The counters are per CPU, but the program
+/// can run nested on one CPU (a softirq interrupting it, see the eBPF crate): a plain
+/// read-modify-write there could lose the nested update.
+#[inline(always)]
+pub fn add(x: &mut u64, delta: u64) {
+    // The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` is not offered there;
+    // its atomic add instruction is reached through the intrinsic.
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: `x` is a valid, aligned u64.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            x, delta,
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: `x` is a valid, aligned u64.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(x) }
+        .fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// Index of the first bucket whose upper bound (inclusive, as Prometheus's `le`) holds

@@ -3,6 +3,15 @@
 //! For every TCP state change it decides whether the socket is watched (filter), updates that
 //! port's per-CPU counters (count), and, when asked, sends a record through the ring (emit).
 //! The rules of a connection's life live in `observer_common::conn`, unit-tested on the host.
+//!
+//! Two programs share that logic. The kernel skips a tracepoint program when a tracing program
+//! is already running on that CPU (a softirq transition interrupting ours, or another tool's
+//! program: counted in `recursion_misses`). The backup program, a raw tracepoint on the same
+//! event with a recursion guard of its own, runs after the main one for every transition and
+//! handles exactly those the main program did not: the main program notes each transition it
+//! takes in a small per-CPU list (`RECENT`) first thing; the backup takes its own transition out
+//! of that list, or handles it when it is not there. Counter updates are single atomic adds, so a
+//! nested update and the interrupted one never overwrite each other.
 #![no_std]
 #![no_main]
 
@@ -13,15 +22,15 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::bpf_get_current_ancestor_cgroup_id,
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use observer_common::{
     DIR_INBOUND, DIR_OUTBOUND,
     conn::{Conn, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step, first_sighting},
     counters,
-    filter::{CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_REMOTE, flags},
+    filter::{CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_REMOTE, SockOffsets, flags},
     limits::{
         DEFAULT_RING_BYTES, MAX_BASELINE, MAX_BUCKETS, MAX_CGROUPS, MAX_LOCAL_PORTS, MAX_PIDS,
         MAX_PORTS, MAX_SEEN, MAX_SOCKETS,
@@ -46,6 +55,17 @@ static N_BUCKETS: Global<u32> = Global::new(0);
 static BUCKET_BOUNDS: Global<[u64; MAX_BUCKETS]> = Global::new([0; MAX_BUCKETS]);
 #[unsafe(no_mangle)]
 static N_CGROUPS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
+    protocol: 0,
+    family: 0,
+    sport: 0,
+    dport: 0,
+    saddr: 0,
+    daddr: 0,
+    saddr_v6: 0,
+    daddr_v6: 0,
+});
 
 /// Watched connections, keyed by socket address; an entry lives from birth (or first sighting)
 /// to CLOSE.
@@ -81,11 +101,97 @@ static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_LEN, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+/// Per CPU: the last transitions the main program took, for the backup program.
+#[map]
+static RECENT: PerCpuArray<Recent> = PerCpuArray::with_max_entries(1, 0);
+
+const RECENT_LEN: usize = 4;
+
+#[repr(C)]
+struct Recent {
+    next: u64,
+    keys: [u64; RECENT_LEN],
+}
+
+/// One transition of one socket: a kernel pointer's top 16 bits are all ones, so the states can
+/// go there without two transitions sharing a key.
+#[inline(always)]
+fn transition_key(sk: u64, old: u8, new: u8) -> u64 {
+    sk ^ ((old as u64) << 56) ^ ((new as u64) << 48)
+}
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let _ = handle(&Tp(&ctx));
+    let tp = Tp(&ctx);
+    if let Some(r) = RECENT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the backup program only clears a slot that holds its key.
+        let r = unsafe { &mut *r };
+        let i = r.next as usize & (RECENT_LEN - 1);
+        unsafe { core::ptr::write_volatile(&mut r.keys[i], transition_key(tp.sk(), tp.old(), tp.new())) };
+        r.next = r.next.wrapping_add(1);
+    }
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    let _ = handle(&tp);
     0
+}
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
+    let raw = Raw {
+        sk: ctx.arg::<u64>(0),
+        old: ctx.arg::<u64>(1) as u8,
+        new: ctx.arg::<u64>(2) as u8,
+    };
+    let key = transition_key(raw.sk, raw.old, raw.new);
+    if let Some(r) = RECENT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        let r = unsafe { &mut *r };
+        let mut i = 0;
+        while i < RECENT_LEN {
+            // SAFETY: in bounds.
+            let slot = unsafe { &mut *(&mut r.keys[i] as *mut u64) };
+            if unsafe { core::ptr::read_volatile(slot) } == key {
+                unsafe { core::ptr::write_volatile(slot, 0) };
+                return 0; // the main program took it
+            }
+            i += 1;
+        }
+    }
+    count(counters::NESTED_HANDLED);
+    let _ = handle(&raw);
+    0
+}
+
+/// What the program reads of one transition, from the tracepoint's record (`Tp`) or, in the
+/// backup program, from the socket itself (`Raw`).
+trait Source {
+    /// Whether records are sent from this source. The backup program does not send any (the
+    /// verifier cannot prove it within its limit with the socket reads); the events it skips
+    /// are counted as dropped.
+    const EMITS: bool;
+
+    fn sk(&self) -> u64;
+    fn old(&self) -> u8;
+    fn new(&self) -> u8;
+    fn protocol(&self) -> u16;
+    fn sport(&self) -> u16;
+    fn dport(&self) -> u16;
+    /// (family, local address, remote address); IPv4 fills the first 4 bytes.
+    fn addrs(&self) -> (u16, [u8; 16], [u8; 16]);
+
+    #[inline(always)]
+    fn tuple(&self, netns: u32) -> TupleKey {
+        let (family, saddr, daddr) = self.addrs();
+        TupleKey {
+            netns,
+            family,
+            sport: self.sport(),
+            dport: self.dport(),
+            _pad: 0,
+            saddr,
+            daddr,
+        }
+    }
 }
 
 /// The tracepoint's record, read field by field at the offsets of `InetSockSetState`.
@@ -103,7 +209,39 @@ macro_rules! field {
     };
 }
 
-impl Tp<'_> {
+impl Source for Tp<'_> {
+    const EMITS: bool = true;
+
+    #[inline(always)]
+    fn sk(&self) -> u64 {
+        field!(self, skaddr: u64)
+    }
+
+    #[inline(always)]
+    fn old(&self) -> u8 {
+        field!(self, oldstate: i32) as u8
+    }
+
+    #[inline(always)]
+    fn new(&self) -> u8 {
+        field!(self, newstate: i32) as u8
+    }
+
+    #[inline(always)]
+    fn protocol(&self) -> u16 {
+        field!(self, protocol: u16)
+    }
+
+    #[inline(always)]
+    fn sport(&self) -> u16 {
+        field!(self, sport: u16)
+    }
+
+    #[inline(always)]
+    fn dport(&self) -> u16 {
+        field!(self, dport: u16)
+    }
+
     #[inline(always)]
     fn addrs(&self) -> (u16, [u8; 16], [u8; 16]) {
         let family = field!(self, family: u16);
@@ -119,7 +257,9 @@ impl Tp<'_> {
         }
         (family, s, d)
     }
+}
 
+impl Tp<'_> {
     #[inline(always)]
     fn read16(&self, off: usize) -> [u8; 16] {
         let p = self.0.as_ptr() as *const u8;
@@ -135,35 +275,90 @@ impl Tp<'_> {
         out[8..].copy_from_slice(&b.to_ne_bytes());
         out
     }
+}
+
+/// The raw tracepoint's arguments: the socket and the two states. The other fields are read
+/// from the socket, where the tracepoint itself copies them from.
+struct Raw {
+    sk: u64,
+    old: u8,
+    new: u8,
+}
+
+impl Raw {
+    #[inline(always)]
+    fn read<T>(&self, off: u32) -> Option<T> {
+        if off == 0 {
+            return None;
+        }
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        unsafe { bpf_probe_read_kernel((self.sk + off as u64) as *const T).ok() }
+    }
+}
+
+impl Source for Raw {
+    const EMITS: bool = false;
 
     #[inline(always)]
-    fn tuple(&self, netns: u32) -> TupleKey {
-        let (family, saddr, daddr) = self.addrs();
-        TupleKey {
-            netns,
-            family,
-            sport: field!(self, sport: u16),
-            dport: field!(self, dport: u16),
-            _pad: 0,
-            saddr,
-            daddr,
+    fn sk(&self) -> u64 {
+        self.sk
+    }
+
+    #[inline(always)]
+    fn old(&self) -> u8 {
+        self.old
+    }
+
+    #[inline(always)]
+    fn new(&self) -> u8 {
+        self.new
+    }
+
+    #[inline(always)]
+    fn protocol(&self) -> u16 {
+        self.read::<u16>(SOCK_OFFSETS.load().protocol).unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn sport(&self) -> u16 {
+        u16::from_be(self.read::<u16>(SOCK_OFFSETS.load().sport).unwrap_or(0))
+    }
+
+    #[inline(always)]
+    fn dport(&self) -> u16 {
+        u16::from_be(self.read::<u16>(SOCK_OFFSETS.load().dport).unwrap_or(0))
+    }
+
+    #[inline(always)]
+    fn addrs(&self) -> (u16, [u8; 16], [u8; 16]) {
+        let o = SOCK_OFFSETS.load();
+        let family = self.read::<u16>(o.family).unwrap_or(0);
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        if family == AF_INET {
+            s[..4].copy_from_slice(&self.read::<[u8; 4]>(o.saddr).unwrap_or([0; 4]));
+            d[..4].copy_from_slice(&self.read::<[u8; 4]>(o.daddr).unwrap_or([0; 4]));
+        } else {
+            s = self.read::<[u8; 16]>(o.saddr_v6).unwrap_or([0; 16]);
+            d = self.read::<[u8; 16]>(o.daddr_v6).unwrap_or([0; 16]);
         }
+        (family, s, d)
     }
 }
 
 #[inline(always)]
-fn handle(tp: &Tp) -> Option<()> {
-    if field!(tp, protocol: u16) != IPPROTO_TCP {
+fn handle<S: Source>(tp: &S) -> Option<()> {
+    if tp.protocol() != IPPROTO_TCP {
         return None;
     }
-    let old = field!(tp, oldstate: i32) as u8;
-    let new = field!(tp, newstate: i32) as u8;
+    let old = tp.old();
+    let new = tp.new();
     if old == new {
         return None;
     }
-    let sk = field!(tp, skaddr: u64);
-    let sport = field!(tp, sport: u16);
-    let dport = field!(tp, dport: u16);
+    let sk = tp.sk();
+    let sport = tp.sport();
+    let dport = tp.dport();
     let cfg = FLAGS.load();
     if new == tcp::LISTEN {
         return on_listen(cfg, sk, sport);
@@ -212,7 +407,7 @@ fn handle(tp: &Tp) -> Option<()> {
 /// First sighting of a socket that existed before observer: counted by the start-up snapshot if
 /// the kernel holds its seed, otherwise from its new state on.
 #[inline(always)]
-fn adopt(tp: &Tp, sk: u64, old: u8, new: u8, local: bool, remote: bool) -> Option<()> {
+fn adopt<S: Source>(tp: &S, sk: u64, old: u8, new: u8, local: bool, remote: bool) -> Option<()> {
     let netns = netns_of(sk);
     let key = tp.tuple(netns);
     if baseline_active()
@@ -238,7 +433,7 @@ fn adopt(tp: &Tp, sk: u64, old: u8, new: u8, local: bool, remote: bool) -> Optio
 }
 
 #[inline(always)]
-fn track_new(tp: &Tp, sk: u64, mut conn: Conn, new: u8, netns: u32, mark_seen: bool) -> Option<()> {
+fn track_new<S: Source>(tp: &S, sk: u64, mut conn: Conn, new: u8, netns: u32, mark_seen: bool) -> Option<()> {
     let step = conn.advance(new, now());
     if !step.ended && SOCKETS.insert(&sk, &conn, BPF_NOEXIST.into()).is_err() {
         count(counters::SOCKETS_FULL);
@@ -248,7 +443,7 @@ fn track_new(tp: &Tp, sk: u64, mut conn: Conn, new: u8, netns: u32, mark_seen: b
 }
 
 #[inline(always)]
-fn advance(tp: &Tp, sk: u64, conn: &mut Conn, new: u8, netns: Option<u32>) -> Option<()> {
+fn advance<S: Source>(tp: &S, sk: u64, conn: &mut Conn, new: u8, netns: Option<u32>) -> Option<()> {
     let step = conn.advance(new, now());
     let conn = *conn;
     if step.ended {
@@ -265,7 +460,7 @@ fn advance(tp: &Tp, sk: u64, conn: &mut Conn, new: u8, netns: Option<u32>) -> Op
 }
 
 #[inline(always)]
-fn finish(tp: &Tp, sk: u64, conn: &Conn, step: &Step, netns: u32, mark_seen: bool) -> Option<()> {
+fn finish<S: Source>(tp: &S, sk: u64, conn: &Conn, step: &Step, netns: u32, mark_seen: bool) -> Option<()> {
     if mark_seen && snapshot_open() && SEEN.insert(&tp.tuple(netns), &0, 0).is_err() {
         count(counters::SEEN_FULL);
     }
@@ -274,13 +469,17 @@ fn finish(tp: &Tp, sk: u64, conn: &Conn, step: &Step, netns: u32, mark_seen: boo
         unsafe { &mut *stats }.apply(step, |d| bucket_of(d, N_BUCKETS.load() as usize, bound));
     }
     if FLAGS.load() & flags::EMIT_EVENTS != 0 {
-        emit(tp, sk, conn, step, netns);
+        if S::EMITS {
+            emit(tp, sk, conn, step, netns);
+        } else {
+            count(counters::EVENTS_SKIPPED);
+        }
     }
     Some(())
 }
 
 #[inline(always)]
-fn emit(tp: &Tp, sk: u64, conn: &Conn, step: &Step, netns: u32) {
+fn emit<S: Source>(tp: &S, sk: u64, conn: &Conn, step: &Step, netns: u32) {
     let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
         count(counters::RING_FULL);
         return;
@@ -299,12 +498,12 @@ fn emit(tp: &Tp, sk: u64, conn: &Conn, step: &Step, netns: u32) {
         duration_ns: step.duration_ns.unwrap_or(0),
         pid: conn.pid,
         netns,
-        sport: field!(tp, sport: u16),
-        dport: field!(tp, dport: u16),
+        sport: tp.sport(),
+        dport: tp.dport(),
         port: conn.port,
         family,
-        oldstate: field!(tp, oldstate: i32) as u8,
-        newstate: field!(tp, newstate: i32) as u8,
+        oldstate: tp.old(),
+        newstate: tp.new(),
         direction: conn.direction,
         event: step.event,
         flags: rflags,
@@ -463,7 +662,8 @@ fn bound(i: usize) -> u64 {
 #[inline(always)]
 fn count(index: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(index) {
-        unsafe { *p += 1 };
+        // SAFETY: this CPU's counter; atomic against a nested run.
+        observer_common::stats::add(unsafe { &mut *p }, 1);
     }
 }
 

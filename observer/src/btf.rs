@@ -3,6 +3,7 @@
 //! hands them to the program as globals; they differ between kernels.
 use anyhow::{Context as _, Result, anyhow};
 use btf_rs::{Btf, Type};
+use observer_common::filter::SockOffsets;
 
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -16,8 +17,28 @@ pub struct NetnsOffsets {
     pub net_inum: u32,
 }
 
-pub fn netns_offsets() -> Result<NetnsOffsets> {
-    let btf = Btf::from_file(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
+/// The kernel's BTF, parsed once.
+pub fn vmlinux() -> Result<Btf> {
+    Btf::from_file(VMLINUX).with_context(|| format!("reading {VMLINUX}"))
+}
+
+/// Where the fields that the tracepoint copies into its record live in `struct sock`.
+pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets> {
+    let common = |f: &str| offset(btf, "sock", &["__sk_common", f]).map(|o| o as u32);
+    let inet = |f: &str| offset(btf, "inet_sock", &[f]).map(|o| o as u32);
+    Ok(SockOffsets {
+        protocol: offset(btf, "sock", &["sk_protocol"])? as u32,
+        family: common("skc_family")?,
+        sport: inet("inet_sport")?,
+        dport: common("skc_dport")?,
+        saddr: inet("inet_saddr")?,
+        daddr: common("skc_daddr")?,
+        saddr_v6: common("skc_v6_rcv_saddr")?,
+        daddr_v6: common("skc_v6_daddr")?,
+    })
+}
+
+pub fn netns_offsets(btf: &Btf) -> Result<NetnsOffsets> {
     let sk_net = offset(&btf, "sock", &["__sk_common", "skc_net"])?;
     let net_inum = offset(&btf, "net", &["ns", "inum"])?;
     Ok(NetnsOffsets {
@@ -53,6 +74,9 @@ fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(usize, Type)>
         let m_ty = strip(btf, btf.resolve_chained_type(m)?)?;
         let off = (m.bit_offset() / 8) as usize;
         if m_name == name {
+            if m.bitfield_size().is_some_and(|b| b != 0) {
+                return Err(anyhow!("{name} is a bit field"));
+            }
             return Ok(Some((off, m_ty)));
         }
         if m_name.is_empty()
@@ -73,5 +97,21 @@ fn strip(btf: &Btf, mut ty: Type) -> Result<Type> {
             Type::Volatile(t) => btf.resolve_chained_type(t)?,
             _ => return Ok(ty),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_kernel_has_every_field_observer_reads() {
+        let btf = vmlinux().unwrap();
+        let o = sock_offsets(&btf).unwrap();
+        // struct sock starts with sock_common, whose family and ports come early.
+        assert!(o.family < 64 && o.dport < 64, "{o:?}");
+        assert!(o.protocol > 64 && o.sport > o.protocol, "{o:?}");
+        let n = netns_offsets(&btf).unwrap();
+        assert!(n.sk_net > 0 && n.net_inum > 0, "{n:?}");
     }
 }

@@ -5,7 +5,7 @@ use observer_common::limits::{MAX_BUCKETS, MAX_CGROUPS, MAX_PIDS};
 
 use crate::{cli::Cli, metrics::DEFAULT_BUCKETS, output::Format};
 
-/// A usage error: one line for the user, exit code 2 (like clap's).
+/// A value that parses but cannot be used: one line for the user, exit code 1.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("--metrics-addr `{0}` is not an address like 127.0.0.1:18090 or [::1]:18090")]

@@ -6,11 +6,14 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{ProgramFd, TracePoint},
+    programs::{ProgramFd, RawTracePoint, TracePoint},
 };
 use observer_common::{
     counters,
-    filter::{CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_REMOTE, flags, globals, maps},
+    filter::{
+        CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_REMOTE, SockOffsets, flags, globals,
+        maps,
+    },
     limits::MAX_BUCKETS,
     snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
     stats::{PortStats, StatsKey},
@@ -28,6 +31,8 @@ pub struct Settings {
     pub all_listeners: bool,
     pub process_targets: bool,
     pub netns: Option<NetnsOffsets>,
+    /// Where the backup program reads sockets; None: no backup program.
+    pub sock: Option<SockOffsets>,
     /// Histogram bucket upper bounds in nanoseconds, ascending, at most MAX_BUCKETS.
     pub bucket_bounds_ns: Vec<u64>,
     pub cgroups: Vec<CgroupTarget>,
@@ -38,6 +43,7 @@ pub struct Kernel {
     // Owns the program and its link: dropping it detaches.
     _ebpf: Ebpf,
     prog_fd: ProgramFd,
+    backup_fd: Option<ProgramFd>,
     stats: PerCpuHashMap<MapData, StatsKey, PortStats>,
     counters: PerCpuArray<MapData, u64>,
     port_flags: Array<MapData, u32>,
@@ -52,14 +58,18 @@ pub struct Kernel {
 /// Everything the program could not do, summed over CPUs (see `observer_common::counters`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Health {
+    /// Events dropped: the ring was full, or the backup program handled the transition.
     pub ring_full: u64,
     pub sockets_full: u64,
     pub ports_full: u64,
     pub seen_full: u64,
     pub local_ports_full: u64,
     pub stale_sockets: u64,
-    /// Runs of the program the kernel skipped because it was already running on that CPU.
-    pub missed_runs: u64,
+    /// Transitions the kernel skipped for the main program (it was already running on that
+    /// CPU, or another tracing program was) that the backup program did not handle either.
+    pub lost: u64,
+    /// Transitions that interrupted the main program and were handled by the backup program.
+    pub nested: u64,
 }
 
 impl Kernel {
@@ -83,6 +93,7 @@ impl Kernel {
         }
         let (sk_net, net_inum) = s.netns.map_or((0, 0), |o| (o.sk_net, o.net_inum));
         let n_cgroups = s.cgroups.len() as u32;
+        let sock = s.sock.unwrap_or_default();
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::FLAGS, &f, true)
             .override_global(globals::SK_NET_OFFSET, &sk_net, true)
@@ -90,6 +101,7 @@ impl Kernel {
             .override_global(globals::N_BUCKETS, &n_buckets, true)
             .override_global(globals::BUCKET_BOUNDS, &bounds, true)
             .override_global(globals::N_CGROUPS, &n_cgroups, true)
+            .override_global(globals::SOCK_OFFSETS, &sock, true)
             .map_max_entries(maps::EVENTS, s.ring_bytes)
             .load(PROGRAM_OBJECT)
             .map_err(privilege_hint)
@@ -111,6 +123,16 @@ impl Kernel {
             e => privilege_hint(e),
         })?;
         let prog_fd = program.fd()?.try_clone()?;
+        let backup_fd = if s.sock.is_some() {
+            let backup: &mut RawTracePoint = ebpf
+                .program_mut(observer_common::filter::BACKUP_PROGRAM)
+                .ok_or_else(|| anyhow!("the eBPF object has no program {}", observer_common::filter::BACKUP_PROGRAM))?
+                .try_into()?;
+            backup.load().map_err(privilege_hint).context("loading the backup program")?;
+            Some(backup.fd()?.try_clone()?)
+        } else {
+            None
+        };
 
         let mut cgroups: Array<MapData, CgroupTarget> = take(&mut ebpf, maps::CGROUPS)?;
         for (i, c) in s.cgroups.iter().enumerate() {
@@ -123,6 +145,7 @@ impl Kernel {
         };
         Ok(Kernel {
             prog_fd,
+            backup_fd,
             stats: take(&mut ebpf, maps::STATS)?,
             counters: take(&mut ebpf, maps::COUNTERS)?,
             port_flags: take(&mut ebpf, maps::PORT_FLAGS)?,
@@ -146,6 +169,17 @@ impl Kernel {
         program
             .attach(tracepoint::CATEGORY, tracepoint::NAME)
             .with_context(|| format!("attaching to tracepoint {}:{}", tracepoint::CATEGORY, tracepoint::NAME))?;
+        if self.backup_fd.is_some() {
+            // Attached second, so that it runs after the main program for each transition.
+            let backup: &mut RawTracePoint = self
+                ._ebpf
+                .program_mut(observer_common::filter::BACKUP_PROGRAM)
+                .expect("checked at load")
+                .try_into()?;
+            backup
+                .attach(tracepoint::NAME)
+                .with_context(|| format!("attaching to raw tracepoint {}", tracepoint::NAME))?;
+        }
         Ok(())
     }
 
@@ -229,29 +263,30 @@ impl Kernel {
                 .unwrap_or(0)
         };
         Health {
-            ring_full: sum(counters::RING_FULL),
+            ring_full: sum(counters::RING_FULL) + sum(counters::EVENTS_SKIPPED),
             sockets_full: sum(counters::SOCKETS_FULL),
             ports_full: sum(counters::PORTS_FULL),
             seen_full: sum(counters::SEEN_FULL),
             local_ports_full: sum(counters::LOCAL_PORTS_FULL),
             stale_sockets: sum(counters::STALE_SOCKETS),
-            missed_runs: self.missed_runs(),
+            lost: misses(&self.prog_fd).saturating_sub(sum(counters::NESTED_HANDLED)),
+            nested: sum(counters::NESTED_HANDLED),
         }
     }
 
-    /// The kernel's count of skipped runs (`recursion_misses` in the program's fdinfo): a
-    /// transition in softirq that interrupted the program running on the same CPU.
-    fn missed_runs(&self) -> u64 {
-        let path = format!("/proc/self/fdinfo/{}", self.prog_fd.as_fd_raw());
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("recursion_misses:"))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0)
-    }
+}
+
+/// The kernel's count of a program's skipped runs (`recursion_misses` in its fdinfo).
+fn misses(fd: &ProgramFd) -> u64 {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_fd_raw());
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("recursion_misses:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 trait RawFdExt {

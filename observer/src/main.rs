@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("observer: {e}");
-            return ExitCode::from(2);
+            return ExitCode::FAILURE;
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -88,11 +88,19 @@ async fn run(config: Config) -> Result<()> {
 
     tracefs::ensure_mounted()?;
     tracefs::check_format()?;
-    let netns = match btf::netns_offsets() {
+    let vmlinux = btf::vmlinux();
+    let netns = match vmlinux.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(btf::netns_offsets) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            eprintln!("observer: warning: network namespaces will not be told apart ({e:#})");
+            None
+        }
+    };
+    let sock = match vmlinux.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(btf::sock_offsets) {
         Ok(o) => Some(o),
         Err(e) => {
             eprintln!(
-                "observer: warning: network namespaces will not be told apart ({e:#})"
+                "observer: warning: transitions that interrupt observer's program on one CPU will be lost, and counted ({e:#})"
             );
             None
         }
@@ -103,6 +111,7 @@ async fn run(config: Config) -> Result<()> {
         all_listeners: config.all_listeners(),
         process_targets,
         netns,
+        sock,
         bucket_bounds_ns: config.bucket_bounds_ns(),
         cgroups: cgroups.iter().map(|c| c.target).collect(),
         ring_bytes: config.ring_bytes,

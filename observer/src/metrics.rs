@@ -47,7 +47,7 @@ struct Family {
     labels: &'static [&'static str],
 }
 
-const FAMILIES: [Family; 8] = [
+const FAMILIES: [Family; 9] = [
     Family {
         name: "observer_tcp_connections",
         help: "Watched sockets in each TCP state right now.",
@@ -82,6 +82,11 @@ const FAMILIES: [Family; 8] = [
         name: "observer_kernel_errors_total",
         help: "Things the kernel program could not do, by reason; the metrics may be off when these move.",
         labels: &["reason"],
+    },
+    Family {
+        name: "observer_kernel_backup_transitions_total",
+        help: "Transitions the kernel skipped for observer's main program (another tracing program was running on that CPU) that its backup program counted.",
+        labels: &[],
     },
     Family {
         name: "observer_build_info",
@@ -196,7 +201,7 @@ impl Collector for ConnCollector {
             ("snapshot_map_full", health.seen_full),
             ("listeners_map_full", health.local_ports_full),
             ("stale_socket_retired", health.stale_sockets),
-            ("missed_run", health.missed_runs),
+            ("lost_transition", health.lost),
         ]
         .iter()
         .map(|(reason, n)| counter(&[("reason", reason)], *n))
@@ -206,7 +211,7 @@ impl Collector for ConnCollector {
         let mut info = metric(&[("version", env!("CARGO_PKG_VERSION"))]);
         info.set_gauge(info_gauge);
 
-        let parts: [(MetricType, Vec<proto::Metric>); 8] = [
+        let parts: [(MetricType, Vec<proto::Metric>); 9] = [
             (MetricType::GAUGE, gauges),
             (MetricType::COUNTER, opened),
             (MetricType::COUNTER, closed),
@@ -214,6 +219,7 @@ impl Collector for ConnCollector {
             (MetricType::HISTOGRAM, hists),
             (MetricType::COUNTER, vec![counter(&[], health.ring_full)]),
             (MetricType::COUNTER, kernel_errors),
+            (MetricType::COUNTER, vec![counter(&[], health.nested)]),
             (MetricType::GAUGE, vec![info]),
         ];
         for (fam, (ty, metrics)) in fams.iter_mut().zip(parts) {

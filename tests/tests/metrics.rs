@@ -1,0 +1,222 @@
+//! Prometheus metrics, end to end: exact counts from the first scrape, under churn, with a
+//! stalled event reader, and through a real Prometheus server.
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use observer_tests::{
+    net::{Mode, Server, churn, hold, ss_established},
+    observer::{Observer, Stdout, run_to_exit},
+    require_root,
+    scrape::{Scrape, http_get},
+    wait_for,
+};
+
+const IN: &str = "inbound";
+
+/// Scrapes until `check` holds (the kernel finishes a close a moment after the client's
+/// close() returns), then returns that scrape; panics with the last scrape otherwise.
+fn settle(o: &Observer, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    let mut last = None;
+    wait_for(Duration::from_secs(30), || {
+        let s = o.scrape();
+        let ok = check(&s);
+        last = Some(s.clone());
+        ok.then_some(s)
+    })
+    .unwrap_or_else(|| panic!("{what}: never reached; last scrape:\n{}", last.unwrap().text))
+}
+
+#[test]
+fn attaches_to_a_running_server_and_is_right_from_the_first_scrape() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    const K: usize = 100;
+    let conns = hold(server.addrs[0], K);
+    wait_for(Duration::from_secs(10), || (ss_established(port) == K).then_some(()))
+        .expect("the server accepted every connection");
+
+    let o = Observer::start(&["--port", &port.to_string()]);
+    let first = o.scrape();
+    assert_eq!(first.established(IN, port), Some(K as f64), "first scrape");
+    assert_eq!(first.conn("observer_tcp_connections_opened_total", IN, port), Some(0.0));
+    assert_eq!(ss_established(port), K, "oracle: ss agrees");
+
+    drop(conns);
+    let s = settle(&o, "all closed", |s| {
+        s.conn("observer_tcp_connections_closed_total", IN, port) == Some(K as f64)
+    });
+    assert_eq!(s.established(IN, port), Some(0.0));
+    for state in ["close_wait", "last_ack", "fin_wait1", "fin_wait2", "closing", "syn_recv"] {
+        let v = s.value("observer_tcp_connections", &[("port", &port.to_string()), ("state", state)]);
+        assert_eq!(v, Some(0.0), "{state}");
+    }
+    // Their opening was not observed: no lifetimes, no opens.
+    assert_eq!(s.conn("observer_tcp_connection_duration_seconds_count", IN, port), Some(0.0));
+    assert_eq!(s.conn("observer_tcp_connections_opened_total", IN, port), Some(0.0));
+    assert_eq!(o.terminate().code(), Some(0));
+}
+
+#[test]
+fn churn_of_20000_connections_is_counted_exactly() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::CloseFirst);
+    let port = server.port();
+    let o = Observer::start(&["--port", &port.to_string()]);
+    let before = o.scrape();
+    assert_eq!(before.established(IN, port), Some(0.0));
+
+    const N: usize = 20_000;
+    churn(server.addrs[0], N, 4);
+    let s = settle(&o, "20000 closed", |s| {
+        s.conn("observer_tcp_connections_closed_total", IN, port) == Some(N as f64)
+    });
+    assert_eq!(s.conn("observer_tcp_connections_opened_total", IN, port), Some(N as f64));
+    assert_eq!(s.conn("observer_tcp_connection_duration_seconds_count", IN, port), Some(N as f64));
+    assert_eq!(s.conn("observer_tcp_connections_failed_total", IN, port), Some(0.0));
+    assert_eq!(s.established(IN, port), Some(0.0));
+    for (labels, v) in s.samples("observer_tcp_connections") {
+        assert!(v >= 0.0, "negative gauge {labels:?} = {v}");
+    }
+    let inf = s.value(
+        "observer_tcp_connection_duration_seconds_bucket",
+        &[("port", &port.to_string()), ("le", "+Inf")],
+    );
+    assert_eq!(inf, Some(N as f64));
+    assert_eq!(s.value("observer_kernel_errors_total", &[("reason", "sockets_map_full")]), Some(0.0));
+    assert_eq!(o.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_stalled_event_reader_loses_events_but_never_counts() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::CloseFirst);
+    let port = server.port();
+    // Events go to a pipe nobody reads, through the smallest ring.
+    let (o, _) = Observer::spawn(
+        &["--port", &port.to_string(), "--events", "json", "--ring-kib", "4"],
+        Stdout::Stuck,
+    );
+    const N: usize = 20_000;
+    churn(server.addrs[0], N, 4);
+    let s = settle(&o, "20000 closed", |s| {
+        s.conn("observer_tcp_connections_closed_total", IN, port) == Some(N as f64)
+    });
+    assert_eq!(s.conn("observer_tcp_connections_opened_total", IN, port), Some(N as f64));
+    assert_eq!(s.conn("observer_tcp_connection_duration_seconds_count", IN, port), Some(N as f64));
+    assert_eq!(s.established(IN, port), Some(0.0));
+    let dropped = s.value("observer_events_dropped_total", &[]).unwrap();
+    assert!(dropped > 0.0, "the ring overflowed, and that is counted: {dropped}");
+    drop(o);
+}
+
+#[test]
+fn promtool_accepts_a_real_scrape() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    let o = Observer::start(&["--port", &port.to_string(), "--remote-port", "5432"]);
+    let _c = hold(server.addrs[0], 3);
+    let s = settle(&o, "3 open", |s| s.established(IN, port) == Some(3.0));
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by cargo xtask setup");
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(s.text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}\n{}", s.text);
+    // The other families are there too.
+    assert_eq!(s.value("observer_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+    assert!(s.value("process_resident_memory_bytes", &[]).is_some(), "process collector");
+    assert_eq!(s.established("outbound", 5432), Some(0.0), "a watched port shows up at 0");
+}
+
+#[test]
+fn a_real_prometheus_reads_37_established_connections() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    let o = Observer::start(&["--port", &port.to_string()]);
+    let _c = hold(server.addrs[0], 37);
+    let dir = tempdir("prometheus");
+    let web = free_port();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: observer\n    static_configs:\n      - targets: ['{}']\n",
+            o.metrics.unwrap()
+        ),
+    )
+    .unwrap();
+    let prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is installed by cargo xtask setup");
+    let _prom = KillOnDrop(prom);
+    let query = format!(
+        "/api/v1/query?query=observer_tcp_connections%7Bstate%3D%22established%22%2Cport%3D%22{port}%22%7D"
+    );
+    let addr = format!("127.0.0.1:{web}").parse().unwrap();
+    let value = wait_for(Duration::from_secs(60), || {
+        let body = http_get(addr, &query).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let sample = v["data"]["result"].get(0)?["value"][1].as_str()?.to_string();
+        (sample == "37").then_some(sample)
+    });
+    assert_eq!(value.as_deref(), Some("37"), "Prometheus's view of observer");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_or_busy_metrics_address_is_one_clear_error() {
+    require_root();
+    let (code, err) = run_to_exit(&["--port", "80", "--metrics-addr", "localhost:80:80"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--metrics-addr `localhost:80:80`"), "{err}");
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let before = loaded_tracepoint_programs();
+    let (code, err) = run_to_exit(&["--port", "80", "--metrics-addr", &addr]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&addr) && err.contains("in use"), "{err}");
+    assert!(loaded_tracepoint_programs() <= before, "nothing left loaded");
+}
+
+fn loaded_tracepoint_programs() -> usize {
+    let out = Command::new("bpftool").args(["prog", "show"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).matches("name inet_sock_set_state").count()
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("observer-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
