@@ -30,8 +30,9 @@ fn main() -> anyhow::Result<()> {
         root_dir: root,
         ..Default::default()
     };
-    aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&toolchain))
-        .context("building the eBPF program (run `cargo xtask setup` once if the toolchain is missing)")
+    aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&toolchain)).context(
+        "building the eBPF program (run `cargo xtask setup` once if the toolchain is missing)",
+    )
 }
 
 /// The linked toolchain when it exists, else a rustup nightly that has rust-src.
@@ -51,7 +52,10 @@ fn pick_toolchain() -> anyhow::Result<String> {
         && out.status.success()
     {
         let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if std::path::Path::new(&root).join("lib/rustlib/src/rust/library/core").exists() {
+        if std::path::Path::new(&root)
+            .join("lib/rustlib/src/rust/library/core")
+            .exists()
+        {
             return Ok("nightly".into());
         }
     }

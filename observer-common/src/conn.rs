@@ -25,6 +25,8 @@ pub const EVENT_FAILED: u8 = 3;
 pub struct Conn {
     /// Monotonic time (ns) of the move to ESTABLISHED; 0 when it was not observed.
     pub start_ns: u64,
+    /// Monotonic time (ns) of the last transition seen.
+    pub last_ns: u64,
     /// The process this connection belongs to for sure; 0 when it cannot be known.
     pub pid: u32,
     /// Local port (inbound) or remote port (outbound): the label of its counters.
@@ -59,6 +61,7 @@ impl Conn {
     pub const fn new(direction: u8, port: u16, counted: u8, established: bool) -> Self {
         Conn {
             start_ns: 0,
+            last_ns: 0,
             pid: 0,
             port,
             direction,
@@ -76,7 +79,11 @@ impl Conn {
             return Step::default();
         }
         let mut step = Step {
-            leave: if tcp::is_gauged(self.state) { self.state } else { 0 },
+            leave: if tcp::is_gauged(self.state) {
+                self.state
+            } else {
+                0
+            },
             enter: if tcp::is_gauged(new) { new } else { 0 },
             ..Step::default()
         };
@@ -97,7 +104,30 @@ impl Conn {
             }
         }
         self.state = new;
+        self.last_ns = now_ns;
         step
+    }
+
+    /// The socket is gone without a CLOSE that the program saw: its address came back for a new
+    /// socket, which cannot happen while it lives. An established connection did close, so it
+    /// counts as closed, with the lifetime up to its last transition seen (its close() or the
+    /// peer's FIN); a socket that never got established only leaves its state: it is not a
+    /// failed handshake (the kernel frees, for one, the loser of two children raced for one
+    /// request without a CLOSE).
+    pub fn retire(&self) -> Step {
+        let established = self.flags & FLAG_ESTABLISHED != 0;
+        Step {
+            leave: if tcp::is_gauged(self.state) {
+                self.state
+            } else {
+                0
+            },
+            enter: 0,
+            event: if established { EVENT_CLOSE } else { EVENT_NONE },
+            ended: true,
+            duration_ns: (established && self.flags & FLAG_OPEN_SEEN != 0)
+                .then(|| self.last_ns.saturating_sub(self.start_ns)),
+        }
     }
 }
 
@@ -135,13 +165,36 @@ mod tests {
     fn inbound_server_closes_first() {
         let mut c = first_sighting(DIR_INBOUND, 8080, LISTEN, false);
         assert_eq!(c.flags & FLAG_PREEXISTING, 0);
-        let s = walk(&mut c, &[SYN_RECV, ESTABLISHED, FIN_WAIT1, FIN_WAIT1, FIN_WAIT2, CLOSE]);
-        assert_eq!((s[0].leave, s[0].enter, s[0].event), (0, SYN_RECV, EVENT_NONE));
-        assert_eq!((s[1].leave, s[1].enter, s[1].event), (SYN_RECV, ESTABLISHED, EVENT_OPEN));
+        let s = walk(
+            &mut c,
+            &[
+                SYN_RECV,
+                ESTABLISHED,
+                FIN_WAIT1,
+                FIN_WAIT1,
+                FIN_WAIT2,
+                CLOSE,
+            ],
+        );
+        assert_eq!(
+            (s[0].leave, s[0].enter, s[0].event),
+            (0, SYN_RECV, EVENT_NONE)
+        );
+        assert_eq!(
+            (s[1].leave, s[1].enter, s[1].event),
+            (SYN_RECV, ESTABLISHED, EVENT_OPEN)
+        );
         assert_eq!((s[2].leave, s[2].enter), (ESTABLISHED, FIN_WAIT1));
-        assert_eq!(s[3], Step::default(), "same-state transition counts nothing");
+        assert_eq!(
+            s[3],
+            Step::default(),
+            "same-state transition counts nothing"
+        );
         assert_eq!((s[4].leave, s[4].enter), (FIN_WAIT1, FIN_WAIT2));
-        assert_eq!((s[5].leave, s[5].enter, s[5].event), (FIN_WAIT2, 0, EVENT_CLOSE));
+        assert_eq!(
+            (s[5].leave, s[5].enter, s[5].event),
+            (FIN_WAIT2, 0, EVENT_CLOSE)
+        );
         assert!(s[5].ended);
         // Established at t=2000, closed at t=6000.
         assert_eq!(s[5].duration_ns, Some(4_000));
@@ -150,10 +203,16 @@ mod tests {
     #[test]
     fn inbound_client_closes_first() {
         let mut c = first_sighting(DIR_INBOUND, 80, LISTEN, false);
-        let s = walk(&mut c, &[SYN_RECV, ESTABLISHED, CLOSE_WAIT, LAST_ACK, CLOSE]);
+        let s = walk(
+            &mut c,
+            &[SYN_RECV, ESTABLISHED, CLOSE_WAIT, LAST_ACK, CLOSE],
+        );
         assert_eq!((s[2].leave, s[2].enter), (ESTABLISHED, CLOSE_WAIT));
         assert_eq!((s[3].leave, s[3].enter), (CLOSE_WAIT, LAST_ACK));
-        assert_eq!((s[4].leave, s[4].enter, s[4].event), (LAST_ACK, 0, EVENT_CLOSE));
+        assert_eq!(
+            (s[4].leave, s[4].enter, s[4].event),
+            (LAST_ACK, 0, EVENT_CLOSE)
+        );
     }
 
     #[test]
@@ -186,7 +245,10 @@ mod tests {
         let mut c = first_sighting(DIR_OUTBOUND, 5432, CLOSE, false);
         let s = walk(&mut c, &[SYN_SENT, CLOSE]);
         assert_eq!((s[0].leave, s[0].enter), (0, SYN_SENT));
-        assert_eq!((s[1].leave, s[1].enter, s[1].event), (SYN_SENT, 0, EVENT_FAILED));
+        assert_eq!(
+            (s[1].leave, s[1].enter, s[1].event),
+            (SYN_SENT, 0, EVENT_FAILED)
+        );
         assert_eq!(s[1].duration_ns, None);
     }
 
@@ -196,10 +258,16 @@ mod tests {
         let mut c = first_sighting(DIR_INBOUND, 8080, ESTABLISHED, true);
         assert_ne!(c.flags & FLAG_PREEXISTING, 0);
         let s = c.advance(CLOSE_WAIT, 10);
-        assert_eq!((s.leave, s.enter, s.event), (ESTABLISHED, CLOSE_WAIT, EVENT_NONE));
+        assert_eq!(
+            (s.leave, s.enter, s.event),
+            (ESTABLISHED, CLOSE_WAIT, EVENT_NONE)
+        );
         c.advance(LAST_ACK, 11);
         let s = c.advance(CLOSE, 12);
-        assert_eq!((s.leave, s.event, s.duration_ns), (LAST_ACK, EVENT_CLOSE, None));
+        assert_eq!(
+            (s.leave, s.event, s.duration_ns),
+            (LAST_ACK, EVENT_CLOSE, None)
+        );
     }
 
     #[test]
@@ -211,7 +279,28 @@ mod tests {
         assert_eq!((s.leave, s.enter, s.event), (0, FIN_WAIT1, EVENT_NONE));
         let mut c = first_sighting(DIR_INBOUND, 8080, ESTABLISHED, false);
         let s = c.advance(CLOSE, 10);
-        assert_eq!((s.leave, s.enter, s.event), (0, 0, EVENT_CLOSE), "closed, not failed");
+        assert_eq!(
+            (s.leave, s.enter, s.event),
+            (0, 0, EVENT_CLOSE),
+            "closed, not failed"
+        );
+    }
+
+    #[test]
+    fn a_vanished_connection_is_closed_once_with_its_observed_life() {
+        let mut c = first_sighting(DIR_INBOUND, 8080, LISTEN, false);
+        walk(&mut c, &[SYN_RECV, ESTABLISHED, FIN_WAIT1]);
+        let s = c.retire();
+        assert_eq!((s.leave, s.enter, s.event), (FIN_WAIT1, 0, EVENT_CLOSE));
+        // Established at t=2000, last seen at t=3000.
+        assert_eq!(s.duration_ns, Some(1_000));
+        let mut loser = first_sighting(DIR_INBOUND, 8080, LISTEN, false);
+        loser.advance(SYN_RECV, 5);
+        let s = loser.retire();
+        assert_eq!(
+            (s.leave, s.event, s.duration_ns),
+            (SYN_RECV, EVENT_NONE, None)
+        );
     }
 
     #[test]

@@ -5,7 +5,11 @@
 //! (which the eBPF program runs), the user half is `aya::Pod` (feature `user`).
 #![no_std]
 // The eBPF build (RUSTC_BOOTSTRAP=1, see observer/build.rs) reaches the atomic-add intrinsic.
-#![cfg_attr(target_arch = "bpf", allow(internal_features), feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    allow(internal_features),
+    feature(core_intrinsics)
+)]
 
 pub mod conn;
 pub mod counters;

@@ -59,7 +59,10 @@ impl PortStats {
         // Indices are masked rather than bounds-checked: the verifier follows a mask, while
         // LLVM may check a copy of the index and dereference another.
         if step.leave != 0 {
-            add(&mut self.gauges[step.leave as usize & (NUM_STATES - 1)], u64::MAX);
+            add(
+                &mut self.gauges[step.leave as usize & (NUM_STATES - 1)],
+                u64::MAX,
+            );
         }
         if step.enter != 0 {
             add(&mut self.gauges[step.enter as usize & (NUM_STATES - 1)], 1);
@@ -189,6 +192,9 @@ mod tests {
         assert_eq!(sum.gauge(ESTABLISHED), 0);
         assert_eq!(sum.gauge(SYN_RECV), 0);
         assert_eq!((sum.opened, sum.closed, sum.failed), (1, 1, 0));
-        assert_eq!((sum.duration_count, sum.duration_sum_ns, sum.buckets[1]), (1, 5, 1));
+        assert_eq!(
+            (sum.duration_count, sum.duration_sum_ns, sum.buckets[1]),
+            (1, 5, 1)
+        );
     }
 }

@@ -127,7 +127,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         // SAFETY: this CPU's slot; the backup program only clears a slot that holds its key.
         let r = unsafe { &mut *r };
         let i = r.next as usize & (RECENT_LEN - 1);
-        unsafe { core::ptr::write_volatile(&mut r.keys[i], transition_key(tp.sk(), tp.old(), tp.new())) };
+        unsafe {
+            core::ptr::write_volatile(&mut r.keys[i], transition_key(tp.sk(), tp.old(), tp.new()))
+        };
         r.next = r.next.wrapping_add(1);
     }
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
@@ -202,8 +204,8 @@ macro_rules! field {
         // SAFETY: a constant offset inside the tracepoint record, checked at start by the daemon.
         unsafe {
             core::ptr::read_volatile(
-                ($tp.0.as_ptr() as *const u8)
-                    .add(core::mem::offset_of!(InetSockSetState, $name)) as *const $t,
+                ($tp.0.as_ptr() as *const u8).add(core::mem::offset_of!(InetSockSetState, $name))
+                    as *const $t,
             )
         }
     };
@@ -433,7 +435,14 @@ fn adopt<S: Source>(tp: &S, sk: u64, old: u8, new: u8, local: bool, remote: bool
 }
 
 #[inline(always)]
-fn track_new<S: Source>(tp: &S, sk: u64, mut conn: Conn, new: u8, netns: u32, mark_seen: bool) -> Option<()> {
+fn track_new<S: Source>(
+    tp: &S,
+    sk: u64,
+    mut conn: Conn,
+    new: u8,
+    netns: u32,
+    mark_seen: bool,
+) -> Option<()> {
     let step = conn.advance(new, now());
     if !step.ended && SOCKETS.insert(&sk, &conn, BPF_NOEXIST.into()).is_err() {
         count(counters::SOCKETS_FULL);
@@ -460,7 +469,14 @@ fn advance<S: Source>(tp: &S, sk: u64, conn: &mut Conn, new: u8, netns: Option<u
 }
 
 #[inline(always)]
-fn finish<S: Source>(tp: &S, sk: u64, conn: &Conn, step: &Step, netns: u32, mark_seen: bool) -> Option<()> {
+fn finish<S: Source>(
+    tp: &S,
+    sk: u64,
+    conn: &Conn,
+    step: &Step,
+    netns: u32,
+    mark_seen: bool,
+) -> Option<()> {
     if mark_seen && snapshot_open() && SEEN.insert(&tp.tuple(netns), &0, 0).is_err() {
         count(counters::SEEN_FULL);
     }
@@ -534,19 +550,12 @@ fn on_listen(cfg: u32, sk: u64, port: u16) -> Option<()> {
     Some(())
 }
 
-/// The counters of an entry that will never see its CLOSE leave its state.
-#[inline(always)]
+/// An entry whose socket died without a CLOSE that the program saw (see `Conn::retire`).
 fn retire_stale(conn: &Conn) {
-    let step = Step {
-        leave: if tcp::is_gauged(conn.state) {
-            conn.state
-        } else {
-            0
-        },
-        ..Step::default()
-    };
+    let step = conn.retire();
     if let Some(stats) = stats_of(StatsKey::new(conn.direction, conn.port)) {
-        unsafe { &mut *stats }.apply(&step, |_| 0);
+        // SAFETY: this CPU's share of the counters.
+        unsafe { &mut *stats }.apply(&step, |d| bucket_of(d, N_BUCKETS.load() as usize, bound));
     }
     count(counters::STALE_SOCKETS);
 }

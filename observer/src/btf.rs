@@ -39,8 +39,8 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets> {
 }
 
 pub fn netns_offsets(btf: &Btf) -> Result<NetnsOffsets> {
-    let sk_net = offset(&btf, "sock", &["__sk_common", "skc_net"])?;
-    let net_inum = offset(&btf, "net", &["ns", "inum"])?;
+    let sk_net = offset(btf, "sock", &["__sk_common", "skc_net"])?;
+    let net_inum = offset(btf, "net", &["ns", "inum"])?;
     Ok(NetnsOffsets {
         sk_net: sk_net as u32,
         net_inum: net_inum as u32,

@@ -51,10 +51,16 @@ impl Config {
             return Err(ConfigError::Ring(cli.ring_kib));
         }
         if cli.pids.len() > MAX_PIDS as usize {
-            return Err(ConfigError::TooMany { what: "--pid", max: MAX_PIDS as usize });
+            return Err(ConfigError::TooMany {
+                what: "--pid",
+                max: MAX_PIDS as usize,
+            });
         }
         if cli.cgroups.len() > MAX_CGROUPS as usize {
-            return Err(ConfigError::TooMany { what: "--cgroup", max: MAX_CGROUPS as usize });
+            return Err(ConfigError::TooMany {
+                what: "--cgroup",
+                max: MAX_CGROUPS as usize,
+            });
         }
         Ok(Config {
             ports: dedup(cli.ports),
@@ -70,26 +76,40 @@ impl Config {
 
     /// No target at all: every listening port of the host.
     pub fn all_listeners(&self) -> bool {
-        self.ports.is_empty() && self.remote_ports.is_empty() && self.pids.is_empty() && self.cgroups.is_empty()
+        self.ports.is_empty()
+            && self.remote_ports.is_empty()
+            && self.pids.is_empty()
+            && self.cgroups.is_empty()
     }
 
     pub fn bucket_bounds_ns(&self) -> Vec<u64> {
-        self.buckets.iter().map(|s| (s * 1e9).round() as u64).collect()
+        self.buckets
+            .iter()
+            .map(|s| (s * 1e9).round() as u64)
+            .collect()
     }
 }
 
 fn buckets(v: &[f64]) -> Result<Vec<f64>, ConfigError> {
     if v.len() > MAX_BUCKETS {
-        return Err(ConfigError::Buckets(format!("at most {MAX_BUCKETS} bounds")));
+        return Err(ConfigError::Buckets(format!(
+            "at most {MAX_BUCKETS} bounds"
+        )));
     }
     if let Some(b) = v.iter().find(|b| !b.is_finite() || **b <= 0.0) {
-        return Err(ConfigError::Buckets(format!("{b} is not a positive number of seconds")));
+        return Err(ConfigError::Buckets(format!(
+            "{b} is not a positive number of seconds"
+        )));
     }
     if v.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(ConfigError::Buckets("bounds must be strictly ascending".into()));
+        return Err(ConfigError::Buckets(
+            "bounds must be strictly ascending".into(),
+        ));
     }
     if v.iter().any(|b| b * 1e9 < 1.0) {
-        return Err(ConfigError::Buckets("bounds below one nanosecond are meaningless".into()));
+        return Err(ConfigError::Buckets(
+            "bounds below one nanosecond are meaningless".into(),
+        ));
     }
     Ok(v.to_vec())
 }
@@ -124,9 +144,13 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let e = parse(&["--metrics-addr", "localhost"]).unwrap_err().to_string();
+        let e = parse(&["--metrics-addr", "localhost"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`localhost`"), "{e}");
-        let e = parse(&["--duration-buckets", "1,0.5"]).unwrap_err().to_string();
+        let e = parse(&["--duration-buckets", "1,0.5"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ascending"), "{e}");
         assert!(parse(&["--ring-kib", "1000"]).is_err());
     }
@@ -134,6 +158,9 @@ mod tests {
     #[test]
     fn buckets_in_nanoseconds() {
         let c = parse(&["--duration-buckets", "0.001,1,60"]).unwrap();
-        assert_eq!(c.bucket_bounds_ns(), vec![1_000_000, 1_000_000_000, 60_000_000_000]);
+        assert_eq!(
+            c.bucket_bounds_ns(),
+            vec![1_000_000, 1_000_000_000, 60_000_000_000]
+        );
     }
 }

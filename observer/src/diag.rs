@@ -3,7 +3,9 @@
 use std::{net::IpAddr, os::fd::AsRawFd as _, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
@@ -54,7 +56,8 @@ pub fn dump_in(ns: &Path, states: u32) -> Result<Vec<DiagSocket>> {
 }
 
 fn dump_family(family: u8, states: u32) -> Result<Vec<DiagSocket>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
 
@@ -79,12 +82,16 @@ fn dump_family(family: u8, states: u32) -> Result<Vec<DiagSocket>> {
     request.finalize();
     let mut buf = vec![0; request.buffer_len()];
     request.serialize(&mut buf);
-    socket.send(&buf, 0).context("sending the sock_diag request")?;
+    socket
+        .send(&buf, 0)
+        .context("sending the sock_diag request")?;
 
     let mut out = Vec::new();
     let mut rx = vec![0u8; 1 << 16];
     loop {
-        let n = socket.recv(&mut &mut rx[..], 0).context("reading the sock_diag dump")?;
+        let n = socket
+            .recv(&mut &mut rx[..], 0)
+            .context("reading the sock_diag dump")?;
         let mut offset = 0;
         while offset < n {
             let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])

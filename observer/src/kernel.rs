@@ -70,13 +70,18 @@ pub struct Health {
     pub lost: u64,
     /// Transitions that interrupted the main program and were handled by the backup program.
     pub nested: u64,
+    /// The kernel's counts of skipped runs (recursion_misses) of the main and backup programs.
+    pub skipped_main: u64,
+    pub skipped_backup: u64,
 }
 
 impl Kernel {
     /// Loads the program and its maps (not attached yet).
     pub fn load(s: &Settings) -> Result<Kernel> {
         if PROGRAM_OBJECT.is_empty() {
-            return Err(anyhow!("this observer was built with AYA_BUILD_SKIP=1 and has no eBPF program"));
+            return Err(anyhow!(
+                "this observer was built with AYA_BUILD_SKIP=1 and has no eBPF program"
+            ));
         }
         let mut bounds = [0u64; MAX_BUCKETS];
         bounds[..s.bucket_bounds_ns.len()].copy_from_slice(&s.bucket_bounds_ns);
@@ -109,7 +114,12 @@ impl Kernel {
 
         let program: &mut TracePoint = ebpf
             .program_mut(observer_common::filter::PROGRAM)
-            .ok_or_else(|| anyhow!("the eBPF object has no program {}", observer_common::filter::PROGRAM))?
+            .ok_or_else(|| {
+                anyhow!(
+                    "the eBPF object has no program {}",
+                    observer_common::filter::PROGRAM
+                )
+            })?
             .try_into()?;
         program.load().map_err(|e| match e {
             aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
@@ -126,9 +136,17 @@ impl Kernel {
         let backup_fd = if s.sock.is_some() {
             let backup: &mut RawTracePoint = ebpf
                 .program_mut(observer_common::filter::BACKUP_PROGRAM)
-                .ok_or_else(|| anyhow!("the eBPF object has no program {}", observer_common::filter::BACKUP_PROGRAM))?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "the eBPF object has no program {}",
+                        observer_common::filter::BACKUP_PROGRAM
+                    )
+                })?
                 .try_into()?;
-            backup.load().map_err(privilege_hint).context("loading the backup program")?;
+            backup
+                .load()
+                .map_err(privilege_hint)
+                .context("loading the backup program")?;
             Some(backup.fd()?.try_clone()?)
         } else {
             None
@@ -168,7 +186,13 @@ impl Kernel {
             .try_into()?;
         program
             .attach(tracepoint::CATEGORY, tracepoint::NAME)
-            .with_context(|| format!("attaching to tracepoint {}:{}", tracepoint::CATEGORY, tracepoint::NAME))?;
+            .with_context(|| {
+                format!(
+                    "attaching to tracepoint {}:{}",
+                    tracepoint::CATEGORY,
+                    tracepoint::NAME
+                )
+            })?;
         if self.backup_fd.is_some() {
             // Attached second, so that it runs after the main program for each transition.
             let backup: &mut RawTracePoint = self
@@ -268,12 +292,13 @@ impl Kernel {
             ports_full: sum(counters::PORTS_FULL),
             seen_full: sum(counters::SEEN_FULL),
             local_ports_full: sum(counters::LOCAL_PORTS_FULL),
-            stale_sockets: sum(counters::STALE_SOCKETS),
             lost: misses(&self.prog_fd).saturating_sub(sum(counters::NESTED_HANDLED)),
             nested: sum(counters::NESTED_HANDLED),
+            stale_sockets: sum(counters::STALE_SOCKETS),
+            skipped_main: misses(&self.prog_fd),
+            skipped_backup: self.backup_fd.as_ref().map_or(0, misses),
         }
     }
-
 }
 
 /// The kernel's count of a program's skipped runs (`recursion_misses` in its fdinfo).
@@ -314,7 +339,9 @@ where
 fn privilege_hint<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
     let text = format!("{e:?} {e}");
     if text.contains("EPERM") || text.contains("Operation not permitted") {
-        anyhow!("permission denied: observer needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs")
+        anyhow!(
+            "permission denied: observer needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs"
+        )
     } else {
         anyhow::Error::new(e)
     }

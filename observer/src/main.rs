@@ -25,12 +25,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser as _;
-use observer_common::{
-    DIR_INBOUND, DIR_OUTBOUND,
-    filter::Owner,
-    stats::StatsKey,
-    tcp,
-};
+use observer_common::{DIR_INBOUND, DIR_OUTBOUND, filter::Owner, stats::StatsKey, tcp};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -50,7 +45,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("observer: starting the runtime: {e}");
@@ -89,14 +87,22 @@ async fn run(config: Config) -> Result<()> {
     tracefs::ensure_mounted()?;
     tracefs::check_format()?;
     let vmlinux = btf::vmlinux();
-    let netns = match vmlinux.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(btf::netns_offsets) {
+    let netns = match vmlinux
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(btf::netns_offsets)
+    {
         Ok(o) => Some(o),
         Err(e) => {
             eprintln!("observer: warning: network namespaces will not be told apart ({e:#})");
             None
         }
     };
-    let sock = match vmlinux.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(btf::sock_offsets) {
+    let sock = match vmlinux
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(btf::sock_offsets)
+    {
         Ok(o) => Some(o),
         Err(e) => {
             eprintln!(
@@ -134,8 +140,12 @@ async fn run(config: Config) -> Result<()> {
         .chain(cgroups.iter().flat_map(|c| targets::cgroup_pids(&c.path)))
         .collect();
     let namespaces = if netns.is_none() {
-        vec![Namespace { inode: 0, ..Namespace::own() }]
-    } else if config.all_listeners() || !config.ports.is_empty() || !config.remote_ports.is_empty() {
+        vec![Namespace {
+            inode: 0,
+            ..Namespace::own()
+        }]
+    } else if config.all_listeners() || !config.ports.is_empty() || !config.remote_ports.is_empty()
+    {
         netns::all()
     } else {
         targets::namespaces_of(&target_pids)
@@ -150,7 +160,13 @@ async fn run(config: Config) -> Result<()> {
     } else {
         HashSet::new()
     };
-    watch_listeners(&mut kernel, &namespaces, &owners, config.all_listeners(), &target_inodes)?;
+    watch_listeners(
+        &mut kernel,
+        &namespaces,
+        &owners,
+        config.all_listeners(),
+        &target_inodes,
+    )?;
     let local: HashMap<(u32, u16), Owner> = kernel
         .local_ports()
         .into_iter()
@@ -158,7 +174,10 @@ async fn run(config: Config) -> Result<()> {
         .collect();
     let remote: HashSet<u16> = config.remote_ports.iter().copied().collect();
     let classify = |ns: u32, s: &diag::DiagSocket| {
-        if let Some(o) = local.get(&(ns, s.sport)).or_else(|| local.get(&(0, s.sport))) {
+        if let Some(o) = local
+            .get(&(ns, s.sport))
+            .or_else(|| local.get(&(0, s.sport)))
+        {
             return Some((DIR_INBOUND, s.sport, *o));
         }
         let owner = owners.get(&s.inode).copied();
@@ -178,7 +197,12 @@ async fn run(config: Config) -> Result<()> {
         .ports
         .iter()
         .map(|p| StatsKey::new(DIR_INBOUND, *p))
-        .chain(config.remote_ports.iter().map(|p| StatsKey::new(DIR_OUTBOUND, *p)))
+        .chain(
+            config
+                .remote_ports
+                .iter()
+                .map(|p| StatsKey::new(DIR_OUTBOUND, *p)),
+        )
         .collect();
     let mut metrics_addr = None;
     let server = match listener {
@@ -207,8 +231,14 @@ async fn run(config: Config) -> Result<()> {
     eprintln!(
         "observer: ready: watching {}; {} existing connections counted{}",
         describe(&config, &processes, &cgroups),
-        baseline.gauges.values().map(|g| g.iter().sum::<i64>()).sum::<i64>(),
-        metrics_addr.map_or(String::new(), |a| format!("; metrics at http://{a}/metrics")),
+        baseline
+            .gauges
+            .values()
+            .map(|g| g.iter().sum::<i64>())
+            .sum::<i64>(),
+        metrics_addr.map_or(String::new(), |a| format!(
+            "; metrics at http://{a}/metrics"
+        )),
     );
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -246,7 +276,10 @@ fn watch_listeners(
     }
     let mask = diag::state_mask(&[tcp::LISTEN]);
     for ns in namespaces {
-        for s in ns.dump(mask).with_context(|| format!("listing the listening sockets of {ns}"))? {
+        for s in ns
+            .dump(mask)
+            .with_context(|| format!("listing the listening sockets of {ns}"))?
+        {
             if all || target_inodes.contains(&s.inode) {
                 let owner = owners.get(&s.inode).copied().unwrap_or(Owner::UNKNOWN);
                 kernel.watch_local_port(ns.inode, s.sport, &owner)?;
@@ -285,13 +318,22 @@ fn describe(config: &Config, processes: &[Process], cgroups: &[Cgroup]) -> Strin
     let mut parts: BTreeMap<u8, Vec<String>> = BTreeMap::new();
     let list = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
     if !config.ports.is_empty() {
-        parts.entry(0).or_default().push(format!("inbound port {}", list(&config.ports)));
+        parts
+            .entry(0)
+            .or_default()
+            .push(format!("inbound port {}", list(&config.ports)));
     }
     for p in processes {
-        parts.entry(1).or_default().push(format!("process {}", p.pid));
+        parts
+            .entry(1)
+            .or_default()
+            .push(format!("process {}", p.pid));
     }
     for c in cgroups {
-        parts.entry(2).or_default().push(format!("cgroup {}", c.path.display()));
+        parts
+            .entry(2)
+            .or_default()
+            .push(format!("cgroup {}", c.path.display()));
     }
     if !config.remote_ports.is_empty() {
         parts

@@ -47,7 +47,7 @@ struct Family {
     labels: &'static [&'static str],
 }
 
-const FAMILIES: [Family; 9] = [
+const FAMILIES: [Family; 10] = [
     Family {
         name: "observer_tcp_connections",
         help: "Watched sockets in each TCP state right now.",
@@ -87,6 +87,11 @@ const FAMILIES: [Family; 9] = [
         name: "observer_kernel_backup_transitions_total",
         help: "Transitions the kernel skipped for observer's main program (another tracing program was running on that CPU) that its backup program counted.",
         labels: &[],
+    },
+    Family {
+        name: "observer_kernel_skipped_runs_total",
+        help: "Runs of observer's programs that the kernel skipped because a tracing program was already running on that CPU (recursion_misses), by program.",
+        labels: &["program"],
     },
     Family {
         name: "observer_build_info",
@@ -135,7 +140,11 @@ impl Collector for ConnCollector {
         };
         // Every watched key, even those the kernel has not counted anything for yet.
         let mut keys: BTreeSet<StatsKey> = self.static_keys.iter().copied().collect();
-        keys.extend(local_ports.iter().map(|(k, _)| StatsKey::new(DIR_INBOUND, k.port)));
+        keys.extend(
+            local_ports
+                .iter()
+                .map(|(k, _)| StatsKey::new(DIR_INBOUND, k.port)),
+        );
         keys.extend(self.baseline.gauges.keys().copied());
         keys.extend(stats.iter().map(|(k, _)| *k));
         let get = |key: &StatsKey| {
@@ -166,7 +175,11 @@ impl Collector for ConnCollector {
                 let v = s.gauge(state) + base.map_or(0, |b| b[state as usize]);
                 let mut g = proto::Gauge::default();
                 g.set_value(v as f64);
-                let mut m = metric(&[("direction", dir), ("port", &port), ("state", tcp::name(state))]);
+                let mut m = metric(&[
+                    ("direction", dir),
+                    ("port", &port),
+                    ("state", tcp::name(state)),
+                ]);
                 m.set_gauge(g);
                 gauges.push(m);
             }
@@ -211,7 +224,11 @@ impl Collector for ConnCollector {
         let mut info = metric(&[("version", env!("CARGO_PKG_VERSION"))]);
         info.set_gauge(info_gauge);
 
-        let parts: [(MetricType, Vec<proto::Metric>); 9] = [
+        let skipped = vec![
+            counter(&[("program", "main")], health.skipped_main),
+            counter(&[("program", "backup")], health.skipped_backup),
+        ];
+        let parts: [(MetricType, Vec<proto::Metric>); 10] = [
             (MetricType::GAUGE, gauges),
             (MetricType::COUNTER, opened),
             (MetricType::COUNTER, closed),
@@ -220,6 +237,7 @@ impl Collector for ConnCollector {
             (MetricType::COUNTER, vec![counter(&[], health.ring_full)]),
             (MetricType::COUNTER, kernel_errors),
             (MetricType::COUNTER, vec![counter(&[], health.nested)]),
+            (MetricType::COUNTER, skipped),
             (MetricType::GAUGE, vec![info]),
         ];
         for (fam, (ty, metrics)) in fams.iter_mut().zip(parts) {
@@ -232,7 +250,11 @@ impl Collector for ConnCollector {
 }
 
 fn direction(d: u8) -> &'static str {
-    if d == DIR_INBOUND { "inbound" } else { "outbound" }
+    if d == DIR_INBOUND {
+        "inbound"
+    } else {
+        "outbound"
+    }
 }
 
 fn metric(labels: &[(&str, &str)]) -> proto::Metric {
@@ -263,7 +285,9 @@ fn counter(labels: &[(&str, &str)], v: u64) -> proto::Metric {
 pub fn registry(collector: ConnCollector) -> Result<Registry> {
     let r = Registry::new();
     r.register(Box::new(collector))?;
-    r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
     Ok(r)
 }
 
@@ -319,7 +343,11 @@ async fn respond(mut conn: TcpStream, registry: Arc<Registry>) -> std::io::Resul
             "text/plain; charset=utf-8".into(),
             b"observer: metrics at /metrics\n".to_vec(),
         ),
-        _ => ("404 Not Found", "text/plain".into(), b"not found\n".to_vec()),
+        _ => (
+            "404 Not Found",
+            "text/plain".into(),
+            b"not found\n".to_vec(),
+        ),
     };
     let header = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -20,7 +20,12 @@ pub struct Namespace {
 
 impl fmt::Display for Namespace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "network namespace {} ({})", self.inode, self.path.display())
+        write!(
+            f,
+            "network namespace {} ({})",
+            self.inode,
+            self.path.display()
+        )
     }
 }
 
@@ -58,9 +63,17 @@ pub fn all() -> Vec<Namespace> {
     let own = Namespace::own();
     found.insert(own.inode, own.path);
     let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
-    let named = std::fs::read_dir("/run/netns").into_iter().flatten().flatten();
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten();
     for path in procs
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .map(|e| e.path().join("ns/net"))
         .chain(named.map(|e| e.path()))
     {

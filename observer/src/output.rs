@@ -90,9 +90,8 @@ impl Event {
             EVENT_FAILED => Kind::Failed,
             _ => return None,
         };
-        let duration_seconds = (kind == Kind::Close).then(|| {
-            (r.flags & RECORD_HAS_DURATION != 0).then_some(r.duration_ns as f64 / 1e9)
-        });
+        let duration_seconds = (kind == Kind::Close)
+            .then(|| (r.flags & RECORD_HAS_DURATION != 0).then_some(r.duration_ns as f64 / 1e9));
         let pid = (r.pid != 0).then_some(r.pid);
         let comm = pid.map(|_| comm(&r.comm));
         Some(Event {
@@ -299,7 +298,13 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
-        assert_eq!(rfc3339(4_102_444_799_999_999_000), "2099-12-31T23:59:59.999999Z");
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        assert_eq!(
+            rfc3339(4_102_444_799_999_999_000),
+            "2099-12-31T23:59:59.999999Z"
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! 2. sock_diag lists the connections; each watched one is handed to the kernel as a seed
 //!    (`BASELINE`, keyed by namespace and addresses) with the state it was listed in.
 //! 3. The window closes; the daemon reads `SEEN`.
+//!
 //! A listed connection that is in `SEEN` had a transition before its seed existed: the kernel
 //! counts it already, so the snapshot drops it. Every other listed connection is counted by the
 //! snapshot in its listed state; its seed makes the kernel, at its first transition, leave that
@@ -56,7 +57,11 @@ pub struct Baseline {
 pub type Classify<'a> = dyn Fn(u32, &DiagSocket) -> Option<(u8, u16, Owner)> + 'a;
 
 /// Runs the protocol above. The program must be attached with its window open.
-pub fn take(kernel: &mut Kernel, namespaces: &[Namespace], classify: &Classify) -> Result<Baseline> {
+pub fn take(
+    kernel: &mut Kernel,
+    namespaces: &[Namespace],
+    classify: &Classify,
+) -> Result<Baseline> {
     let mask = diag::state_mask(&COUNTED_STATES);
     let mut listed: Vec<(TupleKey, StatsKey, u8)> = Vec::new();
     for ns in namespaces {
@@ -158,9 +163,21 @@ mod tests {
     fn changed_connections_are_left_to_the_kernel() {
         let k = StatsKey::new(DIR_INBOUND, 8080);
         let listed = vec![
-            (tuple(1, &sock(8080, 40000, tcp::ESTABLISHED)), k, tcp::ESTABLISHED),
-            (tuple(1, &sock(8080, 40001, tcp::ESTABLISHED)), k, tcp::ESTABLISHED),
-            (tuple(1, &sock(8080, 40002, tcp::CLOSE_WAIT)), k, tcp::CLOSE_WAIT),
+            (
+                tuple(1, &sock(8080, 40000, tcp::ESTABLISHED)),
+                k,
+                tcp::ESTABLISHED,
+            ),
+            (
+                tuple(1, &sock(8080, 40001, tcp::ESTABLISHED)),
+                k,
+                tcp::ESTABLISHED,
+            ),
+            (
+                tuple(1, &sock(8080, 40002, tcp::CLOSE_WAIT)),
+                k,
+                tcp::CLOSE_WAIT,
+            ),
         ];
         let changed = tuple(1, &sock(8080, 40001, tcp::ESTABLISHED));
         let b = count(listed, |t| *t == changed);
@@ -173,7 +190,10 @@ mod tests {
     #[test]
     fn tuple_matches_the_kernel_layout() {
         let t = tuple(7, &sock(8080, 40000, tcp::ESTABLISHED));
-        assert_eq!((t.family, t.netns, t.sport, t.dport), (AF_INET, 7, 8080, 40000));
+        assert_eq!(
+            (t.family, t.netns, t.sport, t.dport),
+            (AF_INET, 7, 8080, 40000)
+        );
         assert_eq!(&t.saddr[..5], &[127, 0, 0, 1, 0]);
         let mut s6 = sock(8080, 1, tcp::ESTABLISHED);
         s6.saddr = "::1".parse().unwrap();

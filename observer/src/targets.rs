@@ -28,24 +28,19 @@ pub enum TargetError {
 #[derive(Clone, Debug)]
 pub struct Process {
     pub pid: u32,
-    pub owner: Owner,
-    pub netns: Option<Namespace>,
 }
 
 const PF_KTHREAD: u32 = 0x0020_0000;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 pub fn resolve_pid(pid: u32) -> Result<Process, TargetError> {
-    let proc = procfs::process::Process::new(pid as i32).map_err(|_| TargetError::NoSuchPid(pid))?;
+    let proc =
+        procfs::process::Process::new(pid as i32).map_err(|_| TargetError::NoSuchPid(pid))?;
     let stat = proc.stat().map_err(|_| TargetError::NoSuchPid(pid))?;
     if stat.flags & PF_KTHREAD != 0 {
         return Err(TargetError::KernelThread(pid, stat.comm));
     }
-    Ok(Process {
-        pid,
-        owner: owner(pid, &stat.comm),
-        netns: Namespace::of_pid(pid),
-    })
+    Ok(Process { pid })
 }
 
 pub fn owner(pid: u32, comm: &str) -> Owner {
@@ -82,10 +77,12 @@ pub fn resolve_cgroup(path: &Path) -> Result<Cgroup, TargetError> {
         path: path.into(),
         hint: hint(),
     })?;
-    let rel = real.strip_prefix(&root).map_err(|_| TargetError::NotCgroup2 {
-        path: path.into(),
-        hint: hint(),
-    })?;
+    let rel = real
+        .strip_prefix(&root)
+        .map_err(|_| TargetError::NotCgroup2 {
+            path: path.into(),
+            hint: hint(),
+        })?;
     Ok(Cgroup {
         path: real.clone(),
         target: CgroupTarget {
@@ -190,10 +187,15 @@ mod tests {
 
     #[test]
     fn cgroup_errors_name_the_culprit() {
-        let e = resolve_cgroup(Path::new("/no/such/cgroup")).unwrap_err().to_string();
+        let e = resolve_cgroup(Path::new("/no/such/cgroup"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "--cgroup /no/such/cgroup: no such directory");
         let e = resolve_cgroup(Path::new("/tmp")).unwrap_err().to_string();
-        assert!(e.starts_with("--cgroup /tmp: not a cgroup v2 directory"), "{e}");
+        assert!(
+            e.starts_with("--cgroup /tmp: not a cgroup v2 directory"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -209,7 +211,9 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let ino = {
             use std::os::fd::AsRawFd as _;
-            std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap().ino() as u32
+            std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd()))
+                .unwrap()
+                .ino() as u32
         };
         let owners = socket_owners([std::process::id()]);
         assert_eq!(owners.get(&ino).map(|o| o.pid), Some(std::process::id()));

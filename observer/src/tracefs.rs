@@ -17,7 +17,13 @@ pub fn ensure_mounted() -> Result<()> {
     let (src, dst, fstype) = (c("tracefs"), c(TRACEFS), c("tracefs"));
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), dst.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
@@ -112,6 +118,11 @@ print fmt: \"family=%s ...\"
         let err = check_fields(&moved).unwrap_err().to_string();
         assert!(err.contains("sport is at offset 28"), "{err}");
         let missing = FORMAT_6_18.replace("protocol", "proto");
-        assert!(check_fields(&missing).unwrap_err().to_string().contains("protocol is missing"));
+        assert!(
+            check_fields(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("protocol is missing")
+        );
     }
 }

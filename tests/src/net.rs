@@ -53,7 +53,9 @@ impl Server {
             runtime.spawn(async move {
                 let l = tokio::net::TcpListener::from_std(l).expect("listener");
                 loop {
-                    let Ok((mut s, _)) = l.accept().await else { continue };
+                    let Ok((mut s, _)) = l.accept().await else {
+                        continue;
+                    };
                     if mode == Mode::CloseFirst {
                         drop(s);
                         continue;
@@ -118,8 +120,8 @@ pub fn churn(addr: SocketAddr, n: usize, threads: usize) {
             s.spawn(move || {
                 let mut buf = [0u8; 16];
                 for _ in 0..count {
-                    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                        .expect("connect");
+                    let mut c =
+                        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
                     c.set_read_timeout(Some(Duration::from_secs(5))).ok();
                     // The server closes: read until EOF, then close.
                     while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
@@ -132,8 +134,16 @@ pub fn churn(addr: SocketAddr, n: usize, threads: usize) {
 /// Connections in state ESTABLISHED with local port `port`, as `ss` counts them (the oracle).
 pub fn ss_established(port: u16) -> usize {
     let out = std::process::Command::new("ss")
-        .args(["-Htn", "state", "established", &format!("( sport = :{port} )")])
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
         .output()
         .expect("ss");
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
 }

@@ -15,9 +15,11 @@ use crate::scrape::{Scrape, http_get};
 
 /// The observer binary `cargo xtask test` builds (override with OBSERVER_BIN).
 pub fn binary() -> PathBuf {
-    let path = std::env::var_os("OBSERVER_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/observer")
-    });
+    let path = std::env::var_os("OBSERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/observer")
+        });
     assert!(
         path.exists(),
         "{} is missing: build it first (`cargo build -p observer`, or run `cargo xtask test`)",
@@ -94,12 +96,12 @@ impl Observer {
     }
 
     /// Spawns with stdout kept as a raw pipe when asked (`Stuck` keeps it unread).
-    fn launch(
-        args: &[&str],
-        stdout: Stdout,
-    ) -> (Child, Arc<Mutex<Vec<String>>>, Receiver<String>) {
+    fn launch(args: &[&str], stdout: Stdout) -> (Child, Arc<Mutex<Vec<String>>>, Receiver<String>) {
         let mut all: Vec<&str> = args.to_vec();
-        if !args.iter().any(|a| *a == "--metrics-addr" || *a == "--no-metrics") {
+        if !args
+            .iter()
+            .any(|a| *a == "--metrics-addr" || *a == "--no-metrics")
+        {
             all.extend(["--metrics-addr", "127.0.0.1:0"]);
         }
         let mut child = Command::new(binary())
@@ -180,7 +182,10 @@ impl Observer {
             }
             if std::time::Instant::now() > end {
                 let _ = self.child.kill();
-                panic!("observer did not exit within {timeout:?}:\n{}", self.stderr());
+                panic!(
+                    "observer did not exit within {timeout:?}:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -203,7 +208,10 @@ pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
         .stdin(Stdio::null())
         .output()
         .expect("running observer");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// IDs of the eBPF programs process `pid` holds, from the `prog_id:` lines of its fdinfo.

@@ -7,7 +7,8 @@ use std::{
 
 /// GET `path` from `addr`; returns the body of a 200 response.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut buf = String::new();
@@ -30,7 +31,11 @@ impl Scrape {
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples(name)
             .into_iter()
-            .find(|(l, _)| labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v)))
+            .find(|(l, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
             .map(|(_, v)| v)
     }
 
@@ -69,13 +74,20 @@ impl Scrape {
 
     /// Shorthand for a (direction, port)-labelled sample.
     pub fn conn(&self, name: &str, direction: &str, port: u16) -> Option<f64> {
-        self.value(name, &[("direction", direction), ("port", &port.to_string())])
+        self.value(
+            name,
+            &[("direction", direction), ("port", &port.to_string())],
+        )
     }
 
     pub fn established(&self, direction: &str, port: u16) -> Option<f64> {
         self.value(
             "observer_tcp_connections",
-            &[("direction", direction), ("port", &port.to_string()), ("state", "established")],
+            &[
+                ("direction", direction),
+                ("port", &port.to_string()),
+                ("state", "established"),
+            ],
         )
     }
 }

@@ -13,12 +13,19 @@ use observer_tests::{
 use serde_json::Value;
 
 /// Collects JSON events until `done` says so or `timeout` passes, then `settle` more.
-fn collect(rx: &Receiver<String>, timeout: Duration, settle: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+fn collect(
+    rx: &Receiver<String>,
+    timeout: Duration,
+    settle: Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let mut out = Vec::new();
     let end = Instant::now() + timeout;
     while Instant::now() < end && !done(&out) {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            out.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}")));
+            out.push(
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}")),
+            );
         }
     }
     let end = Instant::now() + settle;
@@ -40,7 +47,8 @@ fn every_connection_opens_and_closes_once_on_ipv4_and_ipv6() {
     let watched = Server::start(&["127.0.0.1", "[::1]"], Mode::Hold);
     let other = Server::start(&["127.0.0.1"], Mode::Hold);
     let port = watched.port();
-    let (observer, rx) = Observer::start_with_events(&["--port", &port.to_string(), "--events", "json"]);
+    let (observer, rx) =
+        Observer::start_with_events(&["--port", &port.to_string(), "--events", "json"]);
 
     const N: usize = 500;
     let mut clients: BTreeMap<String, usize> = BTreeMap::new();
@@ -55,15 +63,26 @@ fn every_connection_opens_and_closes_once_on_ipv4_and_ipv6() {
     }
     open_close(other.addrs[0], 50);
 
-    let events = collect(&rx, Duration::from_secs(60), Duration::from_millis(1500), |e| {
-        of_type(e, "close").len() >= N
-    });
+    let events = collect(
+        &rx,
+        Duration::from_secs(60),
+        Duration::from_millis(1500),
+        |e| of_type(e, "close").len() >= N,
+    );
     let opens = of_type(&events, "open");
     let closes = of_type(&events, "close");
     assert_eq!(opens.len(), N, "open events");
     assert_eq!(closes.len(), N, "close events");
-    assert!(of_type(&events, "failed").is_empty(), "every handshake succeeded");
-    assert_eq!(events.len(), 2 * N, "nothing else, nothing for port {}", other.port());
+    assert!(
+        of_type(&events, "failed").is_empty(),
+        "every handshake succeeded"
+    );
+    assert_eq!(
+        events.len(),
+        2 * N,
+        "nothing else, nothing for port {}",
+        other.port()
+    );
 
     for kind in [&opens, &closes] {
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -85,7 +104,9 @@ fn every_connection_opens_and_closes_once_on_ipv4_and_ipv6() {
         assert_eq!(seen, clients, "each client connection exactly once");
     }
     for c in &closes {
-        let d = c["duration_seconds"].as_f64().expect("a close whose open was seen has a duration");
+        let d = c["duration_seconds"]
+            .as_f64()
+            .expect("a close whose open was seen has a duration");
         assert!((0.0..60.0).contains(&d), "{c}");
     }
     assert_eq!(observer.terminate().code(), Some(0));
@@ -96,7 +117,8 @@ fn text_events_are_one_line_each() {
     require_root();
     let server = Server::start(&["127.0.0.1"], Mode::Hold);
     let port = server.port();
-    let (observer, rx) = Observer::start_with_events(&["--port", &port.to_string(), "--events", "text"]);
+    let (observer, rx) =
+        Observer::start_with_events(&["--port", &port.to_string(), "--events", "text"]);
     open_close(server.addrs[0], 3);
     let mut lines = Vec::new();
     let end = Instant::now() + Duration::from_secs(20);
@@ -106,10 +128,27 @@ fn text_events_are_one_line_each() {
         }
     }
     assert_eq!(lines.len(), 6, "{lines:?}");
-    assert_eq!(lines.iter().filter(|l| l.contains(" open ")).count(), 3, "{lines:?}");
-    assert_eq!(lines.iter().filter(|l| l.contains(" close ")).count(), 3, "{lines:?}");
-    assert!(lines.iter().all(|l| l.contains(&format!("port={port} 127.0.0.1:{port} <- 127.0.0.1:"))));
-    assert!(lines.iter().filter(|l| l.contains(" close ")).all(|l| l.contains(" duration=")));
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" open ")).count(),
+        3,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" close ")).count(),
+        3,
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(&format!("port={port} 127.0.0.1:{port} <- 127.0.0.1:")))
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.contains(" close "))
+            .all(|l| l.contains(" duration="))
+    );
     drop(observer);
 }
 
@@ -119,13 +158,25 @@ fn sigterm_and_sigint_detach_everything_and_exit_zero() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let mut observer = Observer::start(&["--port", "9", "--events", "json"]);
         let ids = observer.program_ids();
-        assert_eq!(ids.len(), 2, "observer loads its program and the backup: {ids:?}");
+        assert_eq!(
+            ids.len(),
+            2,
+            "observer loads its program and the backup: {ids:?}"
+        );
         assert!(ids.iter().all(|id| program_loaded(*id)));
         observer.signal(sig);
         let status = observer.wait(Duration::from_secs(20));
-        assert_eq!(status.code(), Some(0), "signal {sig}:\n{}", observer.stderr());
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "signal {sig}:\n{}",
+            observer.stderr()
+        );
         for id in ids {
-            assert!(!program_loaded(id), "program {id} still loaded after signal {sig}");
+            assert!(
+                !program_loaded(id),
+                "program {id} still loaded after signal {sig}"
+            );
         }
     }
 }
@@ -156,10 +207,17 @@ fn a_closed_stdout_ends_observer_cleanly() {
         if let Some(s) = observer.try_wait() {
             break s;
         }
-        assert!(Instant::now() < end, "observer kept running with stdout closed");
+        assert!(
+            Instant::now() < end,
+            "observer kept running with stdout closed"
+        );
     };
     assert_eq!(status.code(), Some(0), "{}", observer.stderr());
-    assert!(!observer.stderr().contains("panicked"), "{}", observer.stderr());
+    assert!(
+        !observer.stderr().contains("panicked"),
+        "{}",
+        observer.stderr()
+    );
     assert!(ids.iter().all(|id| !program_loaded(*id)));
 }
 

@@ -25,7 +25,12 @@ fn settle(o: &Observer, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
         last = Some(s.clone());
         ok.then_some(s)
     })
-    .unwrap_or_else(|| panic!("{what}: never reached; last scrape:\n{}", last.unwrap().text))
+    .unwrap_or_else(|| {
+        panic!(
+            "{what}: never reached; last scrape:\n{}",
+            last.unwrap().text
+        )
+    })
 }
 
 #[test]
@@ -35,13 +40,18 @@ fn attaches_to_a_running_server_and_is_right_from_the_first_scrape() {
     let port = server.port();
     const K: usize = 100;
     let conns = hold(server.addrs[0], K);
-    wait_for(Duration::from_secs(10), || (ss_established(port) == K).then_some(()))
-        .expect("the server accepted every connection");
+    wait_for(Duration::from_secs(10), || {
+        (ss_established(port) == K).then_some(())
+    })
+    .expect("the server accepted every connection");
 
     let o = Observer::start(&["--port", &port.to_string()]);
     let first = o.scrape();
     assert_eq!(first.established(IN, port), Some(K as f64), "first scrape");
-    assert_eq!(first.conn("observer_tcp_connections_opened_total", IN, port), Some(0.0));
+    assert_eq!(
+        first.conn("observer_tcp_connections_opened_total", IN, port),
+        Some(0.0)
+    );
     assert_eq!(ss_established(port), K, "oracle: ss agrees");
 
     drop(conns);
@@ -49,13 +59,29 @@ fn attaches_to_a_running_server_and_is_right_from_the_first_scrape() {
         s.conn("observer_tcp_connections_closed_total", IN, port) == Some(K as f64)
     });
     assert_eq!(s.established(IN, port), Some(0.0));
-    for state in ["close_wait", "last_ack", "fin_wait1", "fin_wait2", "closing", "syn_recv"] {
-        let v = s.value("observer_tcp_connections", &[("port", &port.to_string()), ("state", state)]);
+    for state in [
+        "close_wait",
+        "last_ack",
+        "fin_wait1",
+        "fin_wait2",
+        "closing",
+        "syn_recv",
+    ] {
+        let v = s.value(
+            "observer_tcp_connections",
+            &[("port", &port.to_string()), ("state", state)],
+        );
         assert_eq!(v, Some(0.0), "{state}");
     }
     // Their opening was not observed: no lifetimes, no opens.
-    assert_eq!(s.conn("observer_tcp_connection_duration_seconds_count", IN, port), Some(0.0));
-    assert_eq!(s.conn("observer_tcp_connections_opened_total", IN, port), Some(0.0));
+    assert_eq!(
+        s.conn("observer_tcp_connection_duration_seconds_count", IN, port),
+        Some(0.0)
+    );
+    assert_eq!(
+        s.conn("observer_tcp_connections_opened_total", IN, port),
+        Some(0.0)
+    );
     assert_eq!(o.terminate().code(), Some(0));
 }
 
@@ -73,9 +99,18 @@ fn churn_of_20000_connections_is_counted_exactly() {
     let s = settle(&o, "20000 closed", |s| {
         s.conn("observer_tcp_connections_closed_total", IN, port) == Some(N as f64)
     });
-    assert_eq!(s.conn("observer_tcp_connections_opened_total", IN, port), Some(N as f64));
-    assert_eq!(s.conn("observer_tcp_connection_duration_seconds_count", IN, port), Some(N as f64));
-    assert_eq!(s.conn("observer_tcp_connections_failed_total", IN, port), Some(0.0));
+    assert_eq!(
+        s.conn("observer_tcp_connections_opened_total", IN, port),
+        Some(N as f64)
+    );
+    assert_eq!(
+        s.conn("observer_tcp_connection_duration_seconds_count", IN, port),
+        Some(N as f64)
+    );
+    assert_eq!(
+        s.conn("observer_tcp_connections_failed_total", IN, port),
+        Some(0.0)
+    );
     assert_eq!(s.established(IN, port), Some(0.0));
     for (labels, v) in s.samples("observer_tcp_connections") {
         assert!(v >= 0.0, "negative gauge {labels:?} = {v}");
@@ -85,7 +120,13 @@ fn churn_of_20000_connections_is_counted_exactly() {
         &[("port", &port.to_string()), ("le", "+Inf")],
     );
     assert_eq!(inf, Some(N as f64));
-    assert_eq!(s.value("observer_kernel_errors_total", &[("reason", "sockets_map_full")]), Some(0.0));
+    assert_eq!(
+        s.value(
+            "observer_kernel_errors_total",
+            &[("reason", "sockets_map_full")]
+        ),
+        Some(0.0)
+    );
     assert_eq!(o.terminate().code(), Some(0));
 }
 
@@ -96,7 +137,14 @@ fn a_stalled_event_reader_loses_events_but_never_counts() {
     let port = server.port();
     // Events go to a pipe nobody reads, through the smallest ring.
     let (o, _) = Observer::spawn(
-        &["--port", &port.to_string(), "--events", "json", "--ring-kib", "4"],
+        &[
+            "--port",
+            &port.to_string(),
+            "--events",
+            "json",
+            "--ring-kib",
+            "4",
+        ],
         Stdout::Stuck,
     );
     const N: usize = 20_000;
@@ -104,11 +152,20 @@ fn a_stalled_event_reader_loses_events_but_never_counts() {
     let s = settle(&o, "20000 closed", |s| {
         s.conn("observer_tcp_connections_closed_total", IN, port) == Some(N as f64)
     });
-    assert_eq!(s.conn("observer_tcp_connections_opened_total", IN, port), Some(N as f64));
-    assert_eq!(s.conn("observer_tcp_connection_duration_seconds_count", IN, port), Some(N as f64));
+    assert_eq!(
+        s.conn("observer_tcp_connections_opened_total", IN, port),
+        Some(N as f64)
+    );
+    assert_eq!(
+        s.conn("observer_tcp_connection_duration_seconds_count", IN, port),
+        Some(N as f64)
+    );
     assert_eq!(s.established(IN, port), Some(0.0));
     let dropped = s.value("observer_events_dropped_total", &[]).unwrap();
-    assert!(dropped > 0.0, "the ring overflowed, and that is counted: {dropped}");
+    assert!(
+        dropped > 0.0,
+        "the ring overflowed, and that is counted: {dropped}"
+    );
     drop(o);
 }
 
@@ -128,14 +185,40 @@ fn promtool_accepts_a_real_scrape() {
         .spawn()
         .expect("promtool is installed by cargo xtask setup");
     use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(s.text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(s.text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}\n{}", s.text);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}\n{}",
+        s.text
+    );
     // The other families are there too.
-    assert_eq!(s.value("observer_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
-    assert!(s.value("process_resident_memory_bytes", &[]).is_some(), "process collector");
-    assert_eq!(s.established("outbound", 5432), Some(0.0), "a watched port shows up at 0");
+    assert_eq!(
+        s.value(
+            "observer_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        s.value("process_resident_memory_bytes", &[]).is_some(),
+        "process collector"
+    );
+    assert_eq!(
+        s.established("outbound", 5432),
+        Some(0.0),
+        "a watched port shows up at 0"
+    );
 }
 
 #[test]
@@ -156,8 +239,14 @@ fn a_real_prometheus_reads_37_established_connections() {
     )
     .unwrap();
     let prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{web}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -171,10 +260,16 @@ fn a_real_prometheus_reads_37_established_connections() {
     let value = wait_for(Duration::from_secs(60), || {
         let body = http_get(addr, &query).ok()?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let sample = v["data"]["result"].get(0)?["value"][1].as_str()?.to_string();
+        let sample = v["data"]["result"].get(0)?["value"][1]
+            .as_str()?
+            .to_string();
         (sample == "37").then_some(sample)
     });
-    assert_eq!(value.as_deref(), Some("37"), "Prometheus's view of observer");
+    assert_eq!(
+        value.as_deref(),
+        Some("37"),
+        "Prometheus's view of observer"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -193,12 +288,20 @@ fn a_bad_or_busy_metrics_address_is_one_clear_error() {
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&addr) && err.contains("in use"), "{err}");
-    assert!(loaded_tracepoint_programs() <= before, "nothing left loaded");
+    assert!(
+        loaded_tracepoint_programs() <= before,
+        "nothing left loaded"
+    );
 }
 
 fn loaded_tracepoint_programs() -> usize {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).matches("name inet_sock_set_state").count()
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .matches("name inet_sock_set_state")
+        .count()
 }
 
 struct KillOnDrop(std::process::Child);
@@ -218,5 +321,9 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -50,6 +50,8 @@ fn run() -> Result<ExitCode> {
         }
         "test" => {
             setup::all()?;
+            // The integration tests run the observer binary itself.
+            cargo(&["build", "--package", "observer"])?;
             let mut args = vec!["test", "--workspace", "--exclude", "observer-ebpf"];
             args.extend(rest.iter().map(String::as_str));
             cargo(&args)?;

@@ -76,7 +76,13 @@ fn bpf_linker() -> Result<()> {
     }
     eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
     run(Command::new("cargo")
-        .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args([
+            "install",
+            "--locked",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", LLVM_PREFIX))
 }
@@ -94,7 +100,8 @@ fn toolchain() -> Result<()> {
     }
     let home = std::env::var("HOME").context("HOME is not set")?;
     let dir = Path::new(&home).join(".local/share/observer/bpf-toolchain");
-    std::fs::create_dir_all(dir.join("bin")).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("bin"))
+        .with_context(|| format!("creating {}", dir.display()))?;
     for (link, target) in [
         ("bin/rustc", "/usr/bin/rustc"),
         ("bin/cargo", "/usr/bin/cargo"),
@@ -106,9 +113,13 @@ fn toolchain() -> Result<()> {
             .with_context(|| format!("linking {} to {target}", link.display()))?;
     }
     if !Path::new("/usr/lib/rustlib/src/rust/library/core").exists() {
-        bail!("Debian's rust-web-src is not installed: /usr/lib/rustlib/src/rust/library/core is missing");
+        bail!(
+            "Debian's rust-web-src is not installed: /usr/lib/rustlib/src/rust/library/core is missing"
+        );
     }
-    run(Command::new("rustup").args(["toolchain", "link", TOOLCHAIN]).arg(&dir))
+    run(Command::new("rustup")
+        .args(["toolchain", "link", TOOLCHAIN])
+        .arg(&dir))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
