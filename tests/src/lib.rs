@@ -3,6 +3,8 @@
 //! view (`bpftool`, `ss`) as independent oracles. Everything started here is stopped on drop.
 pub mod net;
 pub mod observer;
+pub mod process;
+pub mod sandbox;
 pub mod scrape;
 
 use std::time::{Duration, Instant};

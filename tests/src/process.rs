@@ -1,0 +1,103 @@
+//! The `tcp-helper` binary as a child process, optionally inside a network namespace.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+};
+
+/// The `tcp-helper` binary cargo builds beside the integration tests (target/<profile>/).
+fn binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join("tcp-helper");
+    assert!(
+        path.exists(),
+        "{} is missing (cargo builds it with the tests)",
+        path.display()
+    );
+    path
+}
+
+/// A running `tcp-helper`; killed on drop.
+pub struct Helper {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Helper {
+    /// Starts a helper in the current network namespace.
+    pub fn start() -> Helper {
+        Self::spawn(Command::new(binary()))
+    }
+
+    /// Starts a helper inside network namespace `ns` (made with `ip netns add`).
+    pub fn start_in(ns: &str) -> Helper {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(binary());
+        Self::spawn(c)
+    }
+
+    fn spawn(mut cmd: Command) -> Helper {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting tcp-helper");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Helper {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The helper's PID (`ip netns exec` execs it, so this is the helper itself).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn ask(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply).unwrap();
+        assert!(
+            !reply.starts_with("error") && !reply.is_empty(),
+            "tcp-helper: {line}: {reply}"
+        );
+        reply.trim().to_string()
+    }
+
+    /// Listens on `addr`; returns the port.
+    pub fn listen(&mut self, addr: &str) -> u16 {
+        let r = self.ask(&format!("listen {addr}"));
+        r.strip_prefix("listening ").unwrap().parse().unwrap()
+    }
+
+    /// Opens and closes `n` connections; returns (succeeded, failed).
+    pub fn connect(&mut self, addr: &str, n: usize) -> (usize, usize) {
+        let r = self.ask(&format!("connect {addr} {n}"));
+        let v: Vec<usize> = r
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        (v[0], v[1])
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,124 @@
+//! Network namespaces and cgroup v2 directories that a test makes for itself and removes on
+//! drop, even when it fails.
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace (`ip netns add`), with loopback up.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let name = unique("obs");
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// Joins two namespaces with a veth pair and gives each end an address in a /30 of the
+    /// private range that only these two namespaces use. Returns (address in a, address in b).
+    pub fn link(a: &Netns, b: &Netns, subnet: u8) -> (String, String) {
+        let (va, vb) = (unique("va"), unique("vb"));
+        // Interface names are limited to 15 bytes.
+        let (va, vb) = (
+            &va[va.len().saturating_sub(15)..],
+            &vb[vb.len().saturating_sub(15)..],
+        );
+        ip(&[
+            "link", "add", va, "netns", &a.name, "type", "veth", "peer", "name", vb, "netns",
+            &b.name,
+        ]);
+        let (ia, ib) = (format!("10.213.{subnet}.1"), format!("10.213.{subnet}.2"));
+        ip(&["-n", &a.name, "addr", "add", &format!("{ia}/30"), "dev", va]);
+        ip(&["-n", &b.name, "addr", "add", &format!("{ib}/30"), "dev", vb]);
+        ip(&["-n", &a.name, "link", "set", va, "up"]);
+        ip(&["-n", &b.name, "link", "set", vb, "up"]);
+        (ia, ib)
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+/// A cgroup v2 directory under the v2 hierarchy, wherever it is mounted.
+pub struct Cgroup {
+    pub path: PathBuf,
+    root: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new() -> Cgroup {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+            })
+            .expect("a cgroup v2 hierarchy is mounted");
+        let path = root.join(unique("observer-test"));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Cgroup { path, root }
+    }
+
+    /// Moves a process into this cgroup.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .expect("moving a process into the cgroup");
+    }
+}
+
+impl Default for Cgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // A cgroup with processes cannot be removed: move any left back to the root first.
+        if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}

@@ -1,0 +1,304 @@
+//! Attaching by process, by cgroup, to outbound connections, across network namespaces; real
+//! processes (`tcp-helper`), real namespaces and cgroups made by the tests.
+use std::time::Duration;
+
+use observer_tests::{
+    net::{Mode, Server},
+    observer::{Observer, run_to_exit},
+    process::Helper,
+    require_root,
+    sandbox::{Cgroup, Netns},
+    scrape::Scrape,
+    wait_for,
+};
+use serde_json::Value;
+
+/// Scrapes until `check` holds; panics with the last scrape otherwise.
+fn settle(o: &Observer, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    let mut last = None;
+    wait_for(Duration::from_secs(30), || {
+        let s = o.scrape();
+        let ok = check(&s);
+        last = Some(s.clone());
+        ok.then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{what}: never reached; last scrape:\n{}\nstderr:\n{}",
+            last.unwrap().text,
+            o.stderr()
+        )
+    })
+}
+
+fn count(s: &Scrape, name: &str, dir: &str, port: u16) -> f64 {
+    s.conn(name, dir, port).unwrap_or(0.0)
+}
+
+const OPENED: &str = "observer_tcp_connections_opened_total";
+const CLOSED: &str = "observer_tcp_connections_closed_total";
+const FAILED: &str = "observer_tcp_connections_failed_total";
+
+#[test]
+fn pid_counts_every_port_the_process_listens_on_and_nothing_else() {
+    require_root();
+    let mut server = Helper::start();
+    let p1 = server.listen("127.0.0.1:0");
+    let mut other = Helper::start();
+    let p3 = other.listen("127.0.0.1:0");
+    let mut client = Helper::start();
+
+    let (o, events) =
+        Observer::start_with_events(&["--pid", &server.pid().to_string(), "--events", "json"]);
+    assert_eq!(client.connect(&format!("127.0.0.1:{p1}"), 40), (40, 0));
+    // A port the process starts listening on after observer started.
+    let p2 = server.listen("[::1]:0");
+    assert_eq!(client.connect(&format!("[::1]:{p2}"), 25), (25, 0));
+    assert_eq!(client.connect(&format!("127.0.0.1:{p3}"), 30), (30, 0));
+
+    settle(&o, "40 and 25 closed", |s| {
+        count(s, CLOSED, "inbound", p1) == 40.0 && count(s, CLOSED, "inbound", p2) == 25.0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let s = o.scrape();
+    assert_eq!(count(&s, OPENED, "inbound", p1), 40.0);
+    assert_eq!(count(&s, OPENED, "inbound", p2), 25.0);
+    assert_eq!(s.established("inbound", p1), Some(0.0));
+    assert!(
+        s.conn(OPENED, "inbound", p3).is_none(),
+        "another process's port leaks in:\n{}",
+        s.text
+    );
+    assert!(
+        s.samples(OPENED)
+            .iter()
+            .all(|(l, _)| !l.iter().any(|(k, v)| k == "direction" && v == "outbound")),
+        "the client is another process: no outbound connections of the target"
+    );
+    // Inbound events under --pid name the process that owns the listening socket.
+    let mut opens = 0;
+    while let Ok(line) = events.recv_timeout(Duration::from_millis(500)) {
+        let e: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(e["pid"], server.pid(), "{e}");
+        assert_eq!(e["comm"], "tcp-helper", "{e}");
+        assert!(e["port"] == p1 || e["port"] == p2, "{e}");
+        opens += usize::from(e["type"] == "open");
+    }
+    assert_eq!(opens, 65);
+
+    // The process exits: observer says so and keeps watching its ports.
+    let pid = server.pid();
+    server.kill();
+    let said = wait_for(Duration::from_secs(10), || {
+        o.stderr()
+            .contains(&format!("process {pid} exited"))
+            .then_some(())
+    });
+    assert!(said.is_some(), "{}", o.stderr());
+    let mut again = Helper::start();
+    assert_eq!(again.listen(&format!("127.0.0.1:{p1}")), p1);
+    client.connect(&format!("127.0.0.1:{p1}"), 5);
+    settle(&o, "a restarted server on the same port", |s| {
+        count(s, CLOSED, "inbound", p1) == 45.0
+    });
+    assert_eq!(o.terminate().code(), Some(0));
+}
+
+#[test]
+fn cgroup_counts_its_processes_including_those_that_join_later() {
+    require_root();
+    let cg = Cgroup::new();
+    let mut inside = Helper::start();
+    cg.add(inside.pid());
+    let p1 = inside.listen("127.0.0.1:0");
+    let mut outside = Helper::start();
+    let p2 = outside.listen("127.0.0.1:0");
+    let mut client = Helper::start();
+
+    let o = Observer::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    let mut late = Helper::start();
+    cg.add(late.pid());
+    let p3 = late.listen("127.0.0.1:0");
+
+    assert_eq!(client.connect(&format!("127.0.0.1:{p1}"), 30), (30, 0));
+    assert_eq!(client.connect(&format!("127.0.0.1:{p2}"), 20), (20, 0));
+    assert_eq!(client.connect(&format!("127.0.0.1:{p3}"), 15), (15, 0));
+    let s = settle(&o, "30 and 15 closed", |s| {
+        count(s, CLOSED, "inbound", p1) == 30.0 && count(s, CLOSED, "inbound", p3) == 15.0
+    });
+    assert_eq!(count(&s, OPENED, "inbound", p1), 30.0);
+    assert_eq!(count(&s, OPENED, "inbound", p3), 15.0);
+    assert!(
+        s.conn(OPENED, "inbound", p2).is_none(),
+        "a process outside the cgroup:\n{}",
+        s.text
+    );
+
+    // Outbound connections opened from inside the cgroup are the cgroup's.
+    assert_eq!(late.connect(&format!("127.0.0.1:{p2}"), 12), (12, 0));
+    let s = settle(&o, "12 outbound", |s| {
+        count(s, CLOSED, "outbound", p2) == 12.0
+    });
+    assert_eq!(count(&s, OPENED, "outbound", p2), 12.0);
+    drop(o);
+}
+
+#[test]
+fn outbound_by_remote_port_and_by_pid_with_failures() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    // A port where nothing listens: bind, note it, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut client = Helper::start();
+    let mut bystander = Helper::start();
+
+    let by_port = Observer::start(&[
+        "--remote-port",
+        &port.to_string(),
+        "--remote-port",
+        &dead.to_string(),
+    ]);
+    let (by_pid, events) =
+        Observer::start_with_events(&["--pid", &client.pid().to_string(), "--events", "json"]);
+
+    assert_eq!(client.connect(&format!("127.0.0.1:{port}"), 50), (50, 0));
+    assert_eq!(client.connect(&format!("127.0.0.1:{dead}"), 7), (0, 7));
+    assert_eq!(bystander.connect(&format!("127.0.0.1:{port}"), 10), (10, 0));
+
+    let s = settle(&by_port, "60 outbound closed", |s| {
+        count(s, CLOSED, "outbound", port) == 60.0
+    });
+    assert_eq!(count(&s, OPENED, "outbound", port), 60.0, "every process");
+    assert_eq!(count(&s, FAILED, "outbound", dead), 7.0);
+    assert_eq!(count(&s, OPENED, "outbound", dead), 0.0);
+
+    let s = settle(&by_pid, "50 outbound closed", |s| {
+        count(s, CLOSED, "outbound", port) == 50.0
+    });
+    assert_eq!(
+        count(&s, OPENED, "outbound", port),
+        50.0,
+        "only the target process"
+    );
+    assert_eq!(count(&s, FAILED, "outbound", dead), 7.0);
+
+    let mut seen = (0, 0, 0);
+    while let Ok(line) = events.recv_timeout(Duration::from_millis(500)) {
+        let e: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(e["direction"], "outbound", "{e}");
+        assert_eq!(e["pid"], client.pid(), "the connecting process: {e}");
+        assert_eq!(e["comm"], "tcp-helper", "{e}");
+        match e["type"].as_str().unwrap() {
+            "open" => seen.0 += 1,
+            "close" => seen.1 += 1,
+            "failed" => {
+                assert_eq!(e["port"], dead, "{e}");
+                assert_eq!(e["remote"], format!("127.0.0.1:{dead}"), "{e}");
+                seen.2 += 1
+            }
+            t => panic!("{t}"),
+        }
+    }
+    assert_eq!(seen, (50, 50, 7));
+}
+
+#[test]
+fn pid_counts_only_its_own_network_namespace() {
+    require_root();
+    let (a, b, c) = (Netns::new(), Netns::new(), Netns::new());
+    let (server_ip, _) = Netns::link(&a, &b, 1);
+    let mut server = Helper::start_in(&a.name);
+    let port = server.listen(&format!("{server_ip}:8080"));
+    // The same port in a third namespace, busy too.
+    let mut twin = Helper::start_in(&c.name);
+    twin.listen("127.0.0.1:8080");
+    let mut twin_client = Helper::start_in(&c.name);
+    let mut client = Helper::start_in(&b.name);
+
+    let o = Observer::start(&["--pid", &server.pid().to_string()]);
+    assert_eq!(client.connect(&format!("{server_ip}:{port}"), 33), (33, 0));
+    assert_eq!(twin_client.connect("127.0.0.1:8080", 21), (21, 0));
+    settle(&o, "33 closed", |s| {
+        count(s, CLOSED, "inbound", 8080) == 33.0
+    });
+    // Give the twin's closes time to land, had they leaked in.
+    std::thread::sleep(Duration::from_millis(500));
+    let s = o.scrape();
+    assert_eq!(
+        count(&s, OPENED, "inbound", 8080),
+        33.0,
+        "the twin in another namespace stays out"
+    );
+    assert_eq!(count(&s, CLOSED, "inbound", 8080), 33.0);
+    assert_eq!(s.established("inbound", 8080), Some(0.0));
+    drop(o);
+}
+
+#[test]
+fn bad_targets_are_one_clear_error_and_leave_nothing_loaded() {
+    require_root();
+    let before = loaded();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--pid".into(), "4000000".into()],
+            "--pid 4000000: no such process",
+        ),
+        (vec!["--pid".into(), "2".into()], "kernel thread"),
+        (
+            vec!["--cgroup".into(), "/no/such/cgroup".into()],
+            "--cgroup /no/such/cgroup: no such directory",
+        ),
+        (
+            vec!["--cgroup".into(), "/tmp".into()],
+            "--cgroup /tmp: not a cgroup v2 directory",
+        ),
+    ];
+    for (args, message) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = run_to_exit(&args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+    assert!(loaded() <= before, "nothing left loaded");
+}
+
+fn loaded() -> usize {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .matches("inet_sock_set_s")
+        .count()
+}
+
+#[test]
+fn no_target_counts_every_listening_port_each_under_its_own_label() {
+    require_root();
+    let before = Server::start(&["127.0.0.1"], Mode::Hold);
+    let o = Observer::start(&[]);
+    let mut after = Helper::start();
+    let p2 = after.listen("127.0.0.1:0");
+    let p1 = before.port();
+    let mut client = Helper::start();
+    assert_eq!(client.connect(&format!("127.0.0.1:{p1}"), 9), (9, 0));
+    assert_eq!(client.connect(&format!("127.0.0.1:{p2}"), 4), (4, 0));
+    let s = settle(&o, "9 and 4 closed", |s| {
+        count(s, CLOSED, "inbound", p1) == 9.0 && count(s, CLOSED, "inbound", p2) == 4.0
+    });
+    assert_eq!(count(&s, OPENED, "inbound", p1), 9.0);
+    assert_eq!(count(&s, OPENED, "inbound", p2), 4.0);
+    // Client sides are not inbound connections of any port.
+    assert!(
+        s.samples(OPENED)
+            .iter()
+            .all(|(l, _)| l.iter().any(|(k, v)| k == "direction" && v == "inbound"))
+    );
+    drop(o);
+}
