@@ -90,6 +90,19 @@ impl Helper {
         (v[0], v[1])
     }
 
+    /// Opens `n` connections and keeps them until `release`.
+    pub fn hold(&mut self, addr: &str, n: usize) {
+        assert_eq!(
+            self.ask(&format!("hold {addr} {n}")),
+            format!("holding {n}")
+        );
+    }
+
+    /// Closes the held connections.
+    pub fn release(&mut self) {
+        self.ask("release");
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

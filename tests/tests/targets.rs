@@ -302,3 +302,63 @@ fn no_target_counts_every_listening_port_each_under_its_own_label() {
     );
     drop(o);
 }
+
+#[test]
+fn outbound_connections_open_before_observer_are_counted_from_the_first_scrape() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    let mut client = Helper::start();
+    client.hold(&format!("127.0.0.1:{port}"), 17);
+    let mut bystander = Helper::start();
+    bystander.hold(&format!("127.0.0.1:{port}"), 5);
+
+    let by_pid = Observer::start(&["--pid", &client.pid().to_string()]);
+    let by_port = Observer::start(&["--remote-port", &port.to_string()]);
+    assert_eq!(
+        by_pid.scrape().established("outbound", port),
+        Some(17.0),
+        "the target's own"
+    );
+    assert_eq!(
+        by_port.scrape().established("outbound", port),
+        Some(22.0),
+        "every process's"
+    );
+
+    client.release();
+    bystander.release();
+    let s = settle(&by_pid, "17 closed", |s| {
+        count(s, CLOSED, "outbound", port) == 17.0
+    });
+    assert_eq!(s.established("outbound", port), Some(0.0));
+    let s = settle(&by_port, "22 closed", |s| {
+        count(s, CLOSED, "outbound", port) == 22.0
+    });
+    assert_eq!(s.established("outbound", port), Some(0.0));
+    assert_eq!(
+        count(&s, OPENED, "outbound", port),
+        0.0,
+        "opened before observer"
+    );
+}
+
+#[test]
+fn without_root_observer_says_so_and_exits_1() {
+    require_root();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(observer_tests::observer::binary())
+        .args(["--port", "8080", "--no-metrics"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("needs root"), "{err}");
+}

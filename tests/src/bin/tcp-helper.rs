@@ -5,6 +5,8 @@
 //!   listen ADDR          listen on ADDR (port 0: any), reply `listening PORT`; connections are
 //!                        held until the client closes
 //!   connect ADDR N       open and close N connections one after the other, reply `connected OK FAILED`
+//!   hold ADDR N          open N connections and keep them, reply `holding N`
+//!   release              close the held connections, reply `released N`
 //!   exit                 exit 0 (as does the end of stdin)
 use std::{
     io::{BufRead as _, Read as _, Write as _},
@@ -15,6 +17,7 @@ use std::{
 fn main() {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
+    let mut held: Vec<TcpStream> = Vec::new();
     for line in stdin.lock().lines().map_while(Result::ok) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -37,6 +40,18 @@ fn main() {
                     }
                 }
                 writeln!(out, "connected {ok} {failed}").unwrap();
+            }
+            ["hold", addr, n] => {
+                for _ in 0..n.parse::<usize>().expect("count") {
+                    held.push(
+                        TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}")),
+                    );
+                }
+                writeln!(out, "holding {}", held.len()).unwrap();
+            }
+            ["release"] => {
+                writeln!(out, "released {}", held.len()).unwrap();
+                held.clear();
             }
             ["exit"] => return,
             _ => writeln!(out, "error unknown command: {line}").unwrap(),
