@@ -9,8 +9,8 @@
 //! program: counted in `recursion_misses`). The backup program, a raw tracepoint on the same
 //! event with a recursion guard of its own, runs after the main one for every transition and
 //! handles exactly those the main program did not: the main program notes each transition it
-//! takes in a small per-CPU list (`RECENT`) first thing; the backup takes its own transition out
-//! of that list, or handles it when it is not there. Counter updates are single atomic adds, so a
+//! takes in a small per-CPU table (`RECENT`) first thing; the backup takes its own transition out
+//! of that table, or handles it when it is not there. Counter updates are single atomic adds, so a
 //! nested update and the interrupted one never overwrite each other.
 #![no_std]
 #![no_main]
@@ -101,17 +101,13 @@ static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_LEN, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-/// Per CPU: the last transitions the main program took, for the backup program.
+/// Per CPU: the transitions the main program took, for the backup program. A transition's slot
+/// is a hash of it, so each program looks at one slot; a slot only gets overwritten early when
+/// another transition with the same hash comes between the two programs' runs (an interrupt).
 #[map]
-static RECENT: PerCpuArray<Recent> = PerCpuArray::with_max_entries(1, 0);
+static RECENT: PerCpuArray<[u64; RECENT_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
-const RECENT_LEN: usize = 4;
-
-#[repr(C)]
-struct Recent {
-    next: u64,
-    keys: [u64; RECENT_LEN],
-}
+const RECENT_LEN: usize = 256;
 
 /// One transition of one socket: a kernel pointer's top 16 bits are all ones, so the states can
 /// go there without two transitions sharing a key.
@@ -120,17 +116,19 @@ fn transition_key(sk: u64, old: u8, new: u8) -> u64 {
     sk ^ ((old as u64) << 56) ^ ((new as u64) << 48)
 }
 
+/// The slot of a key. Socket addresses are aligned: their low bits carry nothing.
+#[inline(always)]
+fn recent_slot(key: u64) -> usize {
+    ((key >> 6) ^ (key >> 14) ^ (key >> 48)) as usize & (RECENT_LEN - 1)
+}
+
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let tp = Tp(&ctx);
     if let Some(r) = RECENT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; the backup program only clears a slot that holds its key.
-        let r = unsafe { &mut *r };
-        let i = r.next as usize & (RECENT_LEN - 1);
-        unsafe {
-            core::ptr::write_volatile(&mut r.keys[i], transition_key(tp.sk(), tp.old(), tp.new()))
-        };
-        r.next = r.next.wrapping_add(1);
+        let key = transition_key(tp.sk(), tp.old(), tp.new());
+        // SAFETY: this CPU's array; the index is masked into range.
+        unsafe { core::ptr::write_volatile(&mut (*r)[recent_slot(key)], key) };
     }
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     let _ = handle(&tp);
@@ -146,17 +144,11 @@ pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
     };
     let key = transition_key(raw.sk, raw.old, raw.new);
     if let Some(r) = RECENT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot.
-        let r = unsafe { &mut *r };
-        let mut i = 0;
-        while i < RECENT_LEN {
-            // SAFETY: in bounds.
-            let slot = unsafe { &mut *(&mut r.keys[i] as *mut u64) };
-            if unsafe { core::ptr::read_volatile(slot) } == key {
-                unsafe { core::ptr::write_volatile(slot, 0) };
-                return 0; // the main program took it
-            }
-            i += 1;
+        // SAFETY: this CPU's array; the index is masked into range.
+        let slot = unsafe { &mut (*r)[recent_slot(key)] };
+        if unsafe { core::ptr::read_volatile(slot) } == key {
+            unsafe { core::ptr::write_volatile(slot, 0) };
+            return 0; // the main program took it
         }
     }
     count(counters::NESTED_HANDLED);
