@@ -41,7 +41,7 @@ impl Netns {
         Netns { name }
     }
 
-    /// Joins two namespaces with a veth pair and gives each end an address in a /30 of the
+    /// Joins two namespaces with a veth pair and gives each end an address in a /24 of the
     /// private range that only these two namespaces use. Returns (address in a, address in b).
     pub fn link(a: &Netns, b: &Netns, subnet: u8) -> (String, String) {
         let (va, vb) = (unique("va"), unique("vb"));
@@ -55,11 +55,25 @@ impl Netns {
             &b.name,
         ]);
         let (ia, ib) = (format!("10.213.{subnet}.1"), format!("10.213.{subnet}.2"));
-        ip(&["-n", &a.name, "addr", "add", &format!("{ia}/30"), "dev", va]);
-        ip(&["-n", &b.name, "addr", "add", &format!("{ib}/30"), "dev", vb]);
+        ip(&["-n", &a.name, "addr", "add", &format!("{ia}/24"), "dev", va]);
+        ip(&["-n", &b.name, "addr", "add", &format!("{ib}/24"), "dev", vb]);
         ip(&["-n", &a.name, "link", "set", va, "up"]);
         ip(&["-n", &b.name, "link", "set", vb, "up"]);
         (ia, ib)
+    }
+}
+
+impl Netns {
+    /// Sets a sysctl inside this namespace (net.* sysctls are per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ]);
     }
 }
 

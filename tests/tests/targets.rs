@@ -362,3 +362,32 @@ fn without_root_observer_says_so_and_exits_1() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("needs root"), "{err}");
 }
+
+#[test]
+fn a_connect_that_times_out_is_failed() {
+    require_root();
+    let (a, b) = (Netns::new(), Netns::new());
+    let (_, _) = Netns::link(&a, &b, 2);
+    // Nobody has 10.213.2.3: the SYN never gets an answer. One retry: ETIMEDOUT after ~3 s.
+    b.sysctl("net.ipv4.tcp_syn_retries", "1");
+    let mut client = Helper::start_in(&b.name);
+    let (o, events) = Observer::start_with_events(&["--remote-port", "9", "--events", "json"]);
+    assert_eq!(client.connect("10.213.2.3:9", 2), (0, 2));
+    let s = settle(&o, "2 failed", |s| count(s, FAILED, "outbound", 9) == 2.0);
+    assert_eq!(count(&s, OPENED, "outbound", 9), 0.0);
+    assert_eq!(
+        s.value(
+            "observer_tcp_connections",
+            &[("port", "9"), ("state", "syn_sent")]
+        ),
+        Some(0.0)
+    );
+    let failed: Vec<Value> =
+        std::iter::from_fn(|| events.recv_timeout(Duration::from_millis(500)).ok())
+            .map(|l| serde_json::from_str(&l).unwrap())
+            .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(failed.iter().all(|e| e["type"] == "failed"
+        && e["remote"] == "10.213.2.3:9"
+        && e["pid"] == client.pid()));
+}
