@@ -54,8 +54,7 @@ fn run() -> Result<ExitCode> {
             cargo(&["build", "--package", "observer"])?;
             let mut args = vec!["test", "--workspace", "--exclude", "observer-ebpf"];
             args.extend(rest.iter().map(String::as_str));
-            cargo(&args)?;
-            Ok(ExitCode::SUCCESS)
+            test(&args)
         }
         "bench" => {
             setup::all()?;
@@ -70,6 +69,49 @@ fn run() -> Result<ExitCode> {
     }
 }
 
+/// Runs `cargo test`, passing its output through, and ends with one line that sums every test
+/// binary's results (cargo's own last line is often a doc-test run of 0 tests).
+fn test(args: &[&str]) -> Result<ExitCode> {
+    use std::io::{BufRead as _, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(setup::workspace())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed");
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The number just before `word` in a cargo test summary ("ok. 5 passed; 0 failed; ...").
+fn count_before(summary: &str, word: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(word.trim_start())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs cargo (the one that runs xtask) in the workspace.
 pub fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -82,4 +124,17 @@ pub fn cargo(args: &[&str]) -> Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn reads_cargo_test_summaries() {
+        let ok = "ok. 22 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.36s";
+        assert_eq!((count_before(ok, " passed"), count_before(ok, " failed")), (22, 0));
+        let bad = "FAILED. 5 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!((count_before(bad, " passed"), count_before(bad, " failed")), (5, 1));
+    }
 }
