@@ -152,7 +152,26 @@ impl Observer {
         Scrape { text }
     }
 
-    /// IDs of the eBPF programs this observer has loaded (bpftool lists their holders).
+    /// Scrapes until `check` holds (a close lands in the kernel a moment after the client's
+    /// close() returns) and returns that scrape; panics with the last scrape otherwise.
+    pub fn settle(&self, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+        let mut last = None;
+        crate::wait_for(Duration::from_secs(30), || {
+            let s = self.scrape();
+            let ok = check(&s);
+            last = Some(s.clone());
+            ok.then_some(s)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{what}: never reached; last scrape:\n{}\nstderr:\n{}",
+                last.map(|s| s.text).unwrap_or_default(),
+                self.stderr()
+            )
+        })
+    }
+
+    /// IDs of the eBPF programs this observer has loaded.
     pub fn program_ids(&self) -> Vec<u64> {
         programs_of(self.pid())
     }
@@ -239,4 +258,15 @@ pub fn program_loaded(id: u64) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// How many observer programs are loaded on this machine (any instance), from bpftool.
+pub fn loaded_programs() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool");
+    String::from_utf8_lossy(&out.stdout)
+        .matches("name inet_sock_set_s")
+        .count()
 }

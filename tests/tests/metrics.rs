@@ -7,31 +7,13 @@ use std::{
 
 use observer_tests::{
     net::{Mode, Server, churn, hold, ss_established},
-    observer::{Observer, Stdout, run_to_exit},
+    observer::{Observer, Stdout, loaded_programs, run_to_exit},
     require_root,
-    scrape::{Scrape, http_get},
+    scrape::http_get,
     wait_for,
 };
 
 const IN: &str = "inbound";
-
-/// Scrapes until `check` holds (the kernel finishes a close a moment after the client's
-/// close() returns), then returns that scrape; panics with the last scrape otherwise.
-fn settle(o: &Observer, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
-    let mut last = None;
-    wait_for(Duration::from_secs(30), || {
-        let s = o.scrape();
-        let ok = check(&s);
-        last = Some(s.clone());
-        ok.then_some(s)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{what}: never reached; last scrape:\n{}",
-            last.unwrap().text
-        )
-    })
-}
 
 #[test]
 fn attaches_to_a_running_server_and_is_right_from_the_first_scrape() {
@@ -55,7 +37,7 @@ fn attaches_to_a_running_server_and_is_right_from_the_first_scrape() {
     assert_eq!(ss_established(port), K, "oracle: ss agrees");
 
     drop(conns);
-    let s = settle(&o, "all closed", |s| {
+    let s = o.settle("all closed", |s| {
         s.conn("observer_tcp_connections_closed_total", IN, port) == Some(K as f64)
     });
     assert_eq!(s.established(IN, port), Some(0.0));
@@ -96,7 +78,7 @@ fn churn_of_20000_connections_is_counted_exactly() {
 
     const N: usize = 20_000;
     churn(server.addrs[0], N, 4);
-    let s = settle(&o, "20000 closed", |s| {
+    let s = o.settle("20000 closed", |s| {
         s.conn("observer_tcp_connections_closed_total", IN, port) == Some(N as f64)
     });
     assert_eq!(
@@ -149,7 +131,7 @@ fn a_stalled_event_reader_loses_events_but_never_counts() {
     );
     const N: usize = 20_000;
     churn(server.addrs[0], N, 4);
-    let s = settle(&o, "20000 closed", |s| {
+    let s = o.settle("20000 closed", |s| {
         s.conn("observer_tcp_connections_closed_total", IN, port) == Some(N as f64)
     });
     assert_eq!(
@@ -176,7 +158,7 @@ fn promtool_accepts_a_real_scrape() {
     let port = server.port();
     let o = Observer::start(&["--port", &port.to_string(), "--remote-port", "5432"]);
     let _c = hold(server.addrs[0], 3);
-    let s = settle(&o, "3 open", |s| s.established(IN, port) == Some(3.0));
+    let s = o.settle("3 open", |s| s.established(IN, port) == Some(3.0));
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -283,25 +265,12 @@ fn a_bad_or_busy_metrics_address_is_one_clear_error() {
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
-    let before = loaded_tracepoint_programs();
+    let before = loaded_programs();
     let (code, err) = run_to_exit(&["--port", "80", "--metrics-addr", &addr]);
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&addr) && err.contains("in use"), "{err}");
-    assert!(
-        loaded_tracepoint_programs() <= before,
-        "nothing left loaded"
-    );
-}
-
-fn loaded_tracepoint_programs() -> usize {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .matches("name inet_sock_set_state")
-        .count()
+    assert!(loaded_programs() <= before, "nothing left loaded");
 }
 
 struct KillOnDrop(std::process::Child);

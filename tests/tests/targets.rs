@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use observer_tests::{
     net::{Mode, Server},
-    observer::{Observer, run_to_exit},
+    observer::{Observer, loaded_programs, run_to_exit},
     process::Helper,
     require_root,
     sandbox::{Cgroup, Netns},
@@ -12,24 +12,6 @@ use observer_tests::{
     wait_for,
 };
 use serde_json::Value;
-
-/// Scrapes until `check` holds; panics with the last scrape otherwise.
-fn settle(o: &Observer, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
-    let mut last = None;
-    wait_for(Duration::from_secs(30), || {
-        let s = o.scrape();
-        let ok = check(&s);
-        last = Some(s.clone());
-        ok.then_some(s)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{what}: never reached; last scrape:\n{}\nstderr:\n{}",
-            last.unwrap().text,
-            o.stderr()
-        )
-    })
-}
 
 fn count(s: &Scrape, name: &str, dir: &str, port: u16) -> f64 {
     s.conn(name, dir, port).unwrap_or(0.0)
@@ -56,7 +38,7 @@ fn pid_counts_every_port_the_process_listens_on_and_nothing_else() {
     assert_eq!(client.connect(&format!("[::1]:{p2}"), 25), (25, 0));
     assert_eq!(client.connect(&format!("127.0.0.1:{p3}"), 30), (30, 0));
 
-    settle(&o, "40 and 25 closed", |s| {
+    o.settle("40 and 25 closed", |s| {
         count(s, CLOSED, "inbound", p1) == 40.0 && count(s, CLOSED, "inbound", p2) == 25.0
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -98,7 +80,7 @@ fn pid_counts_every_port_the_process_listens_on_and_nothing_else() {
     let mut again = Helper::start();
     assert_eq!(again.listen(&format!("127.0.0.1:{p1}")), p1);
     client.connect(&format!("127.0.0.1:{p1}"), 5);
-    settle(&o, "a restarted server on the same port", |s| {
+    o.settle("a restarted server on the same port", |s| {
         count(s, CLOSED, "inbound", p1) == 45.0
     });
     assert_eq!(o.terminate().code(), Some(0));
@@ -123,7 +105,7 @@ fn cgroup_counts_its_processes_including_those_that_join_later() {
     assert_eq!(client.connect(&format!("127.0.0.1:{p1}"), 30), (30, 0));
     assert_eq!(client.connect(&format!("127.0.0.1:{p2}"), 20), (20, 0));
     assert_eq!(client.connect(&format!("127.0.0.1:{p3}"), 15), (15, 0));
-    let s = settle(&o, "30 and 15 closed", |s| {
+    let s = o.settle("30 and 15 closed", |s| {
         count(s, CLOSED, "inbound", p1) == 30.0 && count(s, CLOSED, "inbound", p3) == 15.0
     });
     assert_eq!(count(&s, OPENED, "inbound", p1), 30.0);
@@ -136,9 +118,7 @@ fn cgroup_counts_its_processes_including_those_that_join_later() {
 
     // Outbound connections opened from inside the cgroup are the cgroup's.
     assert_eq!(late.connect(&format!("127.0.0.1:{p2}"), 12), (12, 0));
-    let s = settle(&o, "12 outbound", |s| {
-        count(s, CLOSED, "outbound", p2) == 12.0
-    });
+    let s = o.settle("12 outbound", |s| count(s, CLOSED, "outbound", p2) == 12.0);
     assert_eq!(count(&s, OPENED, "outbound", p2), 12.0);
     drop(o);
 }
@@ -170,14 +150,14 @@ fn outbound_by_remote_port_and_by_pid_with_failures() {
     assert_eq!(client.connect(&format!("127.0.0.1:{dead}"), 7), (0, 7));
     assert_eq!(bystander.connect(&format!("127.0.0.1:{port}"), 10), (10, 0));
 
-    let s = settle(&by_port, "60 outbound closed", |s| {
+    let s = by_port.settle("60 outbound closed", |s| {
         count(s, CLOSED, "outbound", port) == 60.0
     });
     assert_eq!(count(&s, OPENED, "outbound", port), 60.0, "every process");
     assert_eq!(count(&s, FAILED, "outbound", dead), 7.0);
     assert_eq!(count(&s, OPENED, "outbound", dead), 0.0);
 
-    let s = settle(&by_pid, "50 outbound closed", |s| {
+    let s = by_pid.settle("50 outbound closed", |s| {
         count(s, CLOSED, "outbound", port) == 50.0
     });
     assert_eq!(
@@ -223,9 +203,7 @@ fn pid_counts_only_its_own_network_namespace() {
     let o = Observer::start(&["--pid", &server.pid().to_string()]);
     assert_eq!(client.connect(&format!("{server_ip}:{port}"), 33), (33, 0));
     assert_eq!(twin_client.connect("127.0.0.1:8080", 21), (21, 0));
-    settle(&o, "33 closed", |s| {
-        count(s, CLOSED, "inbound", 8080) == 33.0
-    });
+    o.settle("33 closed", |s| count(s, CLOSED, "inbound", 8080) == 33.0);
     // Give the twin's closes time to land, had they leaked in.
     std::thread::sleep(Duration::from_millis(500));
     let s = o.scrape();
@@ -242,7 +220,7 @@ fn pid_counts_only_its_own_network_namespace() {
 #[test]
 fn bad_targets_are_one_clear_error_and_leave_nothing_loaded() {
     require_root();
-    let before = loaded();
+    let before = loaded_programs();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["--pid".into(), "4000000".into()],
@@ -265,17 +243,7 @@ fn bad_targets_are_one_clear_error_and_leave_nothing_loaded() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(message), "{args:?}: {err}");
     }
-    assert!(loaded() <= before, "nothing left loaded");
-}
-
-fn loaded() -> usize {
-    let out = std::process::Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .matches("inet_sock_set_s")
-        .count()
+    assert!(loaded_programs() <= before, "nothing left loaded");
 }
 
 #[test]
@@ -289,7 +257,7 @@ fn no_target_counts_every_listening_port_each_under_its_own_label() {
     let mut client = Helper::start();
     assert_eq!(client.connect(&format!("127.0.0.1:{p1}"), 9), (9, 0));
     assert_eq!(client.connect(&format!("127.0.0.1:{p2}"), 4), (4, 0));
-    let s = settle(&o, "9 and 4 closed", |s| {
+    let s = o.settle("9 and 4 closed", |s| {
         count(s, CLOSED, "inbound", p1) == 9.0 && count(s, CLOSED, "inbound", p2) == 4.0
     });
     assert_eq!(count(&s, OPENED, "inbound", p1), 9.0);
@@ -328,13 +296,9 @@ fn outbound_connections_open_before_observer_are_counted_from_the_first_scrape()
 
     client.release();
     bystander.release();
-    let s = settle(&by_pid, "17 closed", |s| {
-        count(s, CLOSED, "outbound", port) == 17.0
-    });
+    let s = by_pid.settle("17 closed", |s| count(s, CLOSED, "outbound", port) == 17.0);
     assert_eq!(s.established("outbound", port), Some(0.0));
-    let s = settle(&by_port, "22 closed", |s| {
-        count(s, CLOSED, "outbound", port) == 22.0
-    });
+    let s = by_port.settle("22 closed", |s| count(s, CLOSED, "outbound", port) == 22.0);
     assert_eq!(s.established("outbound", port), Some(0.0));
     assert_eq!(
         count(&s, OPENED, "outbound", port),
@@ -373,7 +337,7 @@ fn a_connect_that_times_out_is_failed() {
     let mut client = Helper::start_in(&b.name);
     let (o, events) = Observer::start_with_events(&["--remote-port", "9", "--events", "json"]);
     assert_eq!(client.connect("10.213.2.3:9", 2), (0, 2));
-    let s = settle(&o, "2 failed", |s| count(s, FAILED, "outbound", 9) == 2.0);
+    let s = o.settle("2 failed", |s| count(s, FAILED, "outbound", 9) == 2.0);
     assert_eq!(count(&s, OPENED, "outbound", 9), 0.0);
     assert_eq!(
         s.value(
