@@ -132,9 +132,16 @@ mod tests {
 
     #[test]
     fn reads_cargo_test_summaries() {
-        let ok = "ok. 22 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.36s";
-        assert_eq!((count_before(ok, " passed"), count_before(ok, " failed")), (22, 0));
+        let ok =
+            "ok. 22 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.36s";
+        assert_eq!(
+            (count_before(ok, " passed"), count_before(ok, " failed")),
+            (22, 0)
+        );
         let bad = "FAILED. 5 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out";
-        assert_eq!((count_before(bad, " passed"), count_before(bad, " failed")), (5, 1));
+        assert_eq!(
+            (count_before(bad, " passed"), count_before(bad, " failed")),
+            (5, 1)
+        );
     }
 }
