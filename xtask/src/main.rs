@@ -42,11 +42,12 @@ fn run() -> Result<ExitCode> {
             setup::all()?;
             cargo(&["build", "--release", "--package", "observer"])?;
             let args = rest.iter().skip_while(|a| *a == "--");
-            let status = Command::new(setup::workspace().join("target/release/observer"))
+            // Become observer, so that signals (a supervisor's SIGTERM too) reach it directly.
+            use std::os::unix::process::CommandExt as _;
+            let err = Command::new(setup::workspace().join("target/release/observer"))
                 .args(args)
-                .status()
-                .context("starting observer")?;
-            Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+                .exec();
+            Err(err).context("starting observer")
         }
         "test" => {
             setup::all()?;
