@@ -1,0 +1,36 @@
+//! A million connections: counts stay exact and gauges do not drift. Takes about a minute, so
+//! it is not part of the default run: `cargo xtask test -- --ignored --test soak`.
+use observer_tests::{
+    net::{Mode, Server, churn},
+    observer::Observer,
+    require_root,
+};
+
+#[test]
+#[ignore = "a minute of churn; run by hand"]
+fn a_million_connections_without_drift() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::CloseFirst);
+    let port = server.port();
+    let o = Observer::start(&["--port", &port.to_string()]);
+    const N: usize = 1_000_000;
+    churn(server.addrs[0], N, 4);
+    let s = o.settle("a million closed", |s| {
+        s.conn("observer_tcp_connections_closed_total", "inbound", port) == Some(N as f64)
+    });
+    eprintln!(
+        "{}",
+        s.text
+            .lines()
+            .filter(|l| l.starts_with("observer_kernel"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        s.conn("observer_tcp_connections_opened_total", "inbound", port),
+        Some(N as f64)
+    );
+    for (labels, v) in s.samples("observer_tcp_connections") {
+        assert_eq!(v, 0.0, "{labels:?}");
+    }
+}
