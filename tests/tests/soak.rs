@@ -1,5 +1,5 @@
 //! A million connections: counts stay exact and gauges do not drift. Takes about a minute, so
-//! it is not part of the default run: `cargo xtask test -- --ignored --test soak`.
+//! it is not part of the default run: `cargo xtask test --test soak -- --ignored`.
 use observer_tests::{
     net::{Mode, Server, churn},
     observer::Observer,
