@@ -296,3 +296,51 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[test]
+fn attaching_in_the_middle_of_churn_counts_every_connection_once() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    let addr = server.addrs[0];
+    let held = hold(addr, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 200_000 {
+                    observer_tests::net::open_close(addr, 1);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The snapshot is taken while connections open and close around it.
+    let o = Observer::start(&["--port", &port.to_string()]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in churners {
+        c.join().unwrap();
+    }
+    let others_zero = |s: &observer_tests::scrape::Scrape| {
+        s.samples("observer_tcp_connections")
+            .iter()
+            .all(|(l, v)| *v == 0.0 || l.iter().any(|(k, v)| k == "state" && v == "established"))
+    };
+    let s = o.settle("only the held connections left", |s| {
+        s.established(IN, port) == Some(200.0) && ss_established(port) == 200 && others_zero(s)
+    });
+    for (labels, v) in s.samples("observer_tcp_connections") {
+        let state = &labels.iter().find(|(k, _)| k == "state").unwrap().1;
+        let expected = if state == "established" { 200.0 } else { 0.0 };
+        assert_eq!(v, expected, "{labels:?}\n{}", s.text);
+    }
+    drop(held);
+    // Every gauge back to 0: nothing counted twice, nothing left behind.
+    o.settle("all closed", |s| {
+        s.established(IN, port) == Some(0.0) && others_zero(s)
+    });
+}
