@@ -78,6 +78,8 @@ pub mod globals {
     pub const BUCKET_BOUNDS: &str = "BUCKET_BOUNDS";
     /// u32: number of entries of the `CGROUPS` map in use.
     pub const N_CGROUPS: &str = "N_CGROUPS";
+    /// u64: bytes waiting in the event ring above which a record wakes the reader.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     /// `SockOffsets`: where the backup program reads a socket's fields.
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
 }

@@ -17,7 +17,7 @@
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::bpf_get_current_ancestor_cgroup_id,
@@ -55,6 +55,11 @@ static N_BUCKETS: Global<u32> = Global::new(0);
 static BUCKET_BOUNDS: Global<[u64; MAX_BUCKETS]> = Global::new([0; MAX_BUCKETS]);
 #[unsafe(no_mangle)]
 static N_CGROUPS: Global<u32> = Global::new(0);
+/// Bytes waiting in the ring above which a record wakes the reader up. Below, records are
+/// submitted without a wakeup (a wakeup is a self-interrupt, microseconds per record) and the
+/// reader collects them on its own short tick.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
     protocol: 0,
@@ -520,7 +525,12 @@ fn emit<S: Source>(tp: &S, sk: u64, conn: &Conn, step: &Step, netns: u32) {
         daddr,
         comm: conn.comm,
     });
-    entry.submit(0);
+    let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= WAKEUP_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup.into());
 }
 
 /// A listen(): claims the port when every listener counts, or when a target process calls it.

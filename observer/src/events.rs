@@ -1,5 +1,6 @@
 //! The event stream: records from the kernel's ring buffer, read on tokio when the ring's fd is
-//! readable (no polling loop), turned into lines, and written to stdout by a thread of its own so
+//! readable or on a 50 ms tick (the kernel wakes the reader only when the ring fills up), turned
+//! into lines, and written to stdout by a thread of its own so
 //! that a slow or stuck reader of stdout never stalls the metrics. When stdout falls behind, the
 //! reader stops draining the ring; the kernel then drops records and counts them
 //! (`observer_events_dropped_total`). Counts never depend on this path.
@@ -15,6 +16,11 @@ use crate::output::{Clock, Event, Format};
 /// Lines in flight between the ring reader and the stdout writer, in batches.
 const BATCHES_IN_FLIGHT: usize = 64;
 
+/// How often the reader collects records that came without a wakeup: the kernel program wakes
+/// it only when the ring fills up (a wakeup per record costs the server microseconds), so this is
+/// the longest an event waits before it is printed.
+const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Streams events until stdout is closed (then returns Ok) or the ring fails.
 pub async fn stream(ring: RingBuf<MapData>, format: Format, clock: Clock) -> Result<()> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(BATCHES_IN_FLIGHT);
@@ -26,11 +32,16 @@ pub async fn stream(ring: RingBuf<MapData>, format: Format, clock: Clock) -> Res
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("watching the event ring buffer")?;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = ring.readable_mut().await?;
+        tokio::select! {
+            guard = ring.readable_mut() => guard?.clear_ready(),
+            _ = tick.tick() => {}
+        }
         let mut batch = Vec::new();
         {
-            let ring = guard.get_inner_mut();
+            let ring = ring.get_mut();
             while let Some(item) = ring.next() {
                 if item.len() < Record::SIZE {
                     continue;
@@ -43,7 +54,6 @@ pub async fn stream(ring: RingBuf<MapData>, format: Format, clock: Clock) -> Res
                 }
             }
         }
-        guard.clear_ready();
         if !batch.is_empty() && tx.send(batch).await.is_err() {
             // The writer is gone: stdout was closed.
             let _ = writer.join();

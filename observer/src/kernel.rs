@@ -99,6 +99,8 @@ impl Kernel {
         let (sk_net, net_inum) = s.netns.map_or((0, 0), |o| (o.sk_net, o.net_inum));
         let n_cgroups = s.cgroups.len() as u32;
         let sock = s.sock.unwrap_or_default();
+        // A quarter full ring wakes the reader at once; below that it reads on its tick.
+        let wakeup_bytes = u64::from(s.ring_bytes / 4);
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::FLAGS, &f, true)
             .override_global(globals::SK_NET_OFFSET, &sk_net, true)
@@ -107,6 +109,7 @@ impl Kernel {
             .override_global(globals::BUCKET_BOUNDS, &bounds, true)
             .override_global(globals::N_CGROUPS, &n_cgroups, true)
             .override_global(globals::SOCK_OFFSETS, &sock, true)
+            .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
             .map_max_entries(maps::EVENTS, s.ring_bytes)
             .load(PROGRAM_OBJECT)
             .map_err(privilege_hint)
