@@ -87,30 +87,20 @@ async fn run(config: Config) -> Result<()> {
     tracefs::ensure_mounted()?;
     tracefs::check_format()?;
     let vmlinux = btf::vmlinux();
-    let netns = match vmlinux
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .and_then(btf::netns_offsets)
-    {
-        Ok(o) => Some(o),
-        Err(e) => {
-            eprintln!("observer: warning: network namespaces will not be told apart ({e:#})");
-            None
-        }
-    };
-    let sock = match vmlinux
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .and_then(btf::sock_offsets)
-    {
-        Ok(o) => Some(o),
-        Err(e) => {
-            eprintln!(
-                "observer: warning: transitions that interrupt observer's program on one CPU will be lost, and counted ({e:#})"
-            );
-            None
-        }
-    };
+    let netns = optional(
+        vmlinux
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .and_then(btf::netns_offsets),
+        "network namespaces will not be told apart",
+    );
+    let sock = optional(
+        vmlinux
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .and_then(btf::sock_offsets),
+        "transitions the kernel skips for observer's program will be lost, and counted",
+    );
     let process_targets = !processes.is_empty() || !cgroups.is_empty();
     let mut kernel = Kernel::load(&Settings {
         emit_events: config.events.is_some(),
@@ -261,6 +251,13 @@ async fn run(config: Config) -> Result<()> {
     // The last reference: dropping it detaches the program and frees its maps.
     drop(kernel);
     result
+}
+
+/// A feature observer can run without: a warning on stderr says what is missing and why.
+fn optional<T>(found: Result<T>, consequence: &str) -> Option<T> {
+    found
+        .map_err(|e| eprintln!("observer: warning: {consequence} ({e:#})"))
+        .ok()
 }
 
 /// Adds the listening ports of the targets (or of every process) to the watched set.

@@ -9,7 +9,7 @@ use observer_tests::{
     net::{Mode, Server, churn, hold, ss_established},
     observer::{Observer, Stdout, loaded_programs, run_to_exit},
     require_root,
-    scrape::http_get,
+    scrape::{Scrape, http_get},
     wait_for,
 };
 
@@ -67,6 +67,26 @@ fn attaches_to_a_running_server_and_is_right_from_the_first_scrape() {
     assert_eq!(o.terminate().code(), Some(0));
 }
 
+/// `n` short connections at full speed; asserts that each was opened, closed and timed exactly
+/// once and that no connection is left established.
+fn churn_exactly(o: &Observer, server: &Server, n: usize) -> Scrape {
+    let port = server.port();
+    churn(server.addrs[0], n, 4);
+    let s = o.settle(&format!("{n} closed"), |s| {
+        s.conn("observer_tcp_connections_closed_total", IN, port) == Some(n as f64)
+    });
+    assert_eq!(
+        s.conn("observer_tcp_connections_opened_total", IN, port),
+        Some(n as f64)
+    );
+    assert_eq!(
+        s.conn("observer_tcp_connection_duration_seconds_count", IN, port),
+        Some(n as f64)
+    );
+    assert_eq!(s.established(IN, port), Some(0.0));
+    s
+}
+
 #[test]
 fn churn_of_20000_connections_is_counted_exactly() {
     require_root();
@@ -77,23 +97,11 @@ fn churn_of_20000_connections_is_counted_exactly() {
     assert_eq!(before.established(IN, port), Some(0.0));
 
     const N: usize = 20_000;
-    churn(server.addrs[0], N, 4);
-    let s = o.settle("20000 closed", |s| {
-        s.conn("observer_tcp_connections_closed_total", IN, port) == Some(N as f64)
-    });
-    assert_eq!(
-        s.conn("observer_tcp_connections_opened_total", IN, port),
-        Some(N as f64)
-    );
-    assert_eq!(
-        s.conn("observer_tcp_connection_duration_seconds_count", IN, port),
-        Some(N as f64)
-    );
+    let s = churn_exactly(&o, &server, N);
     assert_eq!(
         s.conn("observer_tcp_connections_failed_total", IN, port),
         Some(0.0)
     );
-    assert_eq!(s.established(IN, port), Some(0.0));
     for (labels, v) in s.samples("observer_tcp_connections") {
         assert!(v >= 0.0, "negative gauge {labels:?} = {v}");
     }
@@ -129,20 +137,7 @@ fn a_stalled_event_reader_loses_events_but_never_counts() {
         ],
         Stdout::Stuck,
     );
-    const N: usize = 20_000;
-    churn(server.addrs[0], N, 4);
-    let s = o.settle("20000 closed", |s| {
-        s.conn("observer_tcp_connections_closed_total", IN, port) == Some(N as f64)
-    });
-    assert_eq!(
-        s.conn("observer_tcp_connections_opened_total", IN, port),
-        Some(N as f64)
-    );
-    assert_eq!(
-        s.conn("observer_tcp_connection_duration_seconds_count", IN, port),
-        Some(N as f64)
-    );
-    assert_eq!(s.established(IN, port), Some(0.0));
+    let s = churn_exactly(&o, &server, 20_000);
     let dropped = s.value("observer_events_dropped_total", &[]).unwrap();
     assert!(
         dropped > 0.0,
