@@ -148,6 +148,41 @@ pub fn first_sighting(direction: u8, port: u16, old: u8, baselined: bool) -> Con
     conn
 }
 
+/// Which side an unseeded first sighting may be counted on, from its first transition `old ->
+/// ...` and whether its local and remote ports are watched.
+///
+/// A socket leaving SYN_SENT was made by connect(): outbound, whatever its local port (an
+/// ephemeral port can equal a watched one when the listener is bound to another address). One
+/// leaving SYN_RECV is the child of a listener: inbound. Later in its life the tracepoint cannot
+/// tell the two apart, so a socket met there is only adopted while that is safe
+/// (`adopt_established`: the snapshot window is open, or the snapshot could not seed every
+/// connection); otherwise it was declined at its birth (an outbound connection from a watched
+/// port number) or not tracked for lack of room, and counting its end alone would unbalance the
+/// counters.
+pub fn unseeded_sides(old: u8, local: bool, remote: bool, adopt_established: bool) -> Sides {
+    match old {
+        tcp::SYN_SENT => Sides {
+            inbound: false,
+            outbound: remote,
+        },
+        tcp::SYN_RECV => Sides {
+            inbound: local,
+            outbound: false,
+        },
+        _ => Sides {
+            inbound: local && adopt_established,
+            outbound: remote && adopt_established,
+        },
+    }
+}
+
+/// The sides `unseeded_sides` allows; inbound is tried first (its owner must be known).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sides {
+    pub inbound: bool,
+    pub outbound: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +345,47 @@ mod tests {
         assert_eq!((s.leave, s.enter, s.event), (0, ESTABLISHED, EVENT_OPEN));
         let s = c.advance(CLOSE, 80);
         assert_eq!(s.duration_ns, Some(30));
+    }
+
+    #[test]
+    fn a_connect_from_a_watched_port_number_is_never_inbound() {
+        // connect() from 127.0.0.3:P while the server listens on 127.0.0.1:P.
+        let s = unseeded_sides(SYN_SENT, true, false, true);
+        assert_eq!(
+            s,
+            Sides {
+                inbound: false,
+                outbound: false
+            }
+        );
+        // Its later transitions, after the snapshot: not adopted either.
+        assert_eq!(
+            unseeded_sides(ESTABLISHED, true, false, false),
+            Sides::default()
+        );
+        assert_eq!(
+            unseeded_sides(FIN_WAIT1, true, false, false),
+            Sides::default()
+        );
+        // An outbound connection to a watched port still is outbound.
+        assert!(unseeded_sides(SYN_SENT, true, true, false).outbound);
+    }
+
+    #[test]
+    fn a_listener_child_met_in_its_handshake_is_inbound() {
+        let s = unseeded_sides(SYN_RECV, true, true, false);
+        assert!(s.inbound && !s.outbound);
+    }
+
+    #[test]
+    fn established_sockets_are_adopted_only_while_safe() {
+        let s = unseeded_sides(CLOSE_WAIT, true, false, true);
+        assert!(s.inbound && !s.outbound);
+        let s = unseeded_sides(ESTABLISHED, false, true, true);
+        assert!(!s.inbound && s.outbound);
+        assert_eq!(
+            unseeded_sides(ESTABLISHED, true, true, false),
+            Sides::default()
+        );
     }
 }

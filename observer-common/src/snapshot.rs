@@ -35,4 +35,8 @@ crate::pod!(Seed);
 pub const CONTROL_SNAPSHOT_DONE: u32 = 0;
 /// Index in the `CONTROL` array: 1 while `BASELINE` may hold seeds (worth a lookup).
 pub const CONTROL_BASELINE_ACTIVE: u32 = 1;
+/// Index in the `CONTROL` array: 1 when the snapshot could not seed every connection it listed
+/// (a full `BASELINE`): the kernel then keeps adopting established sockets it meets for the
+/// first time, as it does while the window is open (see `conn::unseeded_sides`).
+pub const CONTROL_ADOPT_UNSEEDED: u32 = 2;
 pub const CONTROL_LEN: u32 = 4;

@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     DIR_INBOUND, DIR_OUTBOUND,
-    conn::{Conn, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step, first_sighting},
+    conn::{Conn, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step, first_sighting, unseeded_sides},
     counters,
     filter::{CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_REMOTE, SockOffsets, flags},
     limits::{
@@ -36,7 +36,10 @@ use observer_common::{
         MAX_PORTS, MAX_SEEN, MAX_SOCKETS,
     },
     record::{RECORD_HAS_DURATION, RECORD_PREEXISTING, Record},
-    snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_LEN, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
+    snapshot::{
+        CONTROL_ADOPT_UNSEEDED, CONTROL_BASELINE_ACTIVE, CONTROL_LEN, CONTROL_SNAPSHOT_DONE, Seed,
+        TupleKey,
+    },
     stats::{PortStats, StatsKey, bucket_of},
     tcp,
     tracepoint::{AF_INET, IPPROTO_TCP, InetSockSetState},
@@ -407,11 +410,15 @@ fn handle<S: Source>(tp: &S) -> Option<()> {
 /// the kernel holds its seed, otherwise from its new state on.
 #[inline(always)]
 fn adopt<S: Source>(tp: &S, sk: u64, old: u8, new: u8, local: bool, remote: bool) -> Option<()> {
+    let adopt_established = snapshot_open() || control(CONTROL_ADOPT_UNSEEDED) != 0;
+    let sides = unseeded_sides(old, local, remote, adopt_established);
+    let seeded = baseline_active();
+    if !seeded && !sides.inbound && !sides.outbound {
+        return None;
+    }
     let netns = netns_of(sk);
     let key = tp.tuple(netns);
-    if baseline_active()
-        && let Some(seed) = unsafe { BASELINE.get(&key) }
-    {
+    if seeded && let Some(seed) = unsafe { BASELINE.get(&key) } {
         let seed = *seed;
         let _ = BASELINE.remove(&key);
         let conn = with_owner(
@@ -421,9 +428,9 @@ fn adopt<S: Source>(tp: &S, sk: u64, old: u8, new: u8, local: bool, remote: bool
         return track_new(tp, sk, conn, new, netns, false);
     }
     let sport = key.sport;
-    let conn = if let Some(owner) = local.then(|| local_owner(netns, sport)).flatten() {
+    let conn = if let Some(owner) = sides.inbound.then(|| local_owner(netns, sport)).flatten() {
         with_owner(first_sighting(DIR_INBOUND, sport, old, false), &owner)
-    } else if remote {
+    } else if sides.outbound {
         first_sighting(DIR_OUTBOUND, key.dport, old, false)
     } else {
         return None;

@@ -218,6 +218,13 @@ async fn run(config: Config) -> Result<()> {
     for p in &processes {
         tokio::spawn(watch_exit(p.pid));
     }
+    if baseline.unseeded > 0 {
+        eprintln!(
+            "observer: warning: {} existing connections did not fit in the kernel's snapshot map; \
+             they are counted from their next state change on",
+            baseline.unseeded
+        );
+    }
     eprintln!(
         "observer: ready: watching {}; {} existing connections counted{}",
         describe(&config, &processes, &cgroups),

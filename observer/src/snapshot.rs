@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use anyhow::{Context as _, Result};
 use observer_common::{
     filter::Owner,
-    snapshot::{Seed, TupleKey},
+    snapshot::{CONTROL_ADOPT_UNSEEDED, Seed, TupleKey},
     stats::StatsKey,
     tcp::{self, NUM_STATES},
     tracepoint::{AF_INET, AF_INET6},
@@ -51,6 +51,8 @@ pub struct Baseline {
     pub gauges: HashMap<StatsKey, [i64; NUM_STATES]>,
     /// Listed connections that the kernel counts already (they changed during the snapshot).
     pub seen: usize,
+    /// Listed connections the kernel had no room to seed: counted from their next transition.
+    pub unseeded: usize,
 }
 
 /// Who the kernel would count a socket as: (direction, port, owner), or None if unwatched.
@@ -64,6 +66,7 @@ pub fn take(
 ) -> Result<Baseline> {
     let mask = diag::state_mask(&COUNTED_STATES);
     let mut listed: Vec<(TupleKey, StatsKey, u8)> = Vec::new();
+    let mut unseeded = 0;
     for ns in namespaces {
         let sockets = ns
             .dump(mask)
@@ -82,17 +85,24 @@ pub fn take(
             // A full map leaves this connection to be counted from its next transition on.
             if kernel.seed(&key, &seed).is_ok() {
                 listed.push((key, StatsKey::new(direction, port), s.state));
+            } else {
+                unseeded += 1;
             }
         }
     }
+    if unseeded > 0 {
+        kernel.set_control(CONTROL_ADOPT_UNSEEDED, 1)?;
+    }
     let seen = kernel.close_snapshot_window()?;
-    Ok(count(listed, |k| {
+    let mut baseline = count(listed, |k| {
         let changed = seen.contains(k);
         if changed {
             kernel.unseed(k);
         }
         changed
-    }))
+    });
+    baseline.unseeded = unseeded;
+    Ok(baseline)
 }
 
 /// The snapshot's gauges: the listed connections that did not change while it was taken.

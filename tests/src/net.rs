@@ -100,6 +100,38 @@ pub fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
+/// One connection to `remote` from the given local address and port (bound before connect()).
+pub fn connect_from(local: SocketAddr, remote: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind(local)
+            .unwrap_or_else(|e| panic!("binding {local}: {e}"));
+        let c = tokio::time::timeout(Duration::from_secs(5), s.connect(remote))
+            .await
+            .unwrap_or_else(|_| panic!("connecting {local} to {remote}: timed out"))
+            .unwrap_or_else(|e| panic!("connecting {local} to {remote}: {e}"));
+        let c = c.into_std().expect("std stream");
+        c.set_nonblocking(false).expect("blocking");
+        c
+    })
+}
+
+/// TCP sockets with local address `addr` in any state but TIME_WAIT, as `ss` lists them.
+pub fn ss_sockets_from(addr: SocketAddr) -> usize {
+    let out = std::process::Command::new("ss")
+        .args(["-Htan", "exclude", "time-wait", &format!("( src {addr} )")])
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
 /// Opens and closes `n` connections one after the other, the client closing first; returns the
 /// client-side local ports.
 pub fn open_close(addr: SocketAddr, n: usize) -> Vec<u16> {

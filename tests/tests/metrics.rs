@@ -6,7 +6,7 @@ use std::{
 };
 
 use observer_tests::{
-    net::{Mode, Server, churn, hold, ss_established},
+    net::{Mode, Server, churn, connect_from, hold, ss_established, ss_sockets_from},
     observer::{Observer, Stdout, loaded_programs, run_to_exit},
     require_root,
     scrape::{Scrape, http_get},
@@ -63,6 +63,56 @@ fn attaches_to_a_running_server_and_is_right_from_the_first_scrape() {
     assert_eq!(
         s.conn("observer_tcp_connections_opened_total", IN, port),
         Some(0.0)
+    );
+    assert_eq!(o.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_connection_made_from_the_watched_port_number_is_not_inbound() {
+    require_root();
+    // The server listens on 127.0.0.1:P only, so a client on 127.0.0.3 may use P as its own
+    // port (an ephemeral port can land there too) to connect elsewhere: an outbound connection.
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    let elsewhere = Server::start(&["127.0.0.1"], Mode::Hold);
+    let o = Observer::start(&["--port", &port.to_string()]);
+
+    let local = format!("127.0.0.3:{port}").parse().unwrap();
+    let outbound = connect_from(local, elsewhere.addrs[0]);
+    let inbound = hold(server.addrs[0], 1);
+    let s = o.settle("the inbound connection open", |s| {
+        s.established(IN, port) == Some(1.0)
+    });
+    assert_eq!(
+        s.conn("observer_tcp_connections_opened_total", IN, port),
+        Some(1.0),
+        "only the connection to the server is inbound on {port}"
+    );
+
+    // Close the outbound one first, and wait until the kernel is done with it (TIME_WAIT is
+    // not a state of the full socket): its end must not count either.
+    drop(outbound);
+    wait_for(Duration::from_secs(10), || {
+        (ss_sockets_from(local) == 0).then_some(())
+    })
+    .expect("the outbound connection closed");
+    drop(inbound);
+    let s = o.settle("the inbound connection closed", |s| {
+        s.conn("observer_tcp_connections_closed_total", IN, port) == Some(1.0)
+    });
+    assert_eq!(
+        s.conn("observer_tcp_connections_opened_total", IN, port),
+        Some(1.0)
+    );
+    for (labels, v) in s.samples("observer_tcp_connections") {
+        assert_eq!(v, 0.0, "gauge {labels:?}");
+    }
+    // Everything settled: a late count of the outbound connection would show now.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        o.scrape()
+            .conn("observer_tcp_connections_closed_total", IN, port),
+        Some(1.0)
     );
     assert_eq!(o.terminate().code(), Some(0));
 }
