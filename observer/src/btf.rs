@@ -1,11 +1,72 @@
 //! Offsets of kernel struct fields, read from the running kernel's BTF at start. Rust eBPF
 //! programs built with aya have no CO-RE relocations, so the daemon computes the offsets and
 //! hands them to the program as globals; they differ between kernels.
-use anyhow::{Context as _, Result, anyhow};
-use btf_rs::{Btf, Type};
+//!
+//! The reader walks the raw type section in place and keeps only an index of where each type
+//! starts: a general BTF library builds every one of the kernel's ~150,000 types as objects,
+//! which took observer's peak memory from a few MiB to over 50 for a handful of offsets.
 use observer_common::filter::SockOffsets;
 
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+const MAGIC: u16 = 0xeb9f;
+
+// Kinds (bits 24-28 of a type's `info`), from the kernel's `include/uapi/linux/btf.h`.
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not BTF, or not in this machine's byte order")]
+    BadMagic,
+    #[error("truncated or malformed at byte {0}")]
+    Malformed(usize),
+    #[error("type kind {kind} of type {id} is unknown to observer")]
+    UnknownKind { id: u32, kind: u32 },
+    #[error("struct {0} is not in the kernel's BTF")]
+    NoStruct(String),
+    #[error("struct {strukt} has no member {member} in the kernel's BTF")]
+    NoMember { strukt: String, member: String },
+    #[error("{0} is a bit field")]
+    BitField(String),
+}
+
+/// A BTF blob and where each of its types starts.
+pub struct Btf {
+    data: Vec<u8>,
+    /// Byte offset of type `id` in `data` at index `id - 1` (type 0 is `void`).
+    types: Vec<u32>,
+    strings: std::ops::Range<usize>,
+}
+
+/// One member of a struct or union.
+struct Member {
+    name: u32,
+    ty: u32,
+    bit_offset: u32,
+    bitfield_size: u32,
+}
 
 /// What the program needs to read a socket's network namespace inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,17 +78,21 @@ pub struct NetnsOffsets {
     pub net_inum: u32,
 }
 
-/// The kernel's BTF, parsed once.
-pub fn vmlinux() -> Result<Btf> {
-    Btf::from_file(VMLINUX).with_context(|| format!("reading {VMLINUX}"))
+/// The running kernel's BTF.
+pub fn vmlinux() -> Result<Btf, BtfError> {
+    let data = std::fs::read(VMLINUX).map_err(|source| BtfError::Read {
+        path: VMLINUX.into(),
+        source,
+    })?;
+    Btf::parse(data)
 }
 
 /// Where the fields that the tracepoint copies into its record live in `struct sock`.
-pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets> {
-    let common = |f: &str| offset(btf, "sock", &["__sk_common", f]).map(|o| o as u32);
-    let inet = |f: &str| offset(btf, "inet_sock", &[f]).map(|o| o as u32);
+pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
+    let common = |f: &str| btf.offset("sock", &["__sk_common", f]);
+    let inet = |f: &str| btf.offset("inet_sock", &[f]);
     Ok(SockOffsets {
-        protocol: offset(btf, "sock", &["sk_protocol"])? as u32,
+        protocol: btf.offset("sock", &["sk_protocol"])?,
         family: common("skc_family")?,
         sport: inet("inet_sport")?,
         dport: common("skc_dport")?,
@@ -38,71 +103,291 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets> {
     })
 }
 
-pub fn netns_offsets(btf: &Btf) -> Result<NetnsOffsets> {
-    let sk_net = offset(btf, "sock", &["__sk_common", "skc_net"])?;
-    let net_inum = offset(btf, "net", &["ns", "inum"])?;
+pub fn netns_offsets(btf: &Btf) -> Result<NetnsOffsets, BtfError> {
     Ok(NetnsOffsets {
-        sk_net: sk_net as u32,
-        net_inum: net_inum as u32,
+        sk_net: btf.offset("sock", &["__sk_common", "skc_net"])?,
+        net_inum: btf.offset("net", &["ns", "inum"])?,
     })
 }
 
-/// Byte offset of a member path inside a struct, looking through anonymous unions and structs.
-fn offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<usize> {
-    let mut ty = btf
-        .resolve_types_by_name(strukt)?
-        .into_iter()
-        .find(|t| matches!(t, Type::Struct(_)))
-        .ok_or_else(|| anyhow!("struct {strukt} is not in the kernel's BTF"))?;
-    let mut total = 0;
-    for name in path {
-        let (off, member_ty) = find_member(btf, &ty, name)?
-            .ok_or_else(|| anyhow!("struct {strukt} has no member {name} in the kernel's BTF"))?;
-        total += off;
-        ty = member_ty;
+impl Btf {
+    pub fn parse(data: Vec<u8>) -> Result<Btf, BtfError> {
+        let u32_at = |at: usize| read_u32(&data, at);
+        if data.len() < 24 || u16::from_ne_bytes([data[0], data[1]]) != MAGIC {
+            return Err(BtfError::BadMagic);
+        }
+        let hdr_len = u32_at(4)? as usize;
+        let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
+        let (str_off, str_len) = (u32_at(16)? as usize, u32_at(20)? as usize);
+        let types_at = hdr_len + type_off;
+        let types_end = types_at + type_len;
+        let strings = hdr_len + str_off..hdr_len + str_off + str_len;
+        if types_end > data.len() || strings.end > data.len() {
+            return Err(BtfError::Malformed(data.len()));
+        }
+        let mut types = Vec::new();
+        let mut at = types_at;
+        while at < types_end {
+            let id = types.len() as u32 + 1;
+            types.push(at as u32);
+            let info = u32_at(at + 4)?;
+            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            let extra = match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                _ => return Err(BtfError::UnknownKind { id, kind }),
+            };
+            at += 12 + extra;
+        }
+        if at != types_end {
+            return Err(BtfError::Malformed(at));
+        }
+        Ok(Btf {
+            data,
+            types,
+            strings,
+        })
     }
-    Ok(total)
-}
 
-fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(usize, Type)>> {
-    let members = match ty {
-        Type::Struct(s) | Type::Union(s) => &s.members,
-        _ => return Ok(None),
-    };
-    for m in members {
-        let m_name = btf.resolve_name(m).unwrap_or_default();
-        let m_ty = strip(btf, btf.resolve_chained_type(m)?)?;
-        let off = (m.bit_offset() / 8) as usize;
-        if m_name == name {
-            if m.bitfield_size().is_some_and(|b| b != 0) {
-                return Err(anyhow!("{name} is a bit field"));
+    /// Byte offset of a member path inside a struct, looking through anonymous unions and
+    /// structs and through typedefs and qualifiers.
+    pub fn offset(&self, strukt: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let mut ty = self
+            .struct_named(strukt)?
+            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        let mut total = 0;
+        for name in path {
+            let (off, member_ty) =
+                self.find_member(ty, name)?
+                    .ok_or_else(|| BtfError::NoMember {
+                        strukt: strukt.into(),
+                        member: (*name).into(),
+                    })?;
+            total += off;
+            ty = member_ty;
+        }
+        Ok(total)
+    }
+
+    fn struct_named(&self, name: &str) -> Result<Option<u32>, BtfError> {
+        for id in 1..=self.types.len() as u32 {
+            let (kind, _) = self.kind(id)?;
+            if kind == KIND_STRUCT && self.name(self.field(id, 0)?)? == name.as_bytes() {
+                return Ok(Some(id));
             }
-            return Ok(Some((off, m_ty)));
         }
-        if m_name.is_empty()
-            && let Some((inner, t)) = find_member(btf, &m_ty, name)?
-        {
-            return Ok(Some((off + inner, t)));
-        }
+        Ok(None)
     }
-    Ok(None)
+
+    /// (byte offset, type) of the member `name` of struct or union `id`.
+    fn find_member(&self, id: u32, name: &str) -> Result<Option<(u32, u32)>, BtfError> {
+        let (kind, kind_flag) = self.kind(id)?;
+        if kind != KIND_STRUCT && kind != KIND_UNION {
+            return Ok(None);
+        }
+        for m in self.members(id)? {
+            let m_ty = self.strip(m.ty)?;
+            let m_name = self.name(m.name)?;
+            let off = m.bit_offset / 8;
+            if m_name == name.as_bytes() {
+                if kind_flag && m.bitfield_size != 0 {
+                    return Err(BtfError::BitField(name.into()));
+                }
+                return Ok(Some((off, m_ty)));
+            }
+            if m_name.is_empty()
+                && let Some((inner, t)) = self.find_member(m_ty, name)?
+            {
+                return Ok(Some((off + inner, t)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn members(&self, id: u32) -> Result<Vec<Member>, BtfError> {
+        let at = self.at(id)?;
+        let (_, kind_flag) = self.kind(id)?;
+        let vlen = self.field(id, 1)? & 0xffff;
+        (0..vlen as usize)
+            .map(|i| {
+                let m = at + 12 + 12 * i;
+                let raw = read_u32(&self.data, m + 8)?;
+                Ok(Member {
+                    name: read_u32(&self.data, m)?,
+                    ty: read_u32(&self.data, m + 4)?,
+                    bit_offset: if kind_flag { raw & 0xff_ffff } else { raw },
+                    bitfield_size: if kind_flag { raw >> 24 } else { 0 },
+                })
+            })
+            .collect()
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut id: u32) -> Result<u32, BtfError> {
+        // Bounded: a chain longer than the type count would be a cycle.
+        for _ in 0..=self.types.len() {
+            if id == 0 {
+                return Ok(0);
+            }
+            match self.kind(id)?.0 {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = self.field(id, 2)?;
+                }
+                _ => return Ok(id),
+            }
+        }
+        Err(BtfError::Malformed(self.at(id)?))
+    }
+
+    /// (kind, kind_flag) of a type.
+    fn kind(&self, id: u32) -> Result<(u32, bool), BtfError> {
+        let info = self.field(id, 1)?;
+        Ok(((info >> 24) & 0x1f, info >> 31 != 0))
+    }
+
+    /// Word `i` of a type's common header: name offset, info, size or type.
+    fn field(&self, id: u32, i: usize) -> Result<u32, BtfError> {
+        read_u32(&self.data, self.at(id)? + 4 * i)
+    }
+
+    fn at(&self, id: u32) -> Result<usize, BtfError> {
+        id.checked_sub(1)
+            .and_then(|i| self.types.get(i as usize))
+            .map(|a| *a as usize)
+            .ok_or(BtfError::Malformed(0))
+    }
+
+    fn name(&self, offset: u32) -> Result<&[u8], BtfError> {
+        let start = self.strings.start + offset as usize;
+        let table = self
+            .data
+            .get(start..self.strings.end)
+            .ok_or(BtfError::Malformed(start))?;
+        let len = table
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or(BtfError::Malformed(start))?;
+        Ok(&table[..len])
+    }
 }
 
-/// Follows typedefs and qualifiers to the underlying type.
-fn strip(btf: &Btf, mut ty: Type) -> Result<Type> {
-    loop {
-        ty = match &ty {
-            Type::Typedef(t) => btf.resolve_chained_type(t)?,
-            Type::Const(t) => btf.resolve_chained_type(t)?,
-            Type::Volatile(t) => btf.resolve_chained_type(t)?,
-            _ => return Ok(ty),
-        };
-    }
+fn read_u32(data: &[u8], at: usize) -> Result<u32, BtfError> {
+    data.get(at..at + 4)
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(BtfError::Malformed(at))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A BTF blob built by hand: a header, types and strings, as the kernel lays them out.
+    struct Blob {
+        types: Vec<u32>,
+        strings: Vec<u8>,
+    }
+
+    impl Blob {
+        fn new() -> Blob {
+            Blob {
+                types: Vec::new(),
+                strings: vec![0],
+            }
+        }
+
+        fn str(&mut self, s: &str) -> u32 {
+            let at = self.strings.len() as u32;
+            self.strings.extend_from_slice(s.as_bytes());
+            self.strings.push(0);
+            at
+        }
+
+        fn ty(&mut self, name: &str, kind: u32, kind_flag: bool, vlen: u32, size: u32) {
+            let name = if name.is_empty() { 0 } else { self.str(name) };
+            let info = (kind << 24) | (u32::from(kind_flag) << 31) | vlen;
+            self.types.extend([name, info, size]);
+        }
+
+        fn member(&mut self, name: &str, ty: u32, offset: u32) {
+            let name = if name.is_empty() { 0 } else { self.str(name) };
+            self.types.extend([name, ty, offset]);
+        }
+
+        fn build(&self) -> Vec<u8> {
+            let types: Vec<u8> = self.types.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let mut out = Vec::new();
+            out.extend(MAGIC.to_ne_bytes());
+            out.extend([1u8, 0]);
+            for w in [24, 0, types.len() as u32, types.len() as u32] {
+                out.extend(w.to_ne_bytes());
+            }
+            out.extend((self.strings.len() as u32).to_ne_bytes());
+            out.extend(types);
+            out.extend(&self.strings);
+            out
+        }
+    }
+
+    fn sample() -> Btf {
+        let mut b = Blob::new();
+        b.ty("int", KIND_INT, false, 0, 4); // 1
+        b.types.push(32);
+        b.ty("inner", KIND_STRUCT, false, 2, 8); // 2
+        b.member("a", 1, 0);
+        b.member("b", 1, 32);
+        b.ty("inner_t", KIND_TYPEDEF, false, 0, 2); // 3
+        b.ty("", KIND_UNION, false, 1, 4); // 4
+        b.member("x", 1, 0);
+        b.ty("", KIND_CONST, false, 0, 3); // 5: const inner_t
+        b.ty("outer", KIND_STRUCT, true, 4, 24); // 6: with bit fields
+        b.member("flags", 1, (3 << 24) | 5);
+        b.member("", 4, 32);
+        b.member("in", 5, 64);
+        b.member("last", 1, 128);
+        b.ty("fn", KIND_FUNC_PROTO, false, 2, 1); // 7: skipped by its length
+        b.types.extend([0, 1, 0, 1]);
+        b.ty("after", KIND_STRUCT, false, 1, 4); // 8
+        b.member("z", 1, 0);
+        Btf::parse(b.build()).unwrap()
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions_typedefs_and_qualifiers() {
+        let btf = sample();
+        assert_eq!(btf.offset("outer", &["x"]).unwrap(), 4);
+        assert_eq!(btf.offset("outer", &["in", "b"]).unwrap(), 12);
+        assert_eq!(btf.offset("outer", &["last"]).unwrap(), 16);
+        assert_eq!(btf.offset("after", &["z"]).unwrap(), 0);
+    }
+
+    #[test]
+    fn says_what_is_missing() {
+        let btf = sample();
+        assert!(matches!(
+            btf.offset("outer", &["in", "c"]),
+            Err(BtfError::NoMember { member, .. }) if member == "c"
+        ));
+        assert!(matches!(
+            btf.offset("nope", &["a"]),
+            Err(BtfError::NoStruct(_))
+        ));
+        assert!(matches!(
+            btf.offset("outer", &["flags"]),
+            Err(BtfError::BitField(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_what_is_not_btf() {
+        assert!(matches!(Btf::parse(vec![0; 64]), Err(BtfError::BadMagic)));
+        let mut data = sample().data;
+        data.truncate(40);
+        assert!(Btf::parse(data).is_err());
+    }
 
     #[test]
     fn this_kernel_has_every_field_observer_reads() {
@@ -113,5 +398,6 @@ mod tests {
         assert!(o.protocol > 64 && o.sport > o.protocol, "{o:?}");
         let n = netns_offsets(&btf).unwrap();
         assert!(n.sk_net > 0 && n.net_inum > 0, "{n:?}");
+        eprintln!("{o:?} {n:?}");
     }
 }

@@ -86,21 +86,20 @@ async fn run(config: Config) -> Result<()> {
 
     tracefs::ensure_mounted()?;
     tracefs::check_format()?;
-    let vmlinux = btf::vmlinux();
-    let netns = optional(
-        vmlinux
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .and_then(btf::netns_offsets),
-        "network namespaces will not be told apart",
-    );
-    let sock = optional(
-        vmlinux
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .and_then(btf::sock_offsets),
-        "transitions the kernel skips for observer's program will be lost, and counted",
-    );
+    // The kernel's BTF is large: read the offsets, and let it go before anything else loads.
+    let (netns, sock) = {
+        let vmlinux = btf::vmlinux();
+        (
+            optional(
+                read_btf(&vmlinux, btf::netns_offsets),
+                "network namespaces will not be told apart",
+            ),
+            optional(
+                read_btf(&vmlinux, btf::sock_offsets),
+                "transitions the kernel skips for observer's program will be lost, and counted",
+            ),
+        )
+    };
     let process_targets = !processes.is_empty() || !cgroups.is_empty();
     let mut kernel = Kernel::load(&Settings {
         emit_events: config.events.is_some(),
@@ -112,6 +111,10 @@ async fn run(config: Config) -> Result<()> {
         cgroups: cgroups.iter().map(|c| c.target).collect(),
         ring_bytes: config.ring_bytes,
     })?;
+    // Loading parsed the kernel's BTF once more (aya does, for relocations this program does not
+    // have): hand the freed heap back rather than keep it resident for observer's whole life.
+    // SAFETY: no preconditions.
+    unsafe { libc::malloc_trim(0) };
     for port in &config.ports {
         kernel.watch_local_port(0, *port, &Owner::UNKNOWN)?;
     }
@@ -261,6 +264,17 @@ async fn run(config: Config) -> Result<()> {
 }
 
 /// A feature observer can run without: a warning on stderr says what is missing and why.
+/// Offsets read from the kernel's BTF, or why they could not be.
+fn read_btf<T>(
+    vmlinux: &Result<btf::Btf, btf::BtfError>,
+    read: fn(&btf::Btf) -> Result<T, btf::BtfError>,
+) -> Result<T> {
+    match vmlinux {
+        Ok(b) => Ok(read(b)?),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
 fn optional<T>(found: Result<T>, consequence: &str) -> Option<T> {
     found
         .map_err(|e| eprintln!("observer: warning: {consequence} ({e:#})"))

@@ -260,6 +260,16 @@ pub fn program_loaded(id: u64) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether every program of `ids` is gone within a few seconds. The kernel releases a program
+/// after its last reference, the attachment, goes away, which it does asynchronously (after an
+/// RCU grace period): tens of milliseconds after the process that held it has exited.
+pub fn programs_released(ids: &[u64]) -> bool {
+    crate::wait_for(Duration::from_secs(5), || {
+        (!ids.iter().any(|id| program_loaded(*id))).then_some(())
+    })
+    .is_some()
+}
+
 /// How many observer programs are loaded on this machine (any instance), from bpftool.
 pub fn loaded_programs() -> usize {
     let out = Command::new("bpftool")

@@ -7,7 +7,7 @@ use std::{
 
 use observer_tests::{
     net::{Mode, Server, open_close},
-    observer::{Observer, Stdout, program_loaded, run_to_exit},
+    observer::{Observer, Stdout, program_loaded, programs_released, run_to_exit},
     require_root,
 };
 use serde_json::Value;
@@ -172,12 +172,10 @@ fn sigterm_and_sigint_detach_everything_and_exit_zero() {
             "signal {sig}:\n{}",
             observer.stderr()
         );
-        for id in ids {
-            assert!(
-                !program_loaded(id),
-                "program {id} still loaded after signal {sig}"
-            );
-        }
+        assert!(
+            programs_released(&ids),
+            "programs {ids:?} still loaded 5 s after signal {sig}"
+        );
     }
 }
 
@@ -218,7 +216,7 @@ fn a_closed_stdout_ends_observer_cleanly() {
         "{}",
         observer.stderr()
     );
-    assert!(ids.iter().all(|id| !program_loaded(*id)));
+    assert!(programs_released(&ids), "programs {ids:?} still loaded");
 }
 
 #[test]
