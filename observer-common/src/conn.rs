@@ -25,8 +25,9 @@ pub const EVENT_FAILED: u8 = 3;
 pub struct Conn {
     /// Monotonic time (ns) of the move to ESTABLISHED; 0 when it was not observed.
     pub start_ns: u64,
-    /// Monotonic time (ns) of the last transition seen.
-    pub last_ns: u64,
+    /// Monotonic time (ns) the connection left ESTABLISHED (its close() or the peer's FIN);
+    /// 0 while it has not.
+    pub closing_ns: u64,
     /// The process this connection belongs to for sure; 0 when it cannot be known.
     pub pid: u32,
     /// Local port (inbound) or remote port (outbound): the label of its counters.
@@ -35,7 +36,9 @@ pub struct Conn {
     /// The state the counters hold it in; 0 for a pre-existing socket the counters never held.
     pub state: u8,
     pub flags: u8,
-    pub _pad: [u8; 7],
+    /// Index of its port's counters (`STATS_SLOTS`), fixed when it is first tracked.
+    pub slot: u16,
+    pub _pad: [u8; 5],
     pub comm: [u8; 16],
 }
 crate::pod!(Conn);
@@ -52,6 +55,8 @@ pub struct Step {
     pub ended: bool,
     /// Lifetime of a closed connection whose open was observed.
     pub duration_ns: Option<u64>,
+    /// The time of the transition when it was read (0: not needed, so not read).
+    pub now_ns: u64,
 }
 
 impl Conn {
@@ -61,23 +66,33 @@ impl Conn {
     pub const fn new(direction: u8, port: u16, counted: u8, established: bool) -> Self {
         Conn {
             start_ns: 0,
-            last_ns: 0,
+            closing_ns: 0,
             pid: 0,
             port,
             direction,
             state: counted,
             flags: if established { FLAG_ESTABLISHED } else { 0 },
-            _pad: [0; 7],
+            slot: 0,
+            _pad: [0; 5],
             comm: [0; 16],
         }
     }
 
-    /// The socket moved to `new` at monotonic time `now_ns`.
-    pub fn advance(&mut self, new: u8, now_ns: u64) -> Step {
+    /// The socket moved to `new`. `now` reads the monotonic clock; it is called only for the
+    /// transitions whose time is used (the open, the first step of the close, the CLOSE), as
+    /// reading the clock costs as much as the rest of a transition in the kernel.
+    pub fn advance(&mut self, new: u8, now: impl FnOnce() -> u64) -> Step {
         if new == self.state {
             // Same-state transitions happen (FIN_WAIT1 -> FIN_WAIT1): nothing changes.
             return Step::default();
         }
+        let opens = new == tcp::ESTABLISHED && self.flags & FLAG_ESTABLISHED == 0;
+        let closing = self.state == tcp::ESTABLISHED;
+        let now_ns = if opens || closing || new == tcp::CLOSE {
+            now()
+        } else {
+            0
+        };
         let mut step = Step {
             leave: if tcp::is_gauged(self.state) {
                 self.state
@@ -85,12 +100,16 @@ impl Conn {
                 0
             },
             enter: if tcp::is_gauged(new) { new } else { 0 },
+            now_ns,
             ..Step::default()
         };
-        if new == tcp::ESTABLISHED && self.flags & FLAG_ESTABLISHED == 0 {
+        if opens {
             self.flags |= FLAG_ESTABLISHED | FLAG_OPEN_SEEN;
             self.start_ns = now_ns;
             step.event = EVENT_OPEN;
+        }
+        if closing {
+            self.closing_ns = now_ns;
         }
         if new == tcp::CLOSE {
             step.ended = true;
@@ -104,14 +123,13 @@ impl Conn {
             }
         }
         self.state = new;
-        self.last_ns = now_ns;
         step
     }
 
     /// The socket is gone without a CLOSE that the program saw: its address came back for a new
     /// socket, which cannot happen while it lives. An established connection did close, so it
-    /// counts as closed, with the lifetime up to its last transition seen (its close() or the
-    /// peer's FIN); a socket that never got established only leaves its state: it is not a
+    /// counts as closed, with the lifetime up to the start of its close (its close() or the
+    /// peer's FIN; 0 if it was not seen); a socket that never got established only leaves its state: it is not a
     /// failed handshake (the kernel frees, for one, the loser of two children raced for one
     /// request without a CLOSE).
     pub fn retire(&self) -> Step {
@@ -126,7 +144,8 @@ impl Conn {
             event: if established { EVENT_CLOSE } else { EVENT_NONE },
             ended: true,
             duration_ns: (established && self.flags & FLAG_OPEN_SEEN != 0)
-                .then(|| self.last_ns.saturating_sub(self.start_ns)),
+                .then(|| self.closing_ns.saturating_sub(self.start_ns)),
+            now_ns: 0,
         }
     }
 }
@@ -191,7 +210,7 @@ mod tests {
     fn walk(conn: &mut Conn, states: &[u8]) -> [Step; 8] {
         let mut steps = [Step::default(); 8];
         for (i, s) in states.iter().enumerate() {
-            steps[i] = conn.advance(*s, 1_000 * (i as u64 + 1));
+            steps[i] = conn.advance(*s, || 1_000 * (i as u64 + 1));
         }
         steps
     }
@@ -263,7 +282,7 @@ mod tests {
             let mut c = first_sighting(DIR_OUTBOUND, 5432, CLOSE, false);
             let mut net = [0i64; NUM_STATES];
             for (i, s) in path.iter().enumerate() {
-                let step = c.advance(*s, i as u64);
+                let step = c.advance(*s, || i as u64);
                 if step.leave != 0 {
                     net[step.leave as usize] -= 1;
                 }
@@ -292,13 +311,13 @@ mod tests {
         // Counted ESTABLISHED by the snapshot; closes without an observed open.
         let mut c = first_sighting(DIR_INBOUND, 8080, ESTABLISHED, true);
         assert_ne!(c.flags & FLAG_PREEXISTING, 0);
-        let s = c.advance(CLOSE_WAIT, 10);
+        let s = c.advance(CLOSE_WAIT, || 10);
         assert_eq!(
             (s.leave, s.enter, s.event),
             (ESTABLISHED, CLOSE_WAIT, EVENT_NONE)
         );
-        c.advance(LAST_ACK, 11);
-        let s = c.advance(CLOSE, 12);
+        c.advance(LAST_ACK, || 11);
+        let s = c.advance(CLOSE, || 12);
         assert_eq!(
             (s.leave, s.event, s.duration_ns),
             (LAST_ACK, EVENT_CLOSE, None)
@@ -310,10 +329,10 @@ mod tests {
         // Seen by the kernel before the snapshot could count it: the counters start from its new
         // state, so nothing is decremented that was never incremented.
         let mut c = first_sighting(DIR_INBOUND, 8080, ESTABLISHED, false);
-        let s = c.advance(FIN_WAIT1, 10);
+        let s = c.advance(FIN_WAIT1, || 10);
         assert_eq!((s.leave, s.enter, s.event), (0, FIN_WAIT1, EVENT_NONE));
         let mut c = first_sighting(DIR_INBOUND, 8080, ESTABLISHED, false);
-        let s = c.advance(CLOSE, 10);
+        let s = c.advance(CLOSE, || 10);
         assert_eq!(
             (s.leave, s.enter, s.event),
             (0, 0, EVENT_CLOSE),
@@ -330,7 +349,7 @@ mod tests {
         // Established at t=2000, last seen at t=3000.
         assert_eq!(s.duration_ns, Some(1_000));
         let mut loser = first_sighting(DIR_INBOUND, 8080, LISTEN, false);
-        loser.advance(SYN_RECV, 5);
+        loser.advance(SYN_RECV, || 5);
         let s = loser.retire();
         assert_eq!(
             (s.leave, s.event, s.duration_ns),
@@ -341,9 +360,9 @@ mod tests {
     #[test]
     fn preexisting_half_open_connect_that_succeeds_is_an_observed_open() {
         let mut c = first_sighting(DIR_OUTBOUND, 443, SYN_SENT, false);
-        let s = c.advance(ESTABLISHED, 50);
+        let s = c.advance(ESTABLISHED, || 50);
         assert_eq!((s.leave, s.enter, s.event), (0, ESTABLISHED, EVENT_OPEN));
-        let s = c.advance(CLOSE, 80);
+        let s = c.advance(CLOSE, || 80);
         assert_eq!(s.duration_ns, Some(30));
     }
 
@@ -387,5 +406,24 @@ mod tests {
             unseeded_sides(ESTABLISHED, true, true, false),
             Sides::default()
         );
+    }
+
+    #[test]
+    fn the_clock_is_read_only_when_its_time_is_used() {
+        let mut c = first_sighting(DIR_INBOUND, 8080, LISTEN, false);
+        let mut reads = 0;
+        let mut clock = |t: u64| {
+            reads += 1;
+            t
+        };
+        let s = c.advance(SYN_RECV, || clock(1));
+        assert_eq!(s.now_ns, 0);
+        c.advance(ESTABLISHED, || clock(2));
+        c.advance(FIN_WAIT1, || clock(3));
+        c.advance(FIN_WAIT1, || clock(4));
+        c.advance(FIN_WAIT2, || clock(5));
+        let s = c.advance(CLOSE, || clock(6));
+        assert_eq!(reads, 3, "open, start of the close, CLOSE");
+        assert_eq!((s.now_ns, s.duration_ns), (6, Some(4)));
     }
 }

@@ -5,6 +5,9 @@
 pub const PORT_LOCAL: u32 = 1;
 /// `PORT_FLAGS[port]` bit: outbound connections to this remote port are watched.
 pub const PORT_REMOTE: u32 = 2;
+/// `PORT_FLAGS[port]` bit: some `LOCAL_PORTS` entry names this port in one namespace (not 0),
+/// so finding its owner needs the socket's namespace.
+pub const PORT_LOCAL_NETNS: u32 = 4;
 
 /// Key of `LOCAL_PORTS`: a local port watched for inbound connections in one network namespace
 /// (its inode number, as in `/proc/PID/ns/net`), or in all of them when `netns` is 0.
@@ -113,7 +116,8 @@ crate::pod!(SockOffsets);
 pub mod maps {
     pub const SOCKETS: &str = "SOCKETS";
     pub const STATS: &str = "STATS";
-    pub const STATS_ZERO: &str = "STATS_ZERO";
+    pub const STATS_SLOTS: &str = "STATS_SLOTS";
+    pub const FREE_SLOTS: &str = "FREE_SLOTS";
     pub const PORT_FLAGS: &str = "PORT_FLAGS";
     pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
     pub const PIDS: &str = "PIDS";

@@ -182,6 +182,7 @@ mod tests {
                 event: EVENT_CLOSE,
                 ended: true,
                 duration_ns: Some(5),
+                now_ns: 5,
             },
             |_| 1,
         );

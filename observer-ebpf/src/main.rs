@@ -23,14 +23,19 @@ use aya_ebpf::{
         generated::bpf_get_current_ancestor_cgroup_id,
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use observer_common::{
     DIR_INBOUND, DIR_OUTBOUND,
-    conn::{Conn, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step, first_sighting, unseeded_sides},
+    conn::{
+        Conn, EVENT_NONE, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step, first_sighting, unseeded_sides,
+    },
     counters,
-    filter::{CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_REMOTE, SockOffsets, flags},
+    filter::{
+        CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS, PORT_REMOTE, SockOffsets,
+        flags,
+    },
     limits::{
         DEFAULT_RING_BYTES, MAX_BASELINE, MAX_BUCKETS, MAX_CGROUPS, MAX_LOCAL_PORTS, MAX_PIDS,
         MAX_PORTS, MAX_SEEN, MAX_SOCKETS,
@@ -79,12 +84,16 @@ static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
 /// to CLOSE.
 #[map]
 static SOCKETS: HashMap<u64, Conn> = HashMap::with_max_entries(MAX_SOCKETS, 0);
-/// Counters per (direction, port), per CPU.
+/// Counters per (direction, port), per CPU, at the slot `STATS_SLOTS` gives the pair. A
+/// connection keeps its slot, so a transition reaches its counters without a hash lookup.
 #[map]
-static STATS: PerCpuHashMap<StatsKey, PortStats> = PerCpuHashMap::with_max_entries(MAX_PORTS, 0);
-/// One zeroed `PortStats`: the initial value of a new port (too large for the BPF stack).
+static STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
 #[map]
-static STATS_ZERO: Array<PortStats> = Array::with_max_entries(1, 0);
+static STATS_SLOTS: HashMap<StatsKey, u32> = HashMap::with_max_entries(MAX_PORTS, 0);
+/// Slots not handed out yet: the daemon fills it at load (the BPF target of this build has
+/// no atomic fetch-and-add to count them out).
+#[map]
+static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(MAX_PORTS, 0);
 /// Per port number: PORT_LOCAL / PORT_REMOTE bits, a cheap first filter.
 #[map]
 static PORT_FLAGS: Array<u32> = Array::with_max_entries(65_536, 0);
@@ -368,7 +377,8 @@ fn handle<S: Source>(tp: &S) -> Option<()> {
     if old == tcp::LISTEN && new != tcp::SYN_RECV {
         return None; // a listener closed
     }
-    let local = port_flags(sport) & PORT_LOCAL != 0;
+    let sport_flags = port_flags(sport);
+    let local = sport_flags & PORT_LOCAL != 0;
     let remote = port_flags(dport) & PORT_REMOTE != 0;
     if !local && !remote && cfg & flags::PROCESS_TARGETS == 0 && !baseline_active() {
         return None; // cannot be ours: the common case on a busy host
@@ -379,7 +389,7 @@ fn handle<S: Source>(tp: &S) -> Option<()> {
         // SAFETY: transitions of one socket are serialised by the socket's lock.
         let conn = unsafe { &mut *p };
         if !birth {
-            return advance(tp, sk, conn, new, None);
+            return advance(tp, sk, conn, new);
         }
         // The address was freed and reused without a CLOSE that we saw: retire the old entry.
         retire_stale(conn);
@@ -389,8 +399,7 @@ fn handle<S: Source>(tp: &S) -> Option<()> {
         if !local {
             return None;
         }
-        let netns = netns_of(sk);
-        let owner = local_owner(netns, sport)?;
+        let (owner, netns) = local_owner(sk, sport, sport_flags, None)?;
         let conn = with_owner(first_sighting(DIR_INBOUND, sport, old, false), &owner);
         return track_new(tp, sk, conn, new, netns, true);
     }
@@ -401,15 +410,23 @@ fn handle<S: Source>(tp: &S) -> Option<()> {
         }
         let owner = current_owner();
         let conn = with_owner(first_sighting(DIR_OUTBOUND, dport, old, false), &owner);
-        return track_new(tp, sk, conn, new, netns_of(sk), true);
+        return track_new(tp, sk, conn, new, None, true);
     }
-    adopt(tp, sk, old, new, local, remote)
+    adopt(tp, sk, old, new, sport_flags, remote)
 }
 
 /// First sighting of a socket that existed before observer: counted by the start-up snapshot if
 /// the kernel holds its seed, otherwise from its new state on.
 #[inline(always)]
-fn adopt<S: Source>(tp: &S, sk: u64, old: u8, new: u8, local: bool, remote: bool) -> Option<()> {
+fn adopt<S: Source>(
+    tp: &S,
+    sk: u64,
+    old: u8,
+    new: u8,
+    sport_flags: u32,
+    remote: bool,
+) -> Option<()> {
+    let local = sport_flags & PORT_LOCAL != 0;
     let adopt_established = snapshot_open() || control(CONTROL_ADOPT_UNSEEDED) != 0;
     let sides = unseeded_sides(old, local, remote, adopt_established);
     let seeded = baseline_active();
@@ -425,17 +442,21 @@ fn adopt<S: Source>(tp: &S, sk: u64, old: u8, new: u8, local: bool, remote: bool
             first_sighting(seed.direction, seed.port, old, true),
             &seed.owner,
         );
-        return track_new(tp, sk, conn, new, netns, false);
+        return track_new(tp, sk, conn, new, Some(netns), false);
     }
     let sport = key.sport;
-    let conn = if let Some(owner) = sides.inbound.then(|| local_owner(netns, sport)).flatten() {
+    let inbound = sides
+        .inbound
+        .then(|| local_owner(sk, sport, sport_flags, Some(netns)))
+        .flatten();
+    let conn = if let Some((owner, _)) = inbound {
         with_owner(first_sighting(DIR_INBOUND, sport, old, false), &owner)
     } else if sides.outbound {
         first_sighting(DIR_OUTBOUND, key.dport, old, false)
     } else {
         return None;
     };
-    track_new(tp, sk, conn, new, netns, true)
+    track_new(tp, sk, conn, new, Some(netns), true)
 }
 
 #[inline(always)]
@@ -444,10 +465,11 @@ fn track_new<S: Source>(
     sk: u64,
     mut conn: Conn,
     new: u8,
-    netns: u32,
+    netns: Option<u32>,
     mark_seen: bool,
 ) -> Option<()> {
-    let step = conn.advance(new, now());
+    conn.slot = slot_of(StatsKey::new(conn.direction, conn.port))?;
+    let step = conn.advance(new, now);
     if !step.ended && SOCKETS.insert(&sk, &conn, BPF_NOEXIST.into()).is_err() {
         count(counters::SOCKETS_FULL);
         return None; // untracked: counting its entry now would leave the gauge stuck
@@ -456,20 +478,13 @@ fn track_new<S: Source>(
 }
 
 #[inline(always)]
-fn advance<S: Source>(tp: &S, sk: u64, conn: &mut Conn, new: u8, netns: Option<u32>) -> Option<()> {
-    let step = conn.advance(new, now());
+fn advance<S: Source>(tp: &S, sk: u64, conn: &mut Conn, new: u8) -> Option<()> {
+    let step = conn.advance(new, now);
     let conn = *conn;
     if step.ended {
         let _ = SOCKETS.remove(&sk);
     }
-    let netns = netns.unwrap_or_else(|| {
-        if snapshot_open() || FLAGS.load() & flags::EMIT_EVENTS != 0 {
-            netns_of(sk)
-        } else {
-            0
-        }
-    });
-    finish(tp, sk, &conn, &step, netns, true)
+    finish(tp, sk, &conn, &step, None, true)
 }
 
 #[inline(always)]
@@ -478,17 +493,23 @@ fn finish<S: Source>(
     sk: u64,
     conn: &Conn,
     step: &Step,
-    netns: u32,
+    netns: Option<u32>,
     mark_seen: bool,
 ) -> Option<()> {
-    if mark_seen && snapshot_open() && SEEN.insert(&tp.tuple(netns), &0, 0).is_err() {
+    let seen = mark_seen && snapshot_open();
+    let emits = step.event != EVENT_NONE && FLAGS.load() & flags::EMIT_EVENTS != 0;
+    // The namespace takes two reads from the socket: only when the snapshot or a record uses it.
+    let netns = if seen || (emits && S::EMITS) {
+        netns.unwrap_or_else(|| netns_of(sk))
+    } else {
+        0
+    };
+    if seen && SEEN.insert(&tp.tuple(netns), &0, 0).is_err() {
         count(counters::SEEN_FULL);
     }
-    if let Some(stats) = stats_of(StatsKey::new(conn.direction, conn.port)) {
-        // SAFETY: this CPU's share of the counters; the program does not nest on one CPU.
-        unsafe { &mut *stats }.apply(step, |d| bucket_of(d, N_BUCKETS.load() as usize, bound));
-    }
-    if FLAGS.load() & flags::EMIT_EVENTS != 0 {
+    count_step(conn, step);
+    // Records carry what a person is shown: opens and closes, not every step between them.
+    if emits {
         if S::EMITS {
             emit(tp, sk, conn, step, netns);
         } else {
@@ -513,7 +534,7 @@ fn emit<S: Source>(tp: &S, sk: u64, conn: &Conn, step: &Step, netns: u32) {
         rflags |= RECORD_PREEXISTING;
     }
     entry.write(Record {
-        ts_ns: now(),
+        ts_ns: step.now_ns,
         sock: sk,
         duration_ns: step.duration_ns.unwrap_or(0),
         pid: conn.pid,
@@ -553,45 +574,73 @@ fn on_listen(cfg: u32, sk: u64, port: u16) -> Option<()> {
         count(counters::LOCAL_PORTS_FULL);
         return None;
     }
+    let bits = if key.netns == 0 {
+        PORT_LOCAL
+    } else {
+        PORT_LOCAL | PORT_LOCAL_NETNS
+    };
     let p = PORT_FLAGS.get_ptr_mut(port as u32)?;
-    // SAFETY: only this bit is ever set here, so racing writers agree.
-    unsafe { *p |= PORT_LOCAL };
+    // SAFETY: bits are only ever set, so racing writers agree.
+    unsafe { *p |= bits };
     Some(())
 }
 
 /// An entry whose socket died without a CLOSE that the program saw (see `Conn::retire`).
 fn retire_stale(conn: &Conn) {
-    let step = conn.retire();
-    if let Some(stats) = stats_of(StatsKey::new(conn.direction, conn.port)) {
-        // SAFETY: this CPU's share of the counters.
-        unsafe { &mut *stats }.apply(&step, |d| bucket_of(d, N_BUCKETS.load() as usize, bound));
-    }
+    count_step(conn, &conn.retire());
     count(counters::STALE_SOCKETS);
 }
 
 #[inline(always)]
-fn stats_of(key: StatsKey) -> Option<*mut PortStats> {
-    if let Some(p) = STATS.get_ptr_mut(&key) {
-        return Some(p);
+fn count_step(conn: &Conn, step: &Step) {
+    if let Some(stats) = STATS.get_ptr_mut(conn.slot as u32) {
+        // SAFETY: this CPU's share of the counters; updates are atomic adds (a nested run).
+        unsafe { &mut *stats }.apply(step, |d| bucket_of(d, N_BUCKETS.load() as usize, bound));
     }
-    let zero = STATS_ZERO.get(0)?;
-    let _ = STATS.insert(&key, zero, BPF_NOEXIST.into());
-    let p = STATS.get_ptr_mut(&key);
-    if p.is_none() {
-        count(counters::PORTS_FULL);
-    }
-    p
 }
 
+/// The counters' slot of a (direction, port) pair, handed out on its first connection.
 #[inline(always)]
-fn local_owner(netns: u32, port: u16) -> Option<Owner> {
-    // SAFETY: plain reads of a map value.
-    unsafe {
-        LOCAL_PORTS
-            .get(&LocalPortKey::new(netns, port))
-            .or_else(|| LOCAL_PORTS.get(&LocalPortKey::new(0, port)))
-            .copied()
+fn slot_of(key: StatsKey) -> Option<u16> {
+    // SAFETY: plain reads of map values.
+    if let Some(slot) = unsafe { STATS_SLOTS.get(&key) } {
+        return Some(*slot as u16);
     }
+    if let Ok(Some(slot)) = FREE_SLOTS.pop() {
+        if STATS_SLOTS.insert(&key, &slot, BPF_NOEXIST.into()).is_ok() {
+            return Some(slot as u16);
+        }
+        // Another CPU gave the pair a slot first: this one goes back.
+        let _ = FREE_SLOTS.push(&slot, 0);
+    }
+    // SAFETY: plain reads of map values.
+    match unsafe { STATS_SLOTS.get(&key) } {
+        Some(slot) => Some(*slot as u16),
+        None => {
+            count(counters::PORTS_FULL);
+            None
+        }
+    }
+}
+
+/// The owner of a watched local port, and the socket's namespace when it was read: ports
+/// watched in every namespace (`--port`) need no read of the socket.
+fn local_owner(
+    sk: u64,
+    port: u16,
+    port_flags: u32,
+    netns: Option<u32>,
+) -> Option<(Owner, Option<u32>)> {
+    if port_flags & PORT_LOCAL_NETNS != 0 {
+        let netns = netns.unwrap_or_else(|| netns_of(sk));
+        // SAFETY: a plain read of a map value.
+        if let Some(o) = unsafe { LOCAL_PORTS.get(&LocalPortKey::new(netns, port)) } {
+            return Some((*o, Some(netns)));
+        }
+    }
+    // SAFETY: a plain read of a map value.
+    let o = unsafe { LOCAL_PORTS.get(&LocalPortKey::new(0, port)) }?;
+    Some((*o, netns))
 }
 
 #[inline(always)]

@@ -5,16 +5,16 @@ use std::{collections::HashSet, os::fd::AsRawFd as _};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, Queue, RingBuf},
     programs::{ProgramFd, RawTracePoint, TracePoint},
 };
 use observer_common::{
     counters,
     filter::{
-        CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_REMOTE, SockOffsets, flags, globals,
-        maps,
+        CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS, PORT_REMOTE, SockOffsets,
+        flags, globals, maps,
     },
-    limits::MAX_BUCKETS,
+    limits::{MAX_BUCKETS, MAX_PORTS},
     snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
     stats::{PortStats, StatsKey},
     tracepoint,
@@ -44,7 +44,8 @@ pub struct Kernel {
     _ebpf: Ebpf,
     prog_fd: ProgramFd,
     backup_fd: Option<ProgramFd>,
-    stats: PerCpuHashMap<MapData, StatsKey, PortStats>,
+    stats: PerCpuArray<MapData, PortStats>,
+    stats_slots: HashMap<MapData, StatsKey, u32>,
     counters: PerCpuArray<MapData, u64>,
     port_flags: Array<MapData, u32>,
     local_ports: HashMap<MapData, LocalPortKey, Owner>,
@@ -155,6 +156,12 @@ impl Kernel {
             None
         };
 
+        let mut free_slots: Queue<MapData, u32> = take(&mut ebpf, maps::FREE_SLOTS)?;
+        for slot in 0..MAX_PORTS {
+            free_slots
+                .push(slot, 0)
+                .context("handing the program its counters' slots")?;
+        }
         let mut cgroups: Array<MapData, CgroupTarget> = take(&mut ebpf, maps::CGROUPS)?;
         for (i, c) in s.cgroups.iter().enumerate() {
             cgroups.set(i as u32, c, 0)?;
@@ -168,6 +175,7 @@ impl Kernel {
             prog_fd,
             backup_fd,
             stats: take(&mut ebpf, maps::STATS)?,
+            stats_slots: take(&mut ebpf, maps::STATS_SLOTS)?,
             counters: take(&mut ebpf, maps::COUNTERS)?,
             port_flags: take(&mut ebpf, maps::PORT_FLAGS)?,
             local_ports: take(&mut ebpf, maps::LOCAL_PORTS)?,
@@ -219,7 +227,12 @@ impl Kernel {
         self.local_ports
             .insert(LocalPortKey::new(netns, port), owner, 0)
             .with_context(|| format!("adding local port {port} to the watched ports"))?;
-        self.set_port_flag(port, PORT_LOCAL)
+        let bits = if netns == 0 {
+            PORT_LOCAL
+        } else {
+            PORT_LOCAL | PORT_LOCAL_NETNS
+        };
+        self.set_port_flag(port, bits)
     }
 
     /// Watches outbound connections to remote port `port`.
@@ -271,8 +284,11 @@ impl Kernel {
     /// Every port's counters, summed over CPUs.
     pub fn stats(&self) -> Vec<(StatsKey, PortStats)> {
         let mut out = Vec::new();
-        for entry in self.stats.iter() {
-            let Ok((key, per_cpu)) = entry else { continue };
+        for entry in self.stats_slots.iter() {
+            let Ok((key, slot)) = entry else { continue };
+            let Ok(per_cpu) = self.stats.get(&slot, 0) else {
+                continue;
+            };
             let mut sum = PortStats::ZERO;
             for share in per_cpu.iter() {
                 sum.merge(share);
