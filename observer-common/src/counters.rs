@@ -14,10 +14,8 @@ pub const LOCAL_PORTS_FULL: u32 = 4;
 /// A socket address came back for a new connection while its old entry never saw CLOSE (a
 /// transition the kernel did not deliver): the old entry was retired.
 pub const STALE_SOCKETS: u32 = 5;
-/// Transitions that the kernel skipped for the main program (it or another tracing program was
-/// running on that CPU) and that the backup program handled. The kernel's count of the main
-/// program's skipped runs minus this is what was lost.
+/// Transitions that the kernel skipped for the main program (it was running on that CPU when a
+/// softirq brought another transition) and that the backup program handled. The kernel's count
+/// of the main program's skipped runs minus this is what was lost.
 pub const NESTED_HANDLED: u32 = 6;
-/// A record the backup program did not send (it sends none): an event was dropped.
-pub const EVENTS_SKIPPED: u32 = 7;
 pub const LEN: u32 = 8;

@@ -87,9 +87,9 @@ pub mod globals {
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
 }
 
-/// Offsets of the `struct sock` fields that the tracepoint copies into its record, for the backup
-/// program, which only gets the socket pointer. From the kernel's BTF at start; all 0 when
-/// unknown (the backup program then stays detached).
+/// Offsets of the fields the programs read in a socket: what the tracepoint's own record holds.
+/// From the kernel's BTF at start. The programs load them directly (the verifier checks each
+/// load against `struct sock`), so all but one lie in `struct sock` itself.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockOffsets {
@@ -97,11 +97,14 @@ pub struct SockOffsets {
     pub protocol: u32,
     /// `sock_common.skc_family` (u16).
     pub family: u32,
-    /// `inet_sock.inet_sport` (__be16).
+    /// `sock_common.skc_num` (u16, host byte order): the local port.
+    pub num: u32,
+    /// `inet_sock.inet_sport` (__be16): the local port where `skc_num` is already 0, when
+    /// CLOSE is reported (the port is released first). Beyond `struct sock`: read with a helper.
     pub sport: u32,
     /// `sock_common.skc_dport` (__be16).
     pub dport: u32,
-    /// `inet_sock.inet_saddr` (__be32).
+    /// `sock_common.skc_rcv_saddr` (__be32): the local address, as sock_diag reports it.
     pub saddr: u32,
     /// `sock_common.skc_daddr` (__be32).
     pub daddr: u32,

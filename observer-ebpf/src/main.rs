@@ -4,27 +4,29 @@
 //! port's per-CPU counters (count), and, when asked, sends a record through the ring (emit).
 //! The rules of a connection's life live in `observer_common::conn`, unit-tested on the host.
 //!
-//! Two programs share that logic. The kernel skips a tracepoint program when a tracing program
-//! is already running on that CPU (a softirq transition interrupting ours, or another tool's
-//! program: counted in `recursion_misses`). The backup program, a raw tracepoint on the same
-//! event with a recursion guard of its own, runs after the main one for every transition and
-//! handles exactly those the main program did not: the main program notes each transition it
-//! takes in a small per-CPU table (`RECENT`) first thing; the backup takes its own transition out
-//! of that table, or handles it when it is not there. Counter updates are single atomic adds, so a
-//! nested update and the interrupted one never overwrite each other.
+//! Two programs share that logic, both attached to the tracepoint by its BTF type: they get the
+//! `struct sock *` itself and load its fields directly. The kernel skips a program that is
+//! already running on the CPU (counted in its `recursion_misses`): a softirq bringing another
+//! transition while ours runs in process context. So the backup program, attached after the main
+//! one, runs after it for every transition and handles exactly those the main program did not:
+//! the main program notes each transition it takes in a small per-CPU table (`RECENT`) first
+//! thing; the backup takes its own transition out of that table, or handles it when it is not
+//! there. Counter updates are single atomic adds, so a nested update and the interrupted one
+//! never overwrite each other.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     EbpfContext, Global,
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    cty::c_void,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::bpf_get_current_ancestor_cgroup_id,
+        bpf_skc_to_tcp_sock, generated::bpf_get_current_ancestor_cgroup_id,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::BtfTracePointContext,
 };
 use observer_common::{
     DIR_INBOUND, DIR_OUTBOUND,
@@ -47,7 +49,7 @@ use observer_common::{
     },
     stats::{PortStats, StatsKey, bucket_of},
     tcp,
-    tracepoint::{AF_INET, IPPROTO_TCP, InetSockSetState},
+    tracepoint::{AF_INET, IPPROTO_TCP},
 };
 
 // Read-only settings, fixed by the daemon at load time (see `observer_common::filter::globals`).
@@ -72,6 +74,7 @@ static WAKEUP_BYTES: Global<u64> = Global::new(0);
 static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
     protocol: 0,
     family: 0,
+    num: 0,
     sport: 0,
     dport: 0,
     saddr: 0,
@@ -126,6 +129,10 @@ static RECENT: PerCpuArray<[u64; RECENT_LEN]> = PerCpuArray::with_max_entries(1,
 
 const RECENT_LEN: usize = 256;
 
+/// Per CPU: one word, to turn the socket pointer into its address (see `Sock::of`).
+#[map]
+static ADDRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// One transition of one socket: a kernel pointer's top 16 bits are all ones, so the states can
 /// go there without two transitions sharing a key.
 #[inline(always)]
@@ -139,27 +146,27 @@ fn recent_slot(key: u64) -> usize {
     ((key >> 6) ^ (key >> 14) ^ (key >> 48)) as usize & (RECENT_LEN - 1)
 }
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let tp = Tp(&ctx);
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let Some(sock) = Sock::of(&ctx) else {
+        return 0;
+    };
     if let Some(r) = RECENT.get_ptr_mut(0) {
-        let key = transition_key(tp.sk(), tp.old(), tp.new());
+        let key = transition_key(sock.sk, sock.old, sock.new);
         // SAFETY: this CPU's array; the index is masked into range.
         unsafe { core::ptr::write_volatile(&mut (*r)[recent_slot(key)], key) };
     }
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-    let _ = handle(&tp);
+    let _ = handle(&sock);
     0
 }
 
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
-    let raw = Raw {
-        sk: ctx.arg::<u64>(0),
-        old: ctx.arg::<u64>(1) as u8,
-        new: ctx.arg::<u64>(2) as u8,
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
+    let Some(sock) = Sock::of(&ctx) else {
+        return 0;
     };
-    let key = transition_key(raw.sk, raw.old, raw.new);
+    let key = transition_key(sock.sk, sock.old, sock.new);
     if let Some(r) = RECENT.get_ptr_mut(0) {
         // SAFETY: this CPU's array; the index is masked into range.
         let slot = unsafe { &mut (*r)[recent_slot(key)] };
@@ -169,26 +176,99 @@ pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
         }
     }
     count(counters::NESTED_HANDLED);
-    let _ = handle(&raw);
+    let _ = handle(&sock);
     0
 }
 
-/// What the program reads of one transition, from the tracepoint's record (`Tp`) or, in the
-/// backup program, from the socket itself (`Raw`).
-trait Source {
-    /// Whether records are sent from this source. The backup program does not send any (the
-    /// verifier cannot prove it within its limit with the socket reads); the events it skips
-    /// are counted as dropped.
-    const EMITS: bool;
+/// One transition: the socket, as the tracepoint passes it (a pointer the verifier knows the
+/// type of, so its fields are plain loads), its address as a number, and the two states.
+struct Sock {
+    ptr: *const u8,
+    sk: u64,
+    old: u8,
+    new: u8,
+}
 
-    fn sk(&self) -> u64;
-    fn old(&self) -> u8;
-    fn new(&self) -> u8;
-    fn protocol(&self) -> u16;
-    fn sport(&self) -> u16;
-    fn dport(&self) -> u16;
+impl Sock {
+    #[inline(always)]
+    fn of(ctx: &BtfTracePointContext) -> Option<Sock> {
+        // SAFETY: the tracepoint's arguments: (const struct sock *, int oldstate, int newstate).
+        let (ptr, old, new) = unsafe {
+            (
+                ctx.arg::<*const u8>(0),
+                ctx.arg::<u64>(1) as u8,
+                ctx.arg::<u64>(2) as u8,
+            )
+        };
+        // The verifier allows no arithmetic on a typed kernel pointer, and the maps are keyed by
+        // the socket's address: a round trip through memory gives that address as a number.
+        let cell = ADDRESS.get_ptr_mut(0)?;
+        // SAFETY: this CPU's word of the map.
+        let sk = unsafe {
+            core::ptr::write_volatile(cell, ptr as u64);
+            core::ptr::read_volatile(cell)
+        };
+        Some(Sock { ptr, sk, old, new })
+    }
+
+    /// A field of `struct sock` at an offset the daemon found in the kernel's BTF. The offset
+    /// comes from read-only data, which the verifier reads as a constant and checks against the
+    /// type.
+    #[inline(always)]
+    fn field<T>(&self, off: u32) -> T {
+        // SAFETY: checked by the verifier (a load through a typed kernel pointer).
+        unsafe { core::ptr::read_volatile(self.ptr.add(off as usize) as *const T) }
+    }
+
+    #[inline(always)]
+    fn protocol(&self) -> u16 {
+        self.field(SOCK_OFFSETS.load().protocol)
+    }
+
+    #[inline(always)]
+    fn sport(&self) -> u16 {
+        let o = SOCK_OFFSETS.load();
+        let num: u16 = self.field(o.num);
+        if num != 0 || self.new != tcp::CLOSE {
+            return num;
+        }
+        // At CLOSE the port is released already; inet_sport still holds it.
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        let port = unsafe { bpf_probe_read_kernel((self.sk + o.sport as u64) as *const u16) };
+        u16::from_be(port.unwrap_or(0))
+    }
+
+    #[inline(always)]
+    fn dport(&self) -> u16 {
+        u16::from_be(self.field(SOCK_OFFSETS.load().dport))
+    }
+
     /// (family, local address, remote address); IPv4 fills the first 4 bytes.
-    fn addrs(&self) -> (u16, [u8; 16], [u8; 16]);
+    #[inline(always)]
+    fn addrs(&self) -> (u16, [u8; 16], [u8; 16]) {
+        let o = SOCK_OFFSETS.load();
+        let family: u16 = self.field(o.family);
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        if family == AF_INET {
+            s[..4].copy_from_slice(&self.field::<u32>(o.saddr).to_ne_bytes());
+            d[..4].copy_from_slice(&self.field::<u32>(o.daddr).to_ne_bytes());
+        } else {
+            s = self.field16(o.saddr_v6);
+            d = self.field16(o.daddr_v6);
+        }
+        (family, s, d)
+    }
+
+    /// A 16-byte field (an IPv6 address) as two 8-byte loads.
+    #[inline(always)]
+    fn field16(&self, off: u32) -> [u8; 16] {
+        let (a, b) = (self.field::<u64>(off), self.field::<u64>(off + 8));
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&a.to_ne_bytes());
+        out[8..].copy_from_slice(&b.to_ne_bytes());
+        out
+    }
 
     #[inline(always)]
     fn tuple(&self, netns: u32) -> TupleKey {
@@ -205,169 +285,16 @@ trait Source {
     }
 }
 
-/// The tracepoint's record, read field by field at the offsets of `InetSockSetState`.
-struct Tp<'a>(&'a TracePointContext);
-
-macro_rules! field {
-    ($tp:expr, $name:ident: $t:ty) => {
-        // SAFETY: a constant offset inside the tracepoint record, checked at start by the daemon.
-        unsafe {
-            core::ptr::read_volatile(
-                ($tp.0.as_ptr() as *const u8).add(core::mem::offset_of!(InetSockSetState, $name))
-                    as *const $t,
-            )
-        }
-    };
-}
-
-impl Source for Tp<'_> {
-    const EMITS: bool = true;
-
-    #[inline(always)]
-    fn sk(&self) -> u64 {
-        field!(self, skaddr: u64)
-    }
-
-    #[inline(always)]
-    fn old(&self) -> u8 {
-        field!(self, oldstate: i32) as u8
-    }
-
-    #[inline(always)]
-    fn new(&self) -> u8 {
-        field!(self, newstate: i32) as u8
-    }
-
-    #[inline(always)]
-    fn protocol(&self) -> u16 {
-        field!(self, protocol: u16)
-    }
-
-    #[inline(always)]
-    fn sport(&self) -> u16 {
-        field!(self, sport: u16)
-    }
-
-    #[inline(always)]
-    fn dport(&self) -> u16 {
-        field!(self, dport: u16)
-    }
-
-    #[inline(always)]
-    fn addrs(&self) -> (u16, [u8; 16], [u8; 16]) {
-        let family = field!(self, family: u16);
-        let mut s = [0u8; 16];
-        let mut d = [0u8; 16];
-        if family == AF_INET {
-            s[..4].copy_from_slice(&field!(self, saddr: u32).to_ne_bytes());
-            d[..4].copy_from_slice(&field!(self, daddr: u32).to_ne_bytes());
-        } else {
-            let base = core::mem::offset_of!(InetSockSetState, saddr_v6);
-            s = self.read16(base);
-            d = self.read16(base + 16);
-        }
-        (family, s, d)
-    }
-}
-
-impl Tp<'_> {
-    #[inline(always)]
-    fn read16(&self, off: usize) -> [u8; 16] {
-        let p = self.0.as_ptr() as *const u8;
-        // SAFETY: two aligned 8-byte loads inside the record.
-        let (a, b) = unsafe {
-            (
-                core::ptr::read_volatile(p.add(off) as *const u64),
-                core::ptr::read_volatile(p.add(off + 8) as *const u64),
-            )
-        };
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&a.to_ne_bytes());
-        out[8..].copy_from_slice(&b.to_ne_bytes());
-        out
-    }
-}
-
-/// The raw tracepoint's arguments: the socket and the two states. The other fields are read
-/// from the socket, where the tracepoint itself copies them from.
-struct Raw {
-    sk: u64,
-    old: u8,
-    new: u8,
-}
-
-impl Raw {
-    #[inline(always)]
-    fn read<T>(&self, off: u32) -> Option<T> {
-        if off == 0 {
-            return None;
-        }
-        // SAFETY: bpf_probe_read_kernel checks the address.
-        unsafe { bpf_probe_read_kernel((self.sk + off as u64) as *const T).ok() }
-    }
-}
-
-impl Source for Raw {
-    const EMITS: bool = false;
-
-    #[inline(always)]
-    fn sk(&self) -> u64 {
-        self.sk
-    }
-
-    #[inline(always)]
-    fn old(&self) -> u8 {
-        self.old
-    }
-
-    #[inline(always)]
-    fn new(&self) -> u8 {
-        self.new
-    }
-
-    #[inline(always)]
-    fn protocol(&self) -> u16 {
-        self.read::<u16>(SOCK_OFFSETS.load().protocol).unwrap_or(0)
-    }
-
-    #[inline(always)]
-    fn sport(&self) -> u16 {
-        u16::from_be(self.read::<u16>(SOCK_OFFSETS.load().sport).unwrap_or(0))
-    }
-
-    #[inline(always)]
-    fn dport(&self) -> u16 {
-        u16::from_be(self.read::<u16>(SOCK_OFFSETS.load().dport).unwrap_or(0))
-    }
-
-    #[inline(always)]
-    fn addrs(&self) -> (u16, [u8; 16], [u8; 16]) {
-        let o = SOCK_OFFSETS.load();
-        let family = self.read::<u16>(o.family).unwrap_or(0);
-        let mut s = [0u8; 16];
-        let mut d = [0u8; 16];
-        if family == AF_INET {
-            s[..4].copy_from_slice(&self.read::<[u8; 4]>(o.saddr).unwrap_or([0; 4]));
-            d[..4].copy_from_slice(&self.read::<[u8; 4]>(o.daddr).unwrap_or([0; 4]));
-        } else {
-            s = self.read::<[u8; 16]>(o.saddr_v6).unwrap_or([0; 16]);
-            d = self.read::<[u8; 16]>(o.daddr_v6).unwrap_or([0; 16]);
-        }
-        (family, s, d)
-    }
-}
-
 #[inline(always)]
-fn handle<S: Source>(tp: &S) -> Option<()> {
+fn handle(tp: &Sock) -> Option<()> {
     if tp.protocol() != IPPROTO_TCP {
         return None;
     }
-    let old = tp.old();
-    let new = tp.new();
+    let (old, new) = (tp.old, tp.new);
     if old == new {
         return None;
     }
-    let sk = tp.sk();
+    let sk = tp.sk;
     let sport = tp.sport();
     let dport = tp.dport();
     let cfg = FLAGS.load();
@@ -418,14 +345,7 @@ fn handle<S: Source>(tp: &S) -> Option<()> {
 /// First sighting of a socket that existed before observer: counted by the start-up snapshot if
 /// the kernel holds its seed, otherwise from its new state on.
 #[inline(always)]
-fn adopt<S: Source>(
-    tp: &S,
-    sk: u64,
-    old: u8,
-    new: u8,
-    sport_flags: u32,
-    remote: bool,
-) -> Option<()> {
+fn adopt(tp: &Sock, sk: u64, old: u8, new: u8, sport_flags: u32, remote: bool) -> Option<()> {
     let local = sport_flags & PORT_LOCAL != 0;
     let adopt_established = snapshot_open() || control(CONTROL_ADOPT_UNSEEDED) != 0;
     let sides = unseeded_sides(old, local, remote, adopt_established);
@@ -460,8 +380,8 @@ fn adopt<S: Source>(
 }
 
 #[inline(always)]
-fn track_new<S: Source>(
-    tp: &S,
+fn track_new(
+    tp: &Sock,
     sk: u64,
     mut conn: Conn,
     new: u8,
@@ -478,7 +398,7 @@ fn track_new<S: Source>(
 }
 
 #[inline(always)]
-fn advance<S: Source>(tp: &S, sk: u64, conn: &mut Conn, new: u8) -> Option<()> {
+fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8) -> Option<()> {
     let step = conn.advance(new, now);
     let conn = *conn;
     if step.ended {
@@ -488,8 +408,8 @@ fn advance<S: Source>(tp: &S, sk: u64, conn: &mut Conn, new: u8) -> Option<()> {
 }
 
 #[inline(always)]
-fn finish<S: Source>(
-    tp: &S,
+fn finish(
+    tp: &Sock,
     sk: u64,
     conn: &Conn,
     step: &Step,
@@ -499,7 +419,7 @@ fn finish<S: Source>(
     let seen = mark_seen && snapshot_open();
     let emits = step.event != EVENT_NONE && FLAGS.load() & flags::EMIT_EVENTS != 0;
     // The namespace takes two reads from the socket: only when the snapshot or a record uses it.
-    let netns = if seen || (emits && S::EMITS) {
+    let netns = if seen || emits {
         netns.unwrap_or_else(|| netns_of(sk))
     } else {
         0
@@ -510,17 +430,13 @@ fn finish<S: Source>(
     count_step(conn, step);
     // Records carry what a person is shown: opens and closes, not every step between them.
     if emits {
-        if S::EMITS {
-            emit(tp, sk, conn, step, netns);
-        } else {
-            count(counters::EVENTS_SKIPPED);
-        }
+        emit(tp, sk, conn, step, netns);
     }
     Some(())
 }
 
 #[inline(always)]
-fn emit<S: Source>(tp: &S, sk: u64, conn: &Conn, step: &Step, netns: u32) {
+fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
     let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
         count(counters::RING_FULL);
         return;
@@ -543,8 +459,8 @@ fn emit<S: Source>(tp: &S, sk: u64, conn: &Conn, step: &Step, netns: u32) {
         dport: tp.dport(),
         port: conn.port,
         family,
-        oldstate: tp.old(),
-        newstate: tp.new(),
+        oldstate: tp.old,
+        newstate: tp.new,
         direction: conn.direction,
         event: step.event,
         flags: rflags,

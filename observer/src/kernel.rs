@@ -6,10 +6,11 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, Queue, RingBuf},
-    programs::{ProgramFd, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, ProgramFd},
 };
 use observer_common::{
     counters,
+    filter::{BACKUP_PROGRAM, PROGRAM},
     filter::{
         CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS, PORT_REMOTE, SockOffsets,
         flags, globals, maps,
@@ -31,8 +32,8 @@ pub struct Settings {
     pub all_listeners: bool,
     pub process_targets: bool,
     pub netns: Option<NetnsOffsets>,
-    /// Where the backup program reads sockets; None: no backup program.
-    pub sock: Option<SockOffsets>,
+    /// Where the programs read a socket's protocol, ports and addresses.
+    pub sock: SockOffsets,
     /// Histogram bucket upper bounds in nanoseconds, ascending, at most MAX_BUCKETS.
     pub bucket_bounds_ns: Vec<u64>,
     pub cgroups: Vec<CgroupTarget>,
@@ -43,7 +44,7 @@ pub struct Kernel {
     // Owns the program and its link: dropping it detaches.
     _ebpf: Ebpf,
     prog_fd: ProgramFd,
-    backup_fd: Option<ProgramFd>,
+    backup_fd: ProgramFd,
     stats: PerCpuArray<MapData, PortStats>,
     stats_slots: HashMap<MapData, StatsKey, u32>,
     counters: PerCpuArray<MapData, u64>,
@@ -99,7 +100,7 @@ impl Kernel {
         }
         let (sk_net, net_inum) = s.netns.map_or((0, 0), |o| (o.sk_net, o.net_inum));
         let n_cgroups = s.cgroups.len() as u32;
-        let sock = s.sock.unwrap_or_default();
+        let sock = s.sock;
         // A quarter full ring wakes the reader at once; below that it reads on its tick.
         let wakeup_bytes = u64::from(s.ring_bytes / 4);
         let mut ebpf = EbpfLoader::new()
@@ -116,45 +117,36 @@ impl Kernel {
             .map_err(privilege_hint)
             .context("loading the eBPF program into the kernel")?;
 
-        let program: &mut TracePoint = ebpf
-            .program_mut(observer_common::filter::PROGRAM)
-            .ok_or_else(|| {
-                anyhow!(
-                    "the eBPF object has no program {}",
-                    observer_common::filter::PROGRAM
-                )
-            })?
-            .try_into()?;
-        program.load().map_err(|e| match e {
-            aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
-                if std::env::var_os("OBSERVER_DEBUG").is_some() {
-                    eprintln!("{verifier_log}");
-                }
-                anyhow!(
-                    "the kernel refused the eBPF program ({io_error}); run with OBSERVER_DEBUG=1 to see the verifier's log"
-                )
-            }
-            e => privilege_hint(e),
-        })?;
-        let prog_fd = program.fd()?.try_clone()?;
-        let backup_fd = if s.sock.is_some() {
-            let backup: &mut RawTracePoint = ebpf
-                .program_mut(observer_common::filter::BACKUP_PROGRAM)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "the eBPF object has no program {}",
-                        observer_common::filter::BACKUP_PROGRAM
-                    )
-                })?
+        // Both programs attach by the tracepoint's BTF type: aya parses the kernel's BTF for
+        // that, and it is dropped again before anything else is allocated.
+        let vmlinux = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let mut prog_fds = Vec::new();
+        for name in [PROGRAM, BACKUP_PROGRAM] {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
                 .try_into()?;
-            backup
-                .load()
-                .map_err(privilege_hint)
-                .context("loading the backup program")?;
-            Some(backup.fd()?.try_clone()?)
-        } else {
-            None
-        };
+            program
+                .load(tracepoint::NAME, &vmlinux)
+                .map_err(|e| match e {
+                    aya::programs::ProgramError::LoadError {
+                        io_error,
+                        verifier_log,
+                    } => {
+                        if std::env::var_os("OBSERVER_DEBUG").is_some() {
+                            eprintln!("{verifier_log}");
+                        }
+                        anyhow!(
+                            "the kernel refused the eBPF program {name} ({io_error}); run with OBSERVER_DEBUG=1 to see the verifier's log"
+                        )
+                    }
+                    e => privilege_hint(e),
+                })?;
+            prog_fds.push(program.fd()?.try_clone()?);
+        }
+        drop(vmlinux);
+        let backup_fd = prog_fds.pop().expect("two programs");
+        let prog_fd = prog_fds.pop().expect("two programs");
 
         let mut free_slots: Queue<MapData, u32> = take(&mut ebpf, maps::FREE_SLOTS)?;
         for slot in 0..MAX_PORTS {
@@ -188,32 +180,22 @@ impl Kernel {
         })
     }
 
-    /// Attaches the program to the tracepoint: from now on every transition is seen.
+    /// Attaches the programs to the tracepoint: from now on every transition is seen.
     pub fn attach(&mut self) -> Result<()> {
-        let program: &mut TracePoint = self
-            ._ebpf
-            .program_mut(observer_common::filter::PROGRAM)
-            .expect("checked at load")
-            .try_into()?;
-        program
-            .attach(tracepoint::CATEGORY, tracepoint::NAME)
-            .with_context(|| {
+        // The main program first: a tracepoint runs its programs in the order they attached.
+        for name in [PROGRAM, BACKUP_PROGRAM] {
+            let program: &mut BtfTracePoint = self
+                ._ebpf
+                .program_mut(name)
+                .expect("checked at load")
+                .try_into()?;
+            program.attach().with_context(|| {
                 format!(
-                    "attaching to tracepoint {}:{}",
+                    "attaching {name} to tracepoint {}:{}",
                     tracepoint::CATEGORY,
                     tracepoint::NAME
                 )
             })?;
-        if self.backup_fd.is_some() {
-            // Attached second, so that it runs after the main program for each transition.
-            let backup: &mut RawTracePoint = self
-                ._ebpf
-                .program_mut(observer_common::filter::BACKUP_PROGRAM)
-                .expect("checked at load")
-                .try_into()?;
-            backup
-                .attach(tracepoint::NAME)
-                .with_context(|| format!("attaching to raw tracepoint {}", tracepoint::NAME))?;
         }
         Ok(())
     }
@@ -306,7 +288,7 @@ impl Kernel {
                 .unwrap_or(0)
         };
         Health {
-            ring_full: sum(counters::RING_FULL) + sum(counters::EVENTS_SKIPPED),
+            ring_full: sum(counters::RING_FULL),
             sockets_full: sum(counters::SOCKETS_FULL),
             ports_full: sum(counters::PORTS_FULL),
             seen_full: sum(counters::SEEN_FULL),
@@ -315,7 +297,7 @@ impl Kernel {
             nested: sum(counters::NESTED_HANDLED),
             stale_sockets: sum(counters::STALE_SOCKETS),
             skipped_main: misses(&self.prog_fd),
-            skipped_backup: self.backup_fd.as_ref().map_or(0, misses),
+            skipped_backup: misses(&self.backup_fd),
         }
     }
 }

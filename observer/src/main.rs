@@ -15,7 +15,6 @@ mod netns;
 mod output;
 mod snapshot;
 mod targets;
-mod tracefs;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -84,21 +83,19 @@ async fn run(config: Config) -> Result<()> {
         None => None,
     };
 
-    tracefs::ensure_mounted()?;
-    tracefs::check_format()?;
     // The kernel's BTF is large: read the offsets, and let it go before anything else loads.
     let (netns, sock) = {
-        let vmlinux = btf::vmlinux();
-        (
-            optional(
-                read_btf(&vmlinux, btf::netns_offsets),
-                "network namespaces will not be told apart",
-            ),
-            optional(
-                read_btf(&vmlinux, btf::sock_offsets),
-                "transitions the kernel skips for observer's program will be lost, and counted",
-            ),
-        )
+        let vmlinux = btf::vmlinux().map_err(|e| {
+            anyhow::anyhow!(
+                "observer needs the kernel's BTF type information (CONFIG_DEBUG_INFO_BTF): {e}"
+            )
+        })?;
+        let sock = btf::sock_offsets(&vmlinux).context("finding struct sock's fields")?;
+        let netns = optional(
+            btf::netns_offsets(&vmlinux).map_err(anyhow::Error::from),
+            "network namespaces will not be told apart",
+        );
+        (netns, sock)
     };
     let process_targets = !processes.is_empty() || !cgroups.is_empty();
     let mut kernel = Kernel::load(&Settings {
@@ -264,17 +261,6 @@ async fn run(config: Config) -> Result<()> {
 }
 
 /// A feature observer can run without: a warning on stderr says what is missing and why.
-/// Offsets read from the kernel's BTF, or why they could not be.
-fn read_btf<T>(
-    vmlinux: &Result<btf::Btf, btf::BtfError>,
-    read: fn(&btf::Btf) -> Result<T, btf::BtfError>,
-) -> Result<T> {
-    match vmlinux {
-        Ok(b) => Ok(read(b)?),
-        Err(e) => Err(anyhow::anyhow!("{e}")),
-    }
-}
-
 fn optional<T>(found: Result<T>, consequence: &str) -> Option<T> {
     found
         .map_err(|e| eprintln!("observer: warning: {consequence} ({e:#})"))
