@@ -132,8 +132,8 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
 }
 
-/// Name of the main program (on the tracepoint, reading its record).
-pub const PROGRAM: &str = "inet_sock_set_state";
-/// Name of the backup program (a raw tracepoint on the same event) that handles the transitions
-/// the kernel skips for the main program because they interrupted it on the same CPU.
-pub const BACKUP_PROGRAM: &str = "inet_sock_set_state_nested";
+/// Name of the main program (what `bpftool prog show` lists; at most 15 characters).
+pub const PROGRAM: &str = "observer_main";
+/// Name of the backup program, which handles the transitions the kernel skips for the main
+/// program because they interrupted it on the same CPU.
+pub const BACKUP_PROGRAM: &str = "observer_backup";

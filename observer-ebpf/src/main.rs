@@ -147,7 +147,7 @@ fn recent_slot(key: u64) -> usize {
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
     let Some(sock) = Sock::of(&ctx) else {
         return 0;
     };
@@ -162,7 +162,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
+pub fn observer_backup(ctx: BtfTracePointContext) -> i32 {
     let Some(sock) = Sock::of(&ctx) else {
         return 0;
     };

@@ -277,6 +277,6 @@ pub fn loaded_programs() -> usize {
         .output()
         .expect("bpftool");
     String::from_utf8_lossy(&out.stdout)
-        .matches("name inet_sock_set_s")
+        .matches("name observer_main")
         .count()
 }

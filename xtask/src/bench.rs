@@ -723,7 +723,7 @@ fn run_stats(id: u32) -> Result<RunStats> {
     })
 }
 
-/// The programs a process holds, with their types, from the `prog_id:` lines of its fdinfo
+/// The programs a process holds, with their names, from the `prog_id:` lines of its fdinfo
 /// (this bpftool does not show PIDs).
 fn progs_of(pid: u32) -> Result<Vec<(u32, String)>> {
     let dir = format!("/proc/{pid}/fdinfo");
@@ -741,16 +741,16 @@ fn progs_of(pid: u32) -> Result<Vec<(u32, String)>> {
     }
     ids.into_iter()
         .map(|id| {
-            let kind = bpftool_progs(Some(id))?["type"]
+            let name = bpftool_progs(Some(id))?["name"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            Ok((id, kind))
+            Ok((id, name))
         })
         .collect()
 }
 
-/// Programs on sock:inet_sock_set_state that are not the bench's (another user's tracers).
+/// observer programs that are not the bench's (another observer running on this machine).
 fn foreign_tracers(ours: &BTreeSet<u32>) -> Result<Vec<String>> {
     let all = bpftool_progs(None)?;
     Ok(all
@@ -760,7 +760,7 @@ fn foreign_tracers(ours: &BTreeSet<u32>) -> Result<Vec<String>> {
         .filter(|p| {
             let id = p["id"].as_u64().unwrap_or(0);
             let name = p["name"].as_str().unwrap_or_default();
-            name.starts_with("inet_sock_set") && !ours.contains(&(id as u32))
+            name.starts_with("observer_") && !ours.contains(&(id as u32))
         })
         .map(|p| {
             let field = |k: &str| p[k].as_str().unwrap_or_default().to_string();
@@ -776,7 +776,7 @@ fn foreign_tracers(ours: &BTreeSet<u32>) -> Result<Vec<String>> {
 struct Observer {
     proc: Proc,
     metrics: SocketAddr,
-    /// The main program (tracepoint) and the backup (raw tracepoint).
+    /// The main program and the backup.
     main: u32,
     backup: u32,
     ready_line: String,
@@ -821,16 +821,16 @@ impl Observer {
             .and_then(|addr| addr.parse().ok())
             .ok_or_else(|| anyhow!("no metrics address in `{ready_line}`"))?;
         let progs = progs_of(proc.pid())?;
-        let find = |kind: &str| {
+        let find = |name: &str| {
             progs
                 .iter()
-                .find(|(_, k)| k == kind)
+                .find(|(_, n)| n == name)
                 .map(|(id, _)| *id)
-                .ok_or_else(|| anyhow!("observer holds no {kind} program: {progs:?}"))
+                .ok_or_else(|| anyhow!("observer holds no program {name}: {progs:?}"))
         };
         Ok(Observer {
-            main: find("tracepoint")?,
-            backup: find("raw_tracepoint")?,
+            main: find("observer_main")?,
+            backup: find("observer_backup")?,
             proc,
             metrics,
             ready_line,
