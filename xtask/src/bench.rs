@@ -723,9 +723,9 @@ fn run_stats(id: u32) -> Result<RunStats> {
     })
 }
 
-/// The programs a process holds, with their names, from the `prog_id:` lines of its fdinfo
+/// The programs a process holds (id, name, type), from the `prog_id:` lines of its fdinfo
 /// (this bpftool does not show PIDs).
-fn progs_of(pid: u32) -> Result<Vec<(u32, String)>> {
+fn progs_of(pid: u32) -> Result<Vec<(u32, String, String)>> {
     let dir = format!("/proc/{pid}/fdinfo");
     let mut ids = BTreeSet::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
@@ -741,11 +741,9 @@ fn progs_of(pid: u32) -> Result<Vec<(u32, String)>> {
     }
     ids.into_iter()
         .map(|id| {
-            let name = bpftool_progs(Some(id))?["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            Ok((id, name))
+            let prog = bpftool_progs(Some(id))?;
+            let field = |k: &str| prog[k].as_str().unwrap_or_default().to_string();
+            Ok((id, field("name"), field("type")))
         })
         .collect()
 }
@@ -824,8 +822,8 @@ impl Observer {
         let find = |name: &str| {
             progs
                 .iter()
-                .find(|(_, n)| n == name)
-                .map(|(id, _)| *id)
+                .find(|(_, n, _)| n == name)
+                .map(|(id, _, _)| *id)
                 .ok_or_else(|| anyhow!("observer holds no program {name}: {progs:?}"))
         };
         Ok(Observer {
@@ -1040,9 +1038,9 @@ impl Bpftrace {
                     let said = fs::read_to_string(err).unwrap_or_default();
                     bail!("bpftrace exited ({status}): {}", said.trim());
                 }
-                for (id, _) in progs_of(proc.pid())?
+                for (id, _, _) in progs_of(proc.pid())?
                     .iter()
-                    .filter(|(_, k)| k == "tracepoint")
+                    .filter(|(_, _, k)| k == "tracepoint")
                 {
                     poker.poke()?;
                     if run_stats(*id)?.runs > 0 {
