@@ -13,6 +13,7 @@ mod kernel;
 mod metrics;
 mod netns;
 mod output;
+mod process;
 mod snapshot;
 mod targets;
 

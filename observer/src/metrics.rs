@@ -285,9 +285,7 @@ fn counter(labels: &[(&str, &str)], v: u64) -> proto::Metric {
 pub fn registry(collector: ConnCollector) -> Result<Registry> {
     let r = Registry::new();
     r.register(Box::new(collector))?;
-    r.register(Box::new(
-        prometheus::process_collector::ProcessCollector::for_self(),
-    ))?;
+    r.register(Box::new(crate::process::ProcessCollector::new()?))?;
     Ok(r)
 }
 

@@ -788,7 +788,7 @@ struct ObserverReading {
     opened: f64,
     /// utime + stime from /proc/PID/stat (clock ticks, 10 ms).
     cpu_secs: f64,
-    /// process_cpu_seconds_total, which the prometheus crate truncates to whole seconds.
+    /// observer's own process_cpu_seconds_total (to the clock tick).
     cpu_metric: f64,
     dropped: f64,
     lost: f64,
@@ -2073,14 +2073,16 @@ fn overhead_section(out: &mut String, m: &Machine, f: &Figures, r: &Results) {
          ({}): ab, nginx and the kernel's loopback work share the {} cores with whatever else \
          runs on this shared machine, so a ratio's spread, not just its median, says how much is \
          overhead. ab reported {failed} failed requests in all.\n\n\
-         \"Expected\" counts only the programs' own run time. Any program on this tracepoint \
-         costs more: on every hit the kernel fills the tracepoint's record and calls the \
-         programs through perf's tracepoint hook, outside their run time. The empty bpftrace \
-         program, which does nothing, measures that floor: {floor:.3}; a tool's distance to the \
-         floor is what its own work costs. Userspace work comes on top, on the same cores: \
-         observer's event writer, bpftrace's printer (a perf-buffer record per transition, \
-         formatted by bpftrace). With `bpf_stats_enabled` the kernel also reads the clock \
-         around every program run; every tool pays that here, and none would in production.\n\n\
+         \"Expected\" counts only the programs' own run time, and a program costs its server \
+         more. bpftrace's programs sit on the classic tracepoint interface: on every hit the \
+         kernel fills the tracepoint's record and calls them through perf's tracepoint hook, \
+         outside their run time. The empty bpftrace program, which does nothing, measures that: \
+         {floor:.3}. observer's programs attach by the tracepoint's BTF type instead: the kernel \
+         calls them directly with the socket, and fills no record. Userspace work comes on top, \
+         on the same cores: observer's event writer, bpftrace's printer (a perf-buffer record \
+         per transition, formatted by bpftrace). With `bpf_stats_enabled` the kernel also reads \
+         the clock twice around every program run (observer runs two programs per hit); every \
+         tool pays that here, and none would in production.\n\n\
          This is a worst case for every tool: on loopback both ends of each connection run on \
          this machine (the client's transitions hit the tracepoint too), and nginx's `return \
          200` does next to nothing per connection. A server doing real work per connection, with \
@@ -2112,12 +2114,12 @@ fn kernel_section(out: &mut String, f: &Figures, r: &Results) {
     );
     let rows: [(&str, Tool, Option<Prog>); 8] = [
         (
-            "observer main (tracepoint), metrics only",
+            "observer main, metrics only",
             Tool::Observer,
             Some(Prog::Main),
         ),
         (
-            "observer backup (raw tracepoint), metrics only",
+            "observer backup, metrics only",
             Tool::Observer,
             Some(Prog::Backup),
         ),
@@ -2179,9 +2181,13 @@ fn kernel_section(out: &mut String, f: &Figures, r: &Results) {
          programs run on every hit; the backup only checks whether the main program noted the \
          transition, which makes it about as cheap as the empty program, but it is a second run \
          all the same. With `--events json` the main program also reserves and submits a \
-         ring-buffer record per kept transition. bpftrace's counting program does one per-CPU \
-         map update; observer's main program filters on more (port, network namespace, \
-         process targets), keeps a per-socket map entry and updates several counters.\n",
+         ring-buffer record per open and close. bpftrace's counting program does one per-CPU \
+         map update per kept hit. observer's main program keeps each connection's state: a \
+         per-socket map entry (inserted at the handshake, looked up at every transition, \
+         deleted at CLOSE), the clock read at the open, at the start of the close and at CLOSE \
+         (for lifetimes), and atomic adds to the gauges of the state left and the state \
+         entered; that is what gauges per state, lifetimes and exact counts under nesting cost \
+         on top of counting transitions.\n",
         f.hits_per_conn
             .map_or("?".into(), |h| format!("{:.0}", h.median)),
         f.empty_ns
@@ -2335,7 +2341,7 @@ fn own_cost_section(out: &mut String, r: &Results) {
         let rss = Spread::of(rounds.iter().map(|(_, o)| o.rss_kib as f64));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {metric:.0} s | {:.1} MiB | {} |",
+            "| {} | {} | {} | {metric:.2} s | {:.1} MiB | {} |",
             tool.label(),
             show_spread(per_million, |v| format!("{v:.3}")),
             runs.map_or("–".into(), |s| thousands(s.median as u64)),
@@ -2346,29 +2352,14 @@ fn own_cost_section(out: &mut String, r: &Results) {
     let _ = writeln!(
         out,
         "\nNotes: the CPU figure is utime + stime from /proc/PID/stat (10 ms ticks), read with \
-         each scrape. observer's `process_cpu_seconds_total` cannot give it: the prometheus \
-         crate's process collector keeps it in an integer counter of whole seconds \
-         ([tikv/rust-prometheus#451](https://github.com/tikv/rust-prometheus/issues/451)), so \
-         it stays flat over a run of a few seconds. With metrics only, observer's userspace does \
-         nothing per connection (the kernel counts; a scrape sums per-CPU counters); with \
-         events, its reader thread formats and writes a JSON line per open and close."
+         each scrape. With metrics only, observer's userspace does nothing per connection (the \
+         kernel counts; a scrape sums per-CPU counters); with events, its reader thread formats \
+         and writes a JSON line per open and close. The peak comes from the start: aya parses \
+         the kernel's whole BTF (/sys/kernel/btf/vmlinux, {:.1} MiB here) while it loads the \
+         programs, and observer hands that memory back once they are loaded; observer's own \
+         offsets come from a reader that walks the BTF in place.",
+        fs::metadata("/sys/kernel/btf/vmlinux").map_or(0.0, |m| m.len() as f64 / MIB),
     );
-    if r.rounds
-        .iter()
-        .filter_map(|x| x.own.as_ref())
-        .any(|o| o.peak_rss_kib >= 32 * 1024)
-    {
-        let _ = writeln!(
-            out,
-            "The resident set comes from observer's start, not from the load: observer parses the \
-             kernel's whole BTF (/sys/kernel/btf/vmlinux, {:.1} MiB here) with btf-rs to find a \
-             few struct offsets, and keeps the parsed `Btf` for its whole life (`vmlinux` in \
-             `run()`, observer/src/main.rs). Measured separately with btf-rs 1.1.1 on this \
-             kernel: parsing it alone takes a process from 2 MiB to 45 MiB resident (52 MiB at \
-             the peak), and dropping it brings it back to 17 MiB.",
-            fs::metadata("/sys/kernel/btf/vmlinux").map_or(0.0, |m| m.len() as f64 / MIB),
-        );
-    }
     let _ = writeln!(out);
 }
 
@@ -2410,11 +2401,9 @@ fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Results) {
          CAP_SYS_RESOURCE, so {} holder processes (`cargo xtask bench --hold`, std TcpStreams \
          bound to 127.0.0.2 and up by socket2) keep the connections, and nginx runs \
          {HOLD_WORKERS} workers with `reuseport`, {} connections each. nginx listens below the \
-         ephemeral port range: a holder bound to 127.0.0.3 may otherwise be handed the watched \
-         port number as its own, and its outbound socket then counts as a connection to that \
-         port, for ss's filter and for `observer --port` alike (checked by hand: a connect() \
-         from 127.0.0.3:P to another local port raises observer's `opened_total` and \
-         established gauge for P, as if it were inbound).{}",
+         ephemeral port range, so that no holder is handed the watched port number as its own: \
+         `ss`'s port filter would count such an outbound socket as a connection to that port \
+         (observer does not: it tells a connect() from an accepted connection).{}",
         m.nofile,
         rd.holders,
         thousands(HOLD_WORKER_CONNECTIONS as u64),
