@@ -748,7 +748,8 @@ fn progs_of(pid: u32) -> Result<Vec<(u32, String, String)>> {
         .collect()
 }
 
-/// observer programs that are not the bench's (another observer running on this machine).
+/// Programs on sock:inet_sock_set_state that are not the bench's (another user's tracers, or
+/// another observer).
 fn foreign_tracers(ours: &BTreeSet<u32>) -> Result<Vec<String>> {
     let all = bpftool_progs(None)?;
     Ok(all
@@ -758,7 +759,9 @@ fn foreign_tracers(ours: &BTreeSet<u32>) -> Result<Vec<String>> {
         .filter(|p| {
             let id = p["id"].as_u64().unwrap_or(0);
             let name = p["name"].as_str().unwrap_or_default();
-            name.starts_with("observer_") && !ours.contains(&(id as u32))
+            // bpftrace names a tracepoint's program after it; observer names its own.
+            let on_tracepoint = name.starts_with("inet_sock_set") || name.starts_with("observer_");
+            on_tracepoint && !ours.contains(&(id as u32))
         })
         .map(|p| {
             let field = |k: &str| p[k].as_str().unwrap_or_default().to_string();
@@ -1222,6 +1225,18 @@ struct Bench<'a> {
 
 fn measure(plan: &Plan) -> Result<Results> {
     let dir = TempDir::create()?;
+    // Someone else's programs on the tracepoint would run in every round, with and without the
+    // tool: every figure would measure them too.
+    let foreign = foreign_tracers(&BTreeSet::new())?;
+    if !foreign.is_empty() {
+        bail!(
+            "programs are already attached to {}:{} ({}); stop them first, or every figure \
+             measures them too",
+            "sock",
+            "inet_sock_set_state",
+            foreign.join(", ")
+        );
+    }
     let _stats = BpfStats::enable()?;
     let observer = setup::workspace().join("target/release/observer");
     let nginx = Nginx::start(&dir.0, "server", NGINX_WORKERS, 4096, false)?;
