@@ -121,13 +121,14 @@ static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_LEN, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-/// Per CPU: the transitions the main program took, for the backup program. A transition's slot
-/// is a hash of it, so each program looks at one slot; a slot only gets overwritten early when
-/// another transition with the same hash comes between the two programs' runs (an interrupt).
+/// Per CPU: the last transitions the main program took, for the backup program: a ring of
+/// `RECENT_LEN` keys, then the count of keys written (the main program never nests in itself, so
+/// it writes alone). Between the main program's run for a transition and the backup's, at most
+/// a nested transition or two come on the CPU: the ring never wraps over a note still awaited.
 #[map]
-static RECENT: PerCpuArray<[u64; RECENT_LEN]> = PerCpuArray::with_max_entries(1, 0);
+static RECENT: PerCpuArray<[u64; RECENT_LEN + 1]> = PerCpuArray::with_max_entries(1, 0);
 
-const RECENT_LEN: usize = 256;
+const RECENT_LEN: usize = 8;
 
 /// Per CPU: one word, to turn the socket pointer into its address (see `Sock::of`).
 #[map]
@@ -140,12 +141,6 @@ fn transition_key(sk: u64, old: u8, new: u8) -> u64 {
     sk ^ ((old as u64) << 56) ^ ((new as u64) << 48)
 }
 
-/// The slot of a key. Socket addresses are aligned: their low bits carry nothing.
-#[inline(always)]
-fn recent_slot(key: u64) -> usize {
-    ((key >> 6) ^ (key >> 14) ^ (key >> 48)) as usize & (RECENT_LEN - 1)
-}
-
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
     let Some(sock) = Sock::of(&ctx) else {
@@ -154,7 +149,11 @@ pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
     if let Some(r) = RECENT.get_ptr_mut(0) {
         let key = transition_key(sock.sk, sock.old, sock.new);
         // SAFETY: this CPU's array; the index is masked into range.
-        unsafe { core::ptr::write_volatile(&mut (*r)[recent_slot(key)], key) };
+        unsafe {
+            let written = core::ptr::read_volatile(&(*r)[RECENT_LEN]);
+            core::ptr::write_volatile(&mut (*r)[written as usize & (RECENT_LEN - 1)], key);
+            core::ptr::write_volatile(&mut (*r)[RECENT_LEN], written.wrapping_add(1));
+        }
     }
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     let _ = handle(&sock);
@@ -168,11 +167,15 @@ pub fn observer_backup(ctx: BtfTracePointContext) -> i32 {
     };
     let key = transition_key(sock.sk, sock.old, sock.new);
     if let Some(r) = RECENT.get_ptr_mut(0) {
-        // SAFETY: this CPU's array; the index is masked into range.
-        let slot = unsafe { &mut (*r)[recent_slot(key)] };
-        if unsafe { core::ptr::read_volatile(slot) } == key {
-            unsafe { core::ptr::write_volatile(slot, 0) };
-            return 0; // the main program took it
+        let mut i = 0;
+        while i < RECENT_LEN {
+            // SAFETY: this CPU's array; i < RECENT_LEN.
+            let note = unsafe { &mut (*r)[i] };
+            if unsafe { core::ptr::read_volatile(note) } == key {
+                unsafe { core::ptr::write_volatile(note, 0) };
+                return 0; // the main program took it
+            }
+            i += 1;
         }
     }
     count(counters::NESTED_HANDLED);
