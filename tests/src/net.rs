@@ -122,8 +122,13 @@ pub fn connect_from(local: SocketAddr, remote: SocketAddr) -> TcpStream {
 
 /// TCP sockets with local address `addr` in any state but TIME_WAIT, as `ss` lists them.
 pub fn ss_sockets_from(addr: SocketAddr) -> usize {
+    ss_count(&["-Htan", "exclude", "time-wait", &format!("( src {addr} )")])
+}
+
+/// The lines `ss` prints with these arguments.
+fn ss_count(args: &[&str]) -> usize {
     let out = std::process::Command::new("ss")
-        .args(["-Htan", "exclude", "time-wait", &format!("( src {addr} )")])
+        .args(args)
         .output()
         .expect("ss");
     String::from_utf8_lossy(&out.stdout)
@@ -165,17 +170,10 @@ pub fn churn(addr: SocketAddr, n: usize, threads: usize) {
 
 /// Connections in state ESTABLISHED with local port `port`, as `ss` counts them (the oracle).
 pub fn ss_established(port: u16) -> usize {
-    let out = std::process::Command::new("ss")
-        .args([
-            "-Htn",
-            "state",
-            "established",
-            &format!("( sport = :{port} )"),
-        ])
-        .output()
-        .expect("ss");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count()
+    ss_count(&[
+        "-Htn",
+        "state",
+        "established",
+        &format!("( sport = :{port} )"),
+    ])
 }
