@@ -107,6 +107,8 @@ struct Plan {
     load_secs: f64,
     /// Rounds per tool of the completeness check of printed events.
     checks: usize,
+    /// Rounds per tool of the CPU profile.
+    profiles: usize,
     /// The large level of held connections.
     held: usize,
     /// Scrape / ss pairs per level of held connections.
@@ -121,6 +123,7 @@ impl Plan {
                 pairs: 7,
                 load_secs: 3.0,
                 checks: 3,
+                profiles: 3,
                 held: 100_000,
                 reading_pairs: 9,
             }),
@@ -129,6 +132,7 @@ impl Plan {
                 pairs: 2,
                 load_secs: 1.0,
                 checks: 1,
+                profiles: 1,
                 held: 5_000,
                 reading_pairs: 5,
             }),
@@ -771,6 +775,80 @@ fn foreign_tracers(ours: &BTreeSet<u32>) -> Result<Vec<String>> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// perf: where the CPU goes.
+
+/// The tools profiled (the printing script's cost is mostly in userspace: section 1 shows it).
+const PROFILED: [Tool; 4] = [
+    Tool::Observer,
+    Tool::ObserverEvents,
+    Tool::BpftraceEmpty,
+    Tool::BpftraceCount,
+];
+
+/// Kernel functions that run for a hit of the tracepoint, up to and inside the programs: the
+/// tracepoint's iterator, perf's tracepoint hook (classic interface), the BPF trampoline of a
+/// BTF or raw tracepoint, the programs and the helpers and maps they call.
+const TRACING_SYMBOLS: &[&str] = &[
+    "bpf_prog_",
+    "__traceiter_inet_sock_set_state",
+    "perf_trace_",
+    "trace_call_bpf",
+    "bpf_trace_run",
+    "__bpf_trace_",
+    "__bpf_prog_enter",
+    "__bpf_prog_exit",
+    "htab_",
+    "__htab_",
+    "bpf_map_",
+    "bpf_ringbuf_",
+    "bpf_probe_read",
+    "bpf_ktime_get",
+    "ktime_get_mono_fast_ns",
+    "bpf_get_current",
+    "percpu_array_",
+    "array_map_",
+];
+
+fn perf_available() -> bool {
+    Command::new("perf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// One profiled run: the share of all CPU samples (every CPU) spent on the tracepoint's path.
+#[derive(Clone, Debug)]
+struct Profile {
+    tool: Tool,
+    /// Percent of all samples.
+    share: f64,
+    /// The largest of those functions, with their percent.
+    top: Vec<(String, f64)>,
+}
+
+impl Profile {
+    /// From `perf report --stdio --sort sym -q`: lines like `   4.40%  [k] trace_call_bpf`.
+    fn of(tool: Tool, report: &str) -> Profile {
+        let mut hits: Vec<(String, f64)> = report
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                let pct = words.next()?.strip_suffix('%')?.parse::<f64>().ok()?;
+                let sym = words.nth(1)?;
+                let ours = TRACING_SYMBOLS.iter().any(|p| sym.starts_with(p));
+                ours.then(|| (sym.to_string(), pct))
+            })
+            .collect();
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Profile {
+            tool,
+            share: hits.iter().map(|(_, p)| p).sum(),
+            top: hits.into_iter().take(4).collect(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // observer.
 
 /// A running observer, watching inbound connections to one port.
@@ -1206,6 +1284,8 @@ struct Results {
     per_client: u64,
     rounds: Vec<Round>,
     checks: Vec<Check>,
+    /// None when perf is not installed.
+    profiles: Option<Vec<Profile>>,
     readings: Readings,
     foreign: BTreeSet<String>,
     warnings: Vec<String>,
@@ -1276,6 +1356,21 @@ fn measure(plan: &Plan) -> Result<Results> {
         checks.push(bench.bpftrace_print_check(i)?);
         say(format_args!("completeness check {i}/{} done", plan.checks));
     }
+    let profiles = if perf_available() {
+        let mut profiles = Vec::new();
+        for i in 1..=plan.profiles {
+            for tool in PROFILED {
+                profiles.push(bench.profile(tool, plan.load_secs)?);
+            }
+            say(format_args!("profile {i}/{} done", plan.profiles));
+        }
+        Some(profiles)
+    } else {
+        bench
+            .warnings
+            .push("perf is not installed: no CPU profile (apt-get install linux-perf)".into());
+        None
+    };
     let Bench {
         nginx,
         observer,
@@ -1290,6 +1385,7 @@ fn measure(plan: &Plan) -> Result<Results> {
         per_client,
         rounds,
         checks,
+        profiles,
         readings,
         foreign,
         warnings,
@@ -1412,6 +1508,71 @@ impl Bench<'_> {
             kernel: vec![(Prog::Bpftrace, after.since(before))],
             own: None,
         })
+    }
+
+    /// One run of load with the tool attached, sampled by `perf record -a` in its middle.
+    fn profile(&mut self, tool: Tool, load_secs: f64) -> Result<Profile> {
+        let file = self.dir.join(format!("perf-{tool:?}.data"));
+        let record = |file: &Path| {
+            let secs = format!("{:.1}", load_secs * 0.6);
+            Running::start(
+                "perf record",
+                Command::new("perf")
+                    .args(["record", "-a", "-e", "cpu-clock", "-F", "2000", "-o"])
+                    .arg(file)
+                    .args(["--", "sleep", &secs]),
+            )
+        };
+        let run = |bench: &Self| -> Result<()> {
+            // As in production: no clock reads around every program run (the tool is attached
+            // already; its start-up check needs the run counts).
+            let set_stats =
+                |v: &str| fs::write(BPF_STATS, v).with_context(|| format!("writing {BPF_STATS}"));
+            set_stats("0")?;
+            let perf = record(&file)?;
+            let load = bench.load();
+            let recorded = perf.finish(TOOL_TIMEOUT);
+            set_stats("1")?;
+            load?;
+            recorded?.checked("perf record")?;
+            Ok(())
+        };
+        match tool {
+            Tool::Observer | Tool::ObserverEvents => {
+                let obs = self.start_observer((tool == Tool::ObserverEvents).then(Stdio::null))?;
+                run(self)?;
+                self.stop_observer(obs)?;
+            }
+            Tool::BpftraceEmpty | Tool::BpftraceCount => {
+                let script = if tool == Tool::BpftraceEmpty {
+                    Script::Empty
+                } else {
+                    Script::Count
+                };
+                let null = PathBuf::from("/dev/null");
+                let bt = Bpftrace::start(script, self.nginx.port, &null, &null, &self.poker)?;
+                self.ours.insert(bt.prog);
+                run(self)?;
+                self.stop_bpftrace(bt)?;
+            }
+            Tool::BpftracePrint => bail!("the printing script is not profiled"),
+        }
+        let report = capture(
+            "perf",
+            &[
+                "report",
+                "-i",
+                &file.to_string_lossy(),
+                "--stdio",
+                "--sort",
+                "sym",
+                "-q",
+                "--percent-limit",
+                "0.01",
+            ],
+        )?;
+        let _ = fs::remove_file(&file);
+        Ok(Profile::of(tool, &report))
     }
 
     fn stop_bpftrace(&mut self, bt: Bpftrace) -> Result<()> {
@@ -1947,6 +2108,7 @@ fn render(command: &str, plan: &Plan, m: &Machine, r: &Results, took: Duration) 
     overhead_section(&mut out, m, &f, r);
     kernel_section(&mut out, &f, r);
     completeness_section(&mut out, r);
+    profile_section(&mut out, plan, r);
     own_cost_section(&mut out, r);
     reading_section(&mut out, plan, m, r);
     anomalies(&mut out, r);
@@ -2391,6 +2553,45 @@ fn own_cost_section(out: &mut String, r: &Results) {
          offsets come from a reader that walks the BTF in place.",
         fs::metadata("/sys/kernel/btf/vmlinux").map_or(0.0, |m| m.len() as f64 / MIB),
     );
+    let _ = writeln!(out);
+}
+
+fn profile_section(out: &mut String, plan: &Plan, r: &Results) {
+    let Some(profiles) = &r.profiles else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "## Where the CPU goes\n\n\
+         Not one of the issue's figures, and steadier than the throughput ratios: `perf record -a \
+         -e cpu-clock -F 2000` over the middle of a run of the same load with the tool attached, \
+         {} runs per tool, the tools taking turns. The share is of all samples on every CPU \
+         (nginx, ab, the kernel's TCP work, the tool) that fall in the functions a hit of the \
+         tracepoint runs: the tracepoint's iterator, perf's tracepoint hook (the classic \
+         interface, bpftrace's), the call into a BTF-typed program (observer's), the programs \
+         and the helpers and maps they call. `bpf_stats_enabled` is 0 for these runs, as in \
+         production.\n\n\
+         | attached | share of CPU samples: median (min–max) | largest functions (one run) |\n\
+         |---|---|---|",
+        plan.profiles
+    );
+    for tool in PROFILED {
+        let runs: Vec<&Profile> = profiles.iter().filter(|p| p.tool == tool).collect();
+        let share = Spread::of(runs.iter().map(|p| p.share));
+        let top = runs.first().map_or(String::new(), |p| {
+            p.top
+                .iter()
+                .map(|(s, v)| format!("`{s}` {v:.2}%"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let _ = writeln!(
+            out,
+            "| {} | {} | {top} |",
+            tool.label(),
+            show_spread(share, |v| format!("{v:.2}%")),
+        );
+    }
     let _ = writeln!(out);
 }
 

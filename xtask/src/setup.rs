@@ -9,8 +9,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages: the eBPF toolchain, the kernel tools the tests use as oracles, and the real
-/// servers, clients and Prometheus that tests and benchmarks talk to.
+/// Debian packages: the eBPF toolchain, the kernel tools the tests use as oracles, the real
+/// servers, clients and Prometheus that tests and benchmarks talk to, and perf for the bench.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "nginx-light",
     "wrk",
     "apache2-utils",
+    "linux-perf",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
