@@ -17,12 +17,11 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext, Global,
+    Global,
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    cty::c_void,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_skc_to_tcp_sock, generated::bpf_get_current_ancestor_cgroup_id,
+        generated::bpf_get_current_ancestor_cgroup_id,
     },
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
@@ -195,14 +194,12 @@ struct Sock {
 impl Sock {
     #[inline(always)]
     fn of(ctx: &BtfTracePointContext) -> Option<Sock> {
-        // SAFETY: the tracepoint's arguments: (const struct sock *, int oldstate, int newstate).
-        let (ptr, old, new) = unsafe {
-            (
-                ctx.arg::<*const u8>(0),
-                ctx.arg::<u64>(1) as u8,
-                ctx.arg::<u64>(2) as u8,
-            )
-        };
+        // The tracepoint's arguments: (const struct sock *, int oldstate, int newstate).
+        let (ptr, old, new) = (
+            ctx.arg::<*const u8>(0),
+            ctx.arg::<u64>(1) as u8,
+            ctx.arg::<u64>(2) as u8,
+        );
         // The verifier allows no arithmetic on a typed kernel pointer, and the maps are keyed by
         // the socket's address: a round trip through memory gives that address as a number.
         let cell = ADDRESS.get_ptr_mut(0)?;
