@@ -307,7 +307,9 @@ fn handle(tp: &Sock) -> Option<()> {
     let sport_flags = port_flags(sport);
     let local = sport_flags & PORT_LOCAL != 0;
     let remote = port_flags(dport) & PORT_REMOTE != 0;
-    if !local && !remote && cfg & flags::PROCESS_TARGETS == 0 && !baseline_active() {
+    // Every seed of the snapshot is a socket of a watched port or of a target process, so this
+    // holds for them too.
+    if !local && !remote && cfg & flags::PROCESS_TARGETS == 0 {
         return None; // cannot be ours: the common case on a busy host
     }
     // A birth: a new inbound connection (the child socket), or connect().
