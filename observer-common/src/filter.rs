@@ -122,6 +122,7 @@ pub mod maps {
     pub const STATS_SLOTS: &str = "STATS_SLOTS";
     pub const FREE_SLOTS: &str = "FREE_SLOTS";
     pub const PORT_FLAGS: &str = "PORT_FLAGS";
+    pub const TARGET_REMOTES: &str = "TARGET_REMOTES";
     pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
     pub const PIDS: &str = "PIDS";
     pub const CGROUPS: &str = "CGROUPS";

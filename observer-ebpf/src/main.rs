@@ -99,6 +99,11 @@ static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(MAX_PORTS, 0);
 /// Per port number: PORT_LOCAL / PORT_REMOTE bits, a cheap first filter.
 #[map]
 static PORT_FLAGS: Array<u32> = Array::with_max_entries(65_536, 0);
+/// Per remote port number: 1 once a target process has a tracked connection to it (from its
+/// connect(), or from the snapshot), so that its later transitions get past the port filter.
+/// Only ever set to 1, by the program and by the daemon alike.
+#[map]
+static TARGET_REMOTES: Array<u32> = Array::with_max_entries(65_536, 0);
 /// Local ports watched for inbound connections, per network namespace (0: all), with their owner.
 #[map]
 static LOCAL_PORTS: HashMap<LocalPortKey, Owner> = HashMap::with_max_entries(MAX_LOCAL_PORTS, 0);
@@ -307,13 +312,16 @@ fn handle(tp: &Sock) -> Option<()> {
     let sport_flags = port_flags(sport);
     let local = sport_flags & PORT_LOCAL != 0;
     let remote = port_flags(dport) & PORT_REMOTE != 0;
-    // Every seed of the snapshot is a socket of a watched port or of a target process, so this
-    // holds for them too.
-    if !local && !remote && cfg & flags::PROCESS_TARGETS == 0 {
+    let connect = old == tcp::CLOSE && new == tcp::SYN_SENT;
+    // A target's outbound connection: its connect(), or a later transition of one to a remote
+    // port some target's connection was tracked to. Every seed of the snapshot passes too.
+    let targets = cfg & flags::PROCESS_TARGETS != 0;
+    let target_remote = targets && (connect || TARGET_REMOTES.get(dport as u32) == Some(&1));
+    if !local && !remote && !target_remote {
         return None; // cannot be ours: the common case on a busy host
     }
     // A birth: a new inbound connection (the child socket), or connect().
-    let birth = (old == tcp::LISTEN) || (old == tcp::CLOSE && new == tcp::SYN_SENT);
+    let birth = old == tcp::LISTEN || connect;
     if let Some(p) = SOCKETS.get_ptr_mut(&sk) {
         // SAFETY: transitions of one socket are serialised by the socket's lock.
         let conn = unsafe { &mut *p };
@@ -334,8 +342,14 @@ fn handle(tp: &Sock) -> Option<()> {
     }
     if birth {
         // connect() runs in the connecting process: it is the owner for sure.
-        if !remote && !(cfg & flags::PROCESS_TARGETS != 0 && current_is_target()) {
-            return None;
+        if !remote {
+            if !(targets && current_is_target()) {
+                return None;
+            }
+            if let Some(p) = TARGET_REMOTES.get_ptr_mut(dport as u32) {
+                // SAFETY: an element of the map; every writer writes 1.
+                unsafe { core::ptr::write_volatile(p, 1) };
+            }
         }
         let owner = current_owner();
         let conn = with_owner(first_sighting(DIR_OUTBOUND, dport, old, false), &owner);

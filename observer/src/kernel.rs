@@ -49,6 +49,7 @@ pub struct Kernel {
     stats_slots: HashMap<MapData, StatsKey, u32>,
     counters: PerCpuArray<MapData, u64>,
     port_flags: Array<MapData, u32>,
+    target_remotes: Array<MapData, u32>,
     local_ports: HashMap<MapData, LocalPortKey, Owner>,
     pids: HashMap<MapData, u32, u8>,
     baseline: HashMap<MapData, TupleKey, Seed>,
@@ -170,6 +171,7 @@ impl Kernel {
             stats_slots: take(&mut ebpf, maps::STATS_SLOTS)?,
             counters: take(&mut ebpf, maps::COUNTERS)?,
             port_flags: take(&mut ebpf, maps::PORT_FLAGS)?,
+            target_remotes: take(&mut ebpf, maps::TARGET_REMOTES)?,
             local_ports: take(&mut ebpf, maps::LOCAL_PORTS)?,
             pids: take(&mut ebpf, maps::PIDS)?,
             baseline: take(&mut ebpf, maps::BASELINE)?,
@@ -220,6 +222,13 @@ impl Kernel {
     /// Watches outbound connections to remote port `port`.
     pub fn watch_remote_port(&mut self, port: u16) -> Result<()> {
         self.set_port_flag(port, PORT_REMOTE)
+    }
+
+    /// A target process has a connection to remote port `port` (the snapshot found it): its
+    /// transitions must get past the program's port filter.
+    pub fn mark_target_remote(&mut self, port: u16) -> Result<()> {
+        self.target_remotes.set(port as u32, 1, 0)?;
+        Ok(())
     }
 
     fn set_port_flag(&mut self, port: u16, bit: u32) -> Result<()> {

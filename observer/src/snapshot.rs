@@ -20,6 +20,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
 use observer_common::{
+    DIR_OUTBOUND,
     filter::Owner,
     snapshot::{CONTROL_ADOPT_UNSEEDED, Seed, TupleKey},
     stats::StatsKey,
@@ -82,6 +83,10 @@ pub fn take(
                 port,
                 owner,
             };
+            if direction == DIR_OUTBOUND {
+                // Before the seed: its socket's next transition must reach it.
+                kernel.mark_target_remote(port)?;
+            }
             // A full map leaves this connection to be counted from its next transition on.
             if kernel.seed(&key, &seed).is_ok() {
                 listed.push((key, StatsKey::new(direction, port), s.state));
