@@ -777,6 +777,9 @@ fn foreign_tracers(ours: &BTreeSet<u32>) -> Result<Vec<String>> {
 // ---------------------------------------------------------------------------------------------
 // perf: where the CPU goes.
 
+/// Connections open on the watched port when the `ObserverOpen` rounds start observer.
+const OPEN_AT_START: usize = 100;
+
 /// The tools profiled (the printing script's cost is mostly in userspace: section 1 shows it).
 const PROFILED: [Tool; 4] = [
     Tool::Observer,
@@ -1179,11 +1182,15 @@ enum Tool {
     BpftraceEmpty,
     BpftraceCount,
     BpftracePrint,
+    /// Metrics only, started while connections are open on the port: as in production, where
+    /// the start-up snapshot hands the kernel its seeds.
+    ObserverOpen,
 }
 
 impl Tool {
-    const ALL: [Tool; 5] = [
+    const ALL: [Tool; 6] = [
         Tool::Observer,
+        Tool::ObserverOpen,
         Tool::ObserverEvents,
         Tool::BpftraceEmpty,
         Tool::BpftraceCount,
@@ -1193,6 +1200,7 @@ impl Tool {
     fn label(self) -> &'static str {
         match self {
             Tool::Observer => "observer (metrics only)",
+            Tool::ObserverOpen => "observer (metrics only), started with 100 connections open",
             Tool::ObserverEvents => "observer `--events json > /dev/null`",
             Tool::BpftraceEmpty => "bpftrace, empty program (the floor)",
             Tool::BpftraceCount => "bpftrace, counting in the kernel",
@@ -1423,7 +1431,7 @@ impl Bench<'_> {
         self.foreign.extend(foreign);
         let without = self.load()?;
         match tool {
-            Tool::Observer => self.observer_round(tool, without, false),
+            Tool::Observer | Tool::ObserverOpen => self.observer_round(tool, without, false),
             Tool::ObserverEvents => self.observer_round(tool, without, true),
             Tool::BpftraceEmpty => self.bpftrace_round(tool, without, Script::Empty, pair),
             Tool::BpftraceCount => self.bpftrace_round(tool, without, Script::Count, pair),
@@ -1446,12 +1454,36 @@ impl Bench<'_> {
 
     fn observer_round(&mut self, tool: Tool, without: Load, events: bool) -> Result<Round> {
         let port = self.nginx.port;
+        // Idle connections nginx keeps (for its client_header_timeout, a minute) while observer
+        // starts: the snapshot counts them.
+        let open: Vec<TcpStream> = if tool == Tool::ObserverOpen {
+            (0..OPEN_AT_START)
+                .map(|_| {
+                    TcpStream::connect_timeout(
+                        &([127, 0, 0, 1], port).into(),
+                        Duration::from_secs(5),
+                    )
+                })
+                .collect::<std::io::Result<_>>()
+                .context("opening the connections observer starts with")?
+        } else {
+            Vec::new()
+        };
         let obs = self.start_observer(events.then(Stdio::null))?;
+        let expected = format!("{} existing connections counted", open.len());
+        if !open.is_empty() && !obs.ready_line.contains(&expected) {
+            self.warnings.push(format!(
+                "observer started with {} connections open said `{}`",
+                open.len(),
+                obs.ready_line
+            ));
+        }
         let before = obs.read(port)?;
         let (with, accepted) = self.counted_load()?;
         let after = obs.read(port)?;
         let (peak_rss_kib, rss_kib) = obs.memory_kib()?;
         self.stop_observer(obs)?;
+        drop(open);
         Ok(Round {
             tool,
             without,
@@ -1555,7 +1587,7 @@ impl Bench<'_> {
                 run(self)?;
                 self.stop_bpftrace(bt)?;
             }
-            Tool::BpftracePrint => bail!("the printing script is not profiled"),
+            Tool::BpftracePrint | Tool::ObserverOpen => bail!("{} is not profiled", tool.label()),
         }
         let report = capture(
             "perf",
@@ -2044,6 +2076,7 @@ impl Figures {
         let ns =
             |tool, prog| Spread::of(rounds(tool).filter_map(|x| kernel(x, prog)?.ns_per_run()));
         let opened: Vec<&Round> = rounds(Tool::Observer)
+            .chain(rounds(Tool::ObserverOpen))
             .chain(rounds(Tool::ObserverEvents))
             .collect();
         Figures {
@@ -2305,7 +2338,7 @@ fn kernel_section(out: &mut String, f: &Figures, r: &Results) {
          | program | ns per hit: median (min–max) | hits per accepted connection |\n\
          |---|---|---|"
     );
-    let rows: [(&str, Tool, Option<Prog>); 8] = [
+    let rows: [(&str, Tool, Option<Prog>); 9] = [
         (
             "observer main, metrics only",
             Tool::Observer,
@@ -2319,6 +2352,11 @@ fn kernel_section(out: &mut String, f: &Figures, r: &Results) {
         (
             "observer, both programs, metrics only",
             Tool::Observer,
+            None,
+        ),
+        (
+            "observer, both programs, metrics only, started with 100 connections open",
+            Tool::ObserverOpen,
             None,
         ),
         (
@@ -2447,6 +2485,10 @@ fn completeness_section(out: &mut String, r: &Results) {
         (
             "observer `opened_total`, metrics only",
             rounds(Tool::Observer),
+        ),
+        (
+            "observer `opened_total`, started with 100 connections open",
+            rounds(Tool::ObserverOpen),
         ),
         ("observer `opened_total`, with events", with_events),
         (
