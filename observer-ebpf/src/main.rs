@@ -15,6 +15,8 @@
 //! never overwrite each other.
 #![no_std]
 #![no_main]
+// Its warnings only reach cargo as build-script output, easy to miss: make them errors.
+#![deny(warnings)]
 
 use aya_ebpf::{
     Global,
