@@ -191,11 +191,16 @@ pub fn observer_backup(ctx: BtfTracePointContext) -> i32 {
 
 /// One transition: the socket, as the tracepoint passes it (a pointer the verifier knows the
 /// type of, so its fields are plain loads), its address as a number, and the two states.
+#[derive(Clone, Copy)]
 struct Sock {
     ptr: *const u8,
     sk: u64,
     old: u8,
     new: u8,
+    /// Local and remote port, read once by `with_ports` (0 until then): the local one can take
+    /// a helper call.
+    sport: u16,
+    dport: u16,
 }
 
 impl Sock {
@@ -215,7 +220,14 @@ impl Sock {
             core::ptr::write_volatile(cell, ptr as u64);
             core::ptr::read_volatile(cell)
         };
-        Some(Sock { ptr, sk, old, new })
+        Some(Sock {
+            ptr,
+            sk,
+            old,
+            new,
+            sport: 0,
+            dport: 0,
+        })
     }
 
     /// A field of `struct sock` at an offset the daemon found in the kernel's BTF. The offset
@@ -232,8 +244,18 @@ impl Sock {
         self.field(SOCK_OFFSETS.load().protocol)
     }
 
+    /// The same transition with its ports read.
     #[inline(always)]
-    fn sport(&self) -> u16 {
+    fn with_ports(&self) -> Sock {
+        Sock {
+            sport: self.read_sport(),
+            dport: u16::from_be(self.field(SOCK_OFFSETS.load().dport)),
+            ..*self
+        }
+    }
+
+    #[inline(always)]
+    fn read_sport(&self) -> u16 {
         let o = SOCK_OFFSETS.load();
         let num: u16 = self.field(o.num);
         if num != 0 || self.new != tcp::CLOSE {
@@ -243,11 +265,6 @@ impl Sock {
         // SAFETY: bpf_probe_read_kernel checks the address.
         let port = unsafe { bpf_probe_read_kernel((self.sk + o.sport as u64) as *const u16) };
         u16::from_be(port.unwrap_or(0))
-    }
-
-    #[inline(always)]
-    fn dport(&self) -> u16 {
-        u16::from_be(self.field(SOCK_OFFSETS.load().dport))
     }
 
     /// (family, local address, remote address); IPv4 fills the first 4 bytes.
@@ -283,8 +300,8 @@ impl Sock {
         TupleKey {
             netns,
             family,
-            sport: self.sport(),
-            dport: self.dport(),
+            sport: self.sport,
+            dport: self.dport,
             _pad: 0,
             saddr,
             daddr,
@@ -301,9 +318,8 @@ fn handle(tp: &Sock) -> Option<()> {
     if old == new {
         return None;
     }
-    let sk = tp.sk;
-    let sport = tp.sport();
-    let dport = tp.dport();
+    let tp = &tp.with_ports();
+    let (sk, sport, dport) = (tp.sk, tp.sport, tp.dport);
     let cfg = FLAGS.load();
     if new == tcp::LISTEN {
         return on_listen(cfg, sk, sport);
@@ -473,8 +489,8 @@ fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
         duration_ns: step.duration_ns.unwrap_or(0),
         pid: conn.pid,
         netns,
-        sport: tp.sport(),
-        dport: tp.dport(),
+        sport: tp.sport,
+        dport: tp.dport,
         port: conn.port,
         family,
         oldstate: tp.old,
