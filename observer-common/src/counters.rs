@@ -18,4 +18,4 @@ pub const STALE_SOCKETS: u32 = 5;
 /// softirq brought another transition) and that the backup program handled. The kernel's count
 /// of the main program's skipped runs minus this is what was lost.
 pub const NESTED_HANDLED: u32 = 6;
-pub const LEN: u32 = 8;
+pub const LEN: u32 = 7;
