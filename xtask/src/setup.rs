@@ -10,7 +10,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages: the eBPF toolchain, the kernel tools the tests use as oracles, the real
-/// servers, clients and Prometheus that tests and benchmarks talk to, and perf for the bench.
+/// servers, clients and Prometheus that tests and benchmarks talk to, perf for the bench, and
+/// what `vm-test` boots Debian's kernels with (qemu, a static busybox for the guest, the tools
+/// that unpack kernel modules and pack the initramfs).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
@@ -24,6 +26,11 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "apache2-utils",
     "linux-perf",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "zstd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
