@@ -53,10 +53,21 @@ pub struct Step {
     pub event: u8,
     /// The socket reached CLOSE: forget it.
     pub ended: bool,
-    /// Lifetime of a closed connection whose open was observed.
-    pub duration_ns: Option<u64>,
+    /// The close of a connection whose open was observed: `duration_ns` is its lifetime.
+    /// A flag and a plain value, not an `Option`: an `Option`'s undefined payload gets copied,
+    /// and verifiers before ~6.8 refuse to read an uninitialised stack slot.
+    pub timed: bool,
+    /// Lifetime of the connection when `timed`, else 0.
+    pub duration_ns: u64,
     /// The time of the transition when it was read (0: not needed, so not read).
     pub now_ns: u64,
+}
+
+impl Step {
+    /// The lifetime, when this step closed a connection whose open was observed.
+    pub fn duration(&self) -> Option<u64> {
+        self.timed.then_some(self.duration_ns)
+    }
 }
 
 impl Conn {
@@ -116,7 +127,8 @@ impl Conn {
             if self.flags & FLAG_ESTABLISHED != 0 {
                 step.event = EVENT_CLOSE;
                 if self.flags & FLAG_OPEN_SEEN != 0 {
-                    step.duration_ns = Some(now_ns.saturating_sub(self.start_ns));
+                    step.timed = true;
+                    step.duration_ns = now_ns.saturating_sub(self.start_ns);
                 }
             } else {
                 step.event = EVENT_FAILED;
@@ -143,8 +155,12 @@ impl Conn {
             enter: 0,
             event: if established { EVENT_CLOSE } else { EVENT_NONE },
             ended: true,
-            duration_ns: (established && self.flags & FLAG_OPEN_SEEN != 0)
-                .then(|| self.closing_ns.saturating_sub(self.start_ns)),
+            timed: established && self.flags & FLAG_OPEN_SEEN != 0,
+            duration_ns: if established && self.flags & FLAG_OPEN_SEEN != 0 {
+                self.closing_ns.saturating_sub(self.start_ns)
+            } else {
+                0
+            },
             now_ns: 0,
         }
     }
@@ -251,7 +267,7 @@ mod tests {
         );
         assert!(s[5].ended);
         // Established at t=2000, closed at t=6000.
-        assert_eq!(s[5].duration_ns, Some(4_000));
+        assert_eq!(s[5].duration(), Some(4_000));
     }
 
     #[test]
@@ -303,7 +319,7 @@ mod tests {
             (s[1].leave, s[1].enter, s[1].event),
             (SYN_SENT, 0, EVENT_FAILED)
         );
-        assert_eq!(s[1].duration_ns, None);
+        assert_eq!(s[1].duration(), None);
     }
 
     #[test]
@@ -319,7 +335,7 @@ mod tests {
         c.advance(LAST_ACK, || 11);
         let s = c.advance(CLOSE, || 12);
         assert_eq!(
-            (s.leave, s.event, s.duration_ns),
+            (s.leave, s.event, s.duration()),
             (LAST_ACK, EVENT_CLOSE, None)
         );
     }
@@ -347,12 +363,12 @@ mod tests {
         let s = c.retire();
         assert_eq!((s.leave, s.enter, s.event), (FIN_WAIT1, 0, EVENT_CLOSE));
         // Established at t=2000, last seen at t=3000.
-        assert_eq!(s.duration_ns, Some(1_000));
+        assert_eq!(s.duration(), Some(1_000));
         let mut loser = first_sighting(DIR_INBOUND, 8080, LISTEN, false);
         loser.advance(SYN_RECV, || 5);
         let s = loser.retire();
         assert_eq!(
-            (s.leave, s.event, s.duration_ns),
+            (s.leave, s.event, s.duration()),
             (SYN_RECV, EVENT_NONE, None)
         );
     }
@@ -363,7 +379,7 @@ mod tests {
         let s = c.advance(ESTABLISHED, || 50);
         assert_eq!((s.leave, s.enter, s.event), (0, ESTABLISHED, EVENT_OPEN));
         let s = c.advance(CLOSE, || 80);
-        assert_eq!(s.duration_ns, Some(30));
+        assert_eq!(s.duration(), Some(30));
     }
 
     #[test]
@@ -424,6 +440,6 @@ mod tests {
         c.advance(FIN_WAIT2, || clock(5));
         let s = c.advance(CLOSE, || clock(6));
         assert_eq!(reads, 3, "open, start of the close, CLOSE");
-        assert_eq!((s.now_ns, s.duration_ns), (6, Some(4)));
+        assert_eq!((s.now_ns, s.duration()), (6, Some(4)));
     }
 }

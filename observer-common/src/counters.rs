@@ -18,4 +18,8 @@ pub const STALE_SOCKETS: u32 = 5;
 /// softirq brought another transition) and that the backup program handled. The kernel's count
 /// of the main program's skipped runs minus this is what was lost.
 pub const NESTED_HANDLED: u32 = 6;
-pub const LEN: u32 = 7;
+/// A socket's cgroup could not be read under `--cgroup` (before 5.15, a cgroup v1 net_prio or
+/// net_cls setting takes over the word that holds it): its connect() or listen() was not
+/// matched against the target cgroups.
+pub const CGROUP_UNKNOWN: u32 = 7;
+pub const LEN: u32 = 8;

@@ -85,6 +85,8 @@ pub mod globals {
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     /// `SockOffsets`: where the backup program reads a socket's fields.
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
+    /// `CgroupOffsets`: where the programs find a socket's cgroup and its ancestors.
+    pub const CGROUP_OFFSETS: &str = "CGROUP_OFFSETS";
 }
 
 /// Offsets of the fields the programs read in a socket: what the tracepoint's own record holds.
@@ -114,6 +116,40 @@ pub struct SockOffsets {
     pub daddr_v6: u32,
 }
 crate::pod!(SockOffsets);
+
+/// `CgroupOffsets::cgroup_kind`: no cgroup can be read (no cgroup target, or the kernel's BTF
+/// lacks a field).
+pub const CGROUP_NONE: u32 = 0;
+/// `sock_cgroup_data.cgroup` is a plain `struct cgroup *` (Linux 5.15 and later).
+pub const CGROUP_POINTER: u32 = 1;
+/// `sock_cgroup_data.val` (before 5.15): a `struct cgroup *`, unless a cgroup v1 net_prio or
+/// net_cls setting took the word over (its low bits set); the socket's cgroup is then unknown.
+pub const CGROUP_TAGGED: u32 = 2;
+
+/// How to go from a socket to the id of its cgroup v2 ancestor at some level: the socket keeps
+/// the cgroup of the process that made it (`sk_cgrp_data`), and a cgroup keeps its ancestors.
+/// This is the socket's own data, the same on every kernel, where the helper
+/// `bpf_get_current_ancestor_cgroup_id` is offered to tracing programs only from about 5.14 and
+/// names the current task, not the socket's owner. From the kernel's BTF at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupOffsets {
+    /// `CGROUP_NONE`, `CGROUP_POINTER` or `CGROUP_TAGGED`.
+    pub cgroup_kind: u32,
+    /// `sock.sk_cgrp_data` plus the offset of its cgroup word.
+    pub sk_cgroup: u32,
+    /// `cgroup.level` (int): depth below the root.
+    pub level: u32,
+    /// `cgroup.ancestor_ids` (u64 ids, before 6.2) or `cgroup.ancestors` (pointers, 6.2 on).
+    pub ancestors: u32,
+    /// 1 when `ancestors` holds `struct cgroup *`, whose id is `kn->id`.
+    pub ancestors_are_pointers: u32,
+    /// `cgroup.kn`.
+    pub kn: u32,
+    /// `kernfs_node.id` (u64).
+    pub kn_id: u32,
+}
+crate::pod!(CgroupOffsets);
 
 /// Names of the program's maps.
 pub mod maps {

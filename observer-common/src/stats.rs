@@ -72,7 +72,8 @@ impl PortStats {
             EVENT_FAILED => add(&mut self.failed, 1),
             EVENT_CLOSE => {
                 add(&mut self.closed, 1);
-                if let Some(d) = step.duration_ns {
+                if step.timed {
+                    let d = step.duration_ns;
                     add(&mut self.duration_count, 1);
                     add(&mut self.duration_sum_ns, d);
                     add(&mut self.buckets[bucket_of(d) & MAX_BUCKETS], 1);
@@ -181,7 +182,8 @@ mod tests {
                 enter: 0,
                 event: EVENT_CLOSE,
                 ended: true,
-                duration_ns: Some(5),
+                timed: true,
+                duration_ns: 5,
                 now_ns: 5,
             },
             |_| 1,

@@ -23,7 +23,6 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::bpf_get_current_ancestor_cgroup_id,
     },
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
@@ -36,8 +35,8 @@ use observer_common::{
     },
     counters,
     filter::{
-        CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS, PORT_REMOTE, SockOffsets,
-        flags,
+        CGROUP_NONE, CGROUP_TAGGED, CgroupOffsets, CgroupTarget, LocalPortKey, Owner, PORT_LOCAL,
+        PORT_LOCAL_NETNS, PORT_REMOTE, SockOffsets, flags,
     },
     limits::{
         DEFAULT_RING_BYTES, MAX_BASELINE, MAX_BUCKETS, MAX_CGROUPS, MAX_LOCAL_PORTS, MAX_PIDS,
@@ -83,6 +82,19 @@ static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
     saddr_v6: 0,
     daddr_v6: 0,
 });
+#[unsafe(no_mangle)]
+static CGROUP_OFFSETS: Global<CgroupOffsets> = Global::new(CgroupOffsets {
+    cgroup_kind: CGROUP_NONE,
+    sk_cgroup: 0,
+    level: 0,
+    ancestors: 0,
+    ancestors_are_pointers: 0,
+    kn: 0,
+    kn_id: 0,
+});
+
+/// A network namespace not read yet (0 is a real answer: "unknown", or "every namespace").
+const NETNS_NOT_READ: u32 = u32::MAX;
 
 /// Watched connections, keyed by socket address; an entry lives from birth (or first sighting)
 /// to CLOSE.
@@ -129,7 +141,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN,
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 /// Per CPU: the last transitions the main program took, for the backup program: a ring of
 /// `RECENT_LEN` keys, then the count of keys written (the main program never nests in itself, so
-/// it writes alone). Between the main program's run for a transition and the backup's, at most
+/// it writes alone; where it can, see `observer_main`). Between the main program's run for a transition and the backup's, at most
 /// a nested transition or two come on the CPU: the ring never wraps over a note still awaited.
 #[map]
 static RECENT: PerCpuArray<[u64; RECENT_LEN + 1]> = PerCpuArray::with_max_entries(1, 0);
@@ -154,11 +166,15 @@ pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
     };
     if let Some(r) = RECENT.get_ptr_mut(0) {
         let key = transition_key(sock.sk, sock.old, sock.new);
+        // The slot is claimed (the count moved on) before the key is written: on kernels
+        // without a recursion guard for these programs (5.10) the main program can nest in
+        // itself, and a nested run that comes between the two writes then uses the next slot,
+        // or, coming before the claim, is done with the same slot before the outer run writes it.
         // SAFETY: this CPU's array; the index is masked into range.
         unsafe {
             let written = core::ptr::read_volatile(&(*r)[RECENT_LEN]);
-            core::ptr::write_volatile(&mut (*r)[written as usize & (RECENT_LEN - 1)], key);
             core::ptr::write_volatile(&mut (*r)[RECENT_LEN], written.wrapping_add(1));
+            core::ptr::write_volatile(&mut (*r)[written as usize & (RECENT_LEN - 1)], key);
         }
     }
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
@@ -354,14 +370,15 @@ fn handle(tp: &Sock) -> Option<()> {
         if !local {
             return None;
         }
-        let (owner, netns) = local_owner(sk, sport, sport_flags, None)?;
+        let mut netns = NETNS_NOT_READ;
+        let owner = local_owner(sk, sport, sport_flags, &mut netns)?;
         let conn = with_owner(first_sighting(DIR_INBOUND, sport, old, false), &owner);
         return track_new(tp, sk, conn, new, netns, true);
     }
     if birth {
         // connect() runs in the connecting process: it is the owner for sure.
         if !remote {
-            if !(targets && current_is_target()) {
+            if !(targets && is_target(sk)) {
                 return None;
             }
             if let Some(p) = TARGET_REMOTES.get_ptr_mut(dport as u32) {
@@ -371,7 +388,7 @@ fn handle(tp: &Sock) -> Option<()> {
         }
         let owner = current_owner();
         let conn = with_owner(first_sighting(DIR_OUTBOUND, dport, old, false), &owner);
-        return track_new(tp, sk, conn, new, None, true);
+        return track_new(tp, sk, conn, new, NETNS_NOT_READ, true);
     }
     adopt(tp, sk, old, new, sport_flags, remote)
 }
@@ -387,7 +404,7 @@ fn adopt(tp: &Sock, sk: u64, old: u8, new: u8, sport_flags: u32, remote: bool) -
     if !seeded && !sides.inbound && !sides.outbound {
         return None;
     }
-    let netns = netns_of(sk);
+    let mut netns = netns_of(sk);
     let key = tp.tuple(netns);
     if seeded && let Some(seed) = unsafe { BASELINE.get(&key) } {
         let seed = *seed;
@@ -396,21 +413,22 @@ fn adopt(tp: &Sock, sk: u64, old: u8, new: u8, sport_flags: u32, remote: bool) -
             first_sighting(seed.direction, seed.port, old, true),
             &seed.owner,
         );
-        return track_new(tp, sk, conn, new, Some(netns), false);
+        return track_new(tp, sk, conn, new, netns, false);
     }
     let sport = key.sport;
-    let inbound = sides
-        .inbound
-        .then(|| local_owner(sk, sport, sport_flags, Some(netns)))
-        .flatten();
-    let conn = if let Some((owner, _)) = inbound {
+    let inbound = if sides.inbound {
+        local_owner(sk, sport, sport_flags, &mut netns)
+    } else {
+        None
+    };
+    let conn = if let Some(owner) = inbound {
         with_owner(first_sighting(DIR_INBOUND, sport, old, false), &owner)
     } else if sides.outbound {
         first_sighting(DIR_OUTBOUND, key.dport, old, false)
     } else {
         return None;
     };
-    track_new(tp, sk, conn, new, Some(netns), true)
+    track_new(tp, sk, conn, new, netns, true)
 }
 
 #[inline(always)]
@@ -419,7 +437,7 @@ fn track_new(
     sk: u64,
     mut conn: Conn,
     new: u8,
-    netns: Option<u32>,
+    netns: u32,
     mark_seen: bool,
 ) -> Option<()> {
     conn.slot = slot_of(StatsKey::new(conn.direction, conn.port))?;
@@ -438,25 +456,20 @@ fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8) -> Option<()> {
     if step.ended {
         let _ = SOCKETS.remove(&sk);
     }
-    finish(tp, sk, &conn, &step, None, true)
+    finish(tp, sk, &conn, &step, NETNS_NOT_READ, true)
 }
 
 #[inline(always)]
-fn finish(
-    tp: &Sock,
-    sk: u64,
-    conn: &Conn,
-    step: &Step,
-    netns: Option<u32>,
-    mark_seen: bool,
-) -> Option<()> {
+fn finish(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32, mark_seen: bool) -> Option<()> {
     let seen = mark_seen && snapshot_open();
     let emits = step.event != EVENT_NONE && FLAGS.load() & flags::EMIT_EVENTS != 0;
     // The namespace takes two reads from the socket: only when the snapshot or a record uses it.
-    let netns = if seen || emits {
-        netns.unwrap_or_else(|| netns_of(sk))
-    } else {
+    let netns = if !(seen || emits) {
         0
+    } else if netns == NETNS_NOT_READ {
+        netns_of(sk)
+    } else {
+        netns
     };
     if seen && SEEN.insert(&tp.tuple(netns), &0, 0).is_err() {
         count(counters::SEEN_FULL);
@@ -477,7 +490,7 @@ fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
     };
     let (family, saddr, daddr) = tp.addrs();
     let mut rflags = 0;
-    if step.duration_ns.is_some() {
+    if step.timed {
         rflags |= RECORD_HAS_DURATION;
     }
     if conn.flags & FLAG_PREEXISTING != 0 && conn.flags & FLAG_OPEN_SEEN == 0 {
@@ -486,7 +499,7 @@ fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
     entry.write(Record {
         ts_ns: step.now_ns,
         sock: sk,
-        duration_ns: step.duration_ns.unwrap_or(0),
+        duration_ns: step.duration_ns,
         pid: conn.pid,
         netns,
         sport: tp.sport,
@@ -514,9 +527,7 @@ fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
 /// A listen(): claims the port when every listener counts, or when a target process calls it.
 #[inline(always)]
 fn on_listen(cfg: u32, sk: u64, port: u16) -> Option<()> {
-    if cfg & flags::ALL_LISTENERS == 0
-        && !(cfg & flags::PROCESS_TARGETS != 0 && current_is_target())
-    {
+    if cfg & flags::ALL_LISTENERS == 0 && !(cfg & flags::PROCESS_TARGETS != 0 && is_target(sk)) {
         return None;
     }
     let key = LocalPortKey::new(netns_of(sk), port);
@@ -536,6 +547,7 @@ fn on_listen(cfg: u32, sk: u64, port: u16) -> Option<()> {
 }
 
 /// An entry whose socket died without a CLOSE that the program saw (see `Conn::retire`).
+#[inline(always)]
 fn retire_stale(conn: &Conn) {
     count_step(conn, &conn.retire());
     count(counters::STALE_SOCKETS);
@@ -573,24 +585,22 @@ fn slot_of(key: StatsKey) -> Option<u16> {
     }
 }
 
-/// The owner of a watched local port, and the socket's namespace when it was read: ports
-/// watched in every namespace (`--port`) need no read of the socket.
-fn local_owner(
-    sk: u64,
-    port: u16,
-    port_flags: u32,
-    netns: Option<u32>,
-) -> Option<(Owner, Option<u32>)> {
+/// The owner of a watched local port. `netns` is the socket's namespace, read here when it is
+/// needed and was not read yet: ports watched in every namespace (`--port`) need no read.
+#[inline(always)]
+fn local_owner(sk: u64, port: u16, port_flags: u32, netns: &mut u32) -> Option<Owner> {
     if port_flags & PORT_LOCAL_NETNS != 0 {
-        let netns = netns.unwrap_or_else(|| netns_of(sk));
+        if *netns == NETNS_NOT_READ {
+            *netns = netns_of(sk);
+        }
         // SAFETY: a plain read of a map value.
-        if let Some(o) = unsafe { LOCAL_PORTS.get(&LocalPortKey::new(netns, port)) } {
-            return Some((*o, Some(netns)));
+        if let Some(o) = unsafe { LOCAL_PORTS.get(&LocalPortKey::new(*netns, port)) } {
+            return Some(*o);
         }
     }
     // SAFETY: a plain read of a map value.
     let o = unsafe { LOCAL_PORTS.get(&LocalPortKey::new(0, port)) }?;
-    Some((*o, netns))
+    Some(*o)
 }
 
 #[inline(always)]
@@ -608,26 +618,64 @@ fn current_owner() -> Owner {
     }
 }
 
+/// Whether a listen() or connect(), which run in the calling process, belongs to a target: the
+/// process is a target, or the socket's cgroup is a target cgroup or lies below one.
 #[inline(always)]
-fn current_is_target() -> bool {
+fn is_target(sk: u64) -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a plain read of a map value.
     if unsafe { PIDS.get(&tgid) }.is_some() {
         return true;
     }
     let n = N_CGROUPS.load();
+    if n == 0 {
+        return false;
+    }
+    let o = CGROUP_OFFSETS.load();
+    if o.cgroup_kind == CGROUP_NONE {
+        return false;
+    }
+    let word: u64 = read_kernel(sk + o.sk_cgroup as u64);
+    // Before 5.15 a cgroup v1 net_prio/net_cls setting may hold this word instead (low bits set).
+    if word == 0 || (o.cgroup_kind == CGROUP_TAGGED && word & 3 != 0) {
+        count(counters::CGROUP_UNKNOWN);
+        return false;
+    }
+    let level: i32 = read_kernel(word + o.level as u64);
     let mut i = 0;
     while i < MAX_CGROUPS {
         if i >= n {
             break;
         }
         if let Some(t) = CGROUPS.get(i)
-            && unsafe { bpf_get_current_ancestor_cgroup_id(t.level as i32) } == t.id
+            && t.level as i64 <= level as i64
+            && ancestor_id(word, t.level, &o) == t.id
         {
             return true;
         }
         i += 1;
     }
     false
+}
+
+/// The id of cgroup `cgrp`'s ancestor at depth `level` (not deeper than the cgroup's own).
+#[inline(always)]
+fn ancestor_id(cgrp: u64, level: u32, o: &CgroupOffsets) -> u64 {
+    // Masked so the verifier sees a bounded index; cgroup trees are far shallower.
+    let at = cgrp + o.ancestors as u64 + 8 * (level & 0xff) as u64;
+    if o.ancestors_are_pointers == 0 {
+        return read_kernel(at);
+    }
+    let ancestor: u64 = read_kernel(at);
+    let kn: u64 = read_kernel(ancestor + o.kn as u64);
+    read_kernel(kn + o.kn_id as u64)
+}
+
+/// A kernel value at `addr`, or 0 when it cannot be read.
+#[inline(always)]
+fn read_kernel<T: Default>(addr: u64) -> T {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.unwrap_or_default()
 }
 
 /// The inode number of the socket's network namespace, or 0 when its offsets are unknown.

@@ -5,7 +5,7 @@
 //! The reader walks the raw type section in place and keeps only an index of where each type
 //! starts: a general BTF library builds every one of the kernel's ~150,000 types as objects,
 //! which took observer's peak memory from a few MiB to over 50 for a handful of offsets.
-use observer_common::filter::SockOffsets;
+use observer_common::filter::{CGROUP_POINTER, CGROUP_TAGGED, CgroupOffsets, SockOffsets};
 
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 const MAGIC: u16 = 0xeb9f;
@@ -107,6 +107,35 @@ pub fn netns_offsets(btf: &Btf) -> Result<NetnsOffsets, BtfError> {
     Ok(NetnsOffsets {
         sk_net: btf.offset("sock", &["__sk_common", "skc_net"])?,
         net_inum: btf.offset("net", &["ns", "inum"])?,
+    })
+}
+
+/// Where a socket's cgroup and that cgroup's ancestors are, in either layout the kernels since
+/// 5.10 have used: `sock_cgroup_data` held a tagged word (`val`) before 5.15 and a plain
+/// `cgroup` pointer since; a cgroup kept its ancestors' ids (`ancestor_ids`) before 6.2 and
+/// pointers to them (`ancestors`) since.
+pub fn cgroup_offsets(btf: &Btf) -> Result<CgroupOffsets, BtfError> {
+    let sk_cgrp_data = btf.offset("sock", &["sk_cgrp_data"])?;
+    let (cgroup_kind, word) = match btf.offset("sock_cgroup_data", &["cgroup"]) {
+        Ok(at) => (CGROUP_POINTER, at),
+        Err(BtfError::NoMember { .. }) => {
+            (CGROUP_TAGGED, btf.offset("sock_cgroup_data", &["val"])?)
+        }
+        Err(e) => return Err(e),
+    };
+    let (ancestors, ancestors_are_pointers) = match btf.offset("cgroup", &["ancestors"]) {
+        Ok(at) => (at, 1),
+        Err(BtfError::NoMember { .. }) => (btf.offset("cgroup", &["ancestor_ids"])?, 0),
+        Err(e) => return Err(e),
+    };
+    Ok(CgroupOffsets {
+        cgroup_kind,
+        sk_cgroup: sk_cgrp_data + word,
+        level: btf.offset("cgroup", &["level"])?,
+        ancestors,
+        ancestors_are_pointers,
+        kn: btf.offset("cgroup", &["kn"])?,
+        kn_id: btf.offset("kernfs_node", &["id"])?,
     })
 }
 
@@ -381,6 +410,50 @@ mod tests {
         ));
     }
 
+    /// The types `cgroup_offsets` reads, in the layout of 5.10 (tagged word, ancestor ids) or
+    /// of 6.2 and later (cgroup pointer, ancestor pointers).
+    fn cgroup_layout(modern: bool) -> Btf {
+        let mut b = Blob::new();
+        b.ty("u64", KIND_INT, false, 0, 8); // 1
+        b.types.push(64);
+        b.ty("sock_cgroup_data", KIND_STRUCT, false, 1, 16); // 2
+        b.member(if modern { "cgroup" } else { "val" }, 1, 0);
+        b.ty("sock", KIND_STRUCT, false, 2, 64); // 3
+        b.member("sk_flags", 1, 0);
+        b.member("sk_cgrp_data", 2, 8 * 40);
+        b.ty("cgroup", KIND_STRUCT, false, 3, 512); // 4
+        b.member("level", 1, 8 * 16);
+        b.member("kn", 1, 8 * 24);
+        b.member(
+            if modern { "ancestors" } else { "ancestor_ids" },
+            1,
+            8 * 400,
+        );
+        b.ty("kernfs_node", KIND_STRUCT, false, 1, 128); // 5
+        b.member("id", 1, 8 * 96);
+        Btf::parse(b.build()).unwrap()
+    }
+
+    #[test]
+    fn finds_the_cgroup_of_a_socket_in_both_layouts() {
+        let old = cgroup_offsets(&cgroup_layout(false)).unwrap();
+        let new = cgroup_offsets(&cgroup_layout(true)).unwrap();
+        assert_eq!(
+            (old.cgroup_kind, old.ancestors_are_pointers),
+            (CGROUP_TAGGED, 0)
+        );
+        assert_eq!(
+            (new.cgroup_kind, new.ancestors_are_pointers),
+            (CGROUP_POINTER, 1)
+        );
+        for o in [old, new] {
+            assert_eq!(
+                (o.sk_cgroup, o.level, o.kn, o.ancestors, o.kn_id),
+                (40, 16, 24, 400, 96)
+            );
+        }
+    }
+
     #[test]
     fn refuses_what_is_not_btf() {
         assert!(matches!(Btf::parse(vec![0; 64]), Err(BtfError::BadMagic)));
@@ -402,5 +475,13 @@ mod tests {
         assert!(o.protocol > 64 && o.sport > o.protocol, "{o:?}");
         let n = netns_offsets(&btf).unwrap();
         assert!(n.sk_net > 0 && n.net_inum > 0, "{n:?}");
+        // This kernel (6.18) has the layout of 5.15 and 6.2 on.
+        let c = cgroup_offsets(&btf).unwrap();
+        assert_eq!(
+            (c.cgroup_kind, c.ancestors_are_pointers),
+            (CGROUP_POINTER, 1),
+            "{c:?}"
+        );
+        assert!(c.sk_cgroup > o.protocol && c.kn > 0 && c.kn_id > 0, "{c:?}");
     }
 }

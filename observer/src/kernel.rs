@@ -12,8 +12,8 @@ use observer_common::{
     counters,
     filter::{BACKUP_PROGRAM, PROGRAM},
     filter::{
-        CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS, PORT_REMOTE, SockOffsets,
-        flags, globals, maps,
+        CgroupOffsets, CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS,
+        PORT_REMOTE, SockOffsets, flags, globals, maps,
     },
     limits::{MAX_BUCKETS, MAX_PORTS},
     snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
@@ -37,6 +37,8 @@ pub struct Settings {
     /// Histogram bucket upper bounds in nanoseconds, ascending, at most MAX_BUCKETS.
     pub bucket_bounds_ns: Vec<u64>,
     pub cgroups: Vec<CgroupTarget>,
+    /// Where the programs find a socket's cgroup (needed with `cgroups` only).
+    pub cgroup_offsets: CgroupOffsets,
     pub ring_bytes: u32,
 }
 
@@ -69,13 +71,17 @@ pub struct Health {
     pub local_ports_full: u64,
     pub stale_sockets: u64,
     /// Transitions the kernel skipped for the main program (it was already running on that
-    /// CPU, or another tracing program was) that the backup program did not handle either.
-    pub lost: u64,
+    /// CPU, or another tracing program was) that the backup program did not handle either;
+    /// `None` where the kernel does not count skipped runs (before 5.12).
+    pub lost: Option<u64>,
     /// Transitions that interrupted the main program and were handled by the backup program.
     pub nested: u64,
-    /// The kernel's counts of skipped runs (recursion_misses) of the main and backup programs.
-    pub skipped_main: u64,
-    pub skipped_backup: u64,
+    /// The kernel's counts of skipped runs (recursion_misses) of the main and backup programs;
+    /// `None` where the kernel does not count them (before 5.12).
+    pub skipped_main: Option<u64>,
+    pub skipped_backup: Option<u64>,
+    /// connect()s and listen()s under `--cgroup` whose socket's cgroup could not be read.
+    pub cgroup_unknown: u64,
 }
 
 impl Kernel {
@@ -102,6 +108,7 @@ impl Kernel {
         let (sk_net, net_inum) = s.netns.map_or((0, 0), |o| (o.sk_net, o.net_inum));
         let n_cgroups = s.cgroups.len() as u32;
         let sock = s.sock;
+        let cgroup_offsets = s.cgroup_offsets;
         // A quarter full ring wakes the reader at once; below that it reads on its tick.
         let wakeup_bytes = u64::from(s.ring_bytes / 4);
         let mut ebpf = EbpfLoader::new()
@@ -112,6 +119,7 @@ impl Kernel {
             .override_global(globals::BUCKET_BOUNDS, &bounds, true)
             .override_global(globals::N_CGROUPS, &n_cgroups, true)
             .override_global(globals::SOCK_OFFSETS, &sock, true)
+            .override_global(globals::CGROUP_OFFSETS, &cgroup_offsets, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
             .map_max_entries(maps::EVENTS, s.ring_bytes)
             .load(PROGRAM_OBJECT)
@@ -302,26 +310,29 @@ impl Kernel {
             ports_full: sum(counters::PORTS_FULL),
             seen_full: sum(counters::SEEN_FULL),
             local_ports_full: sum(counters::LOCAL_PORTS_FULL),
-            lost: misses(&self.prog_fd).saturating_sub(sum(counters::NESTED_HANDLED)),
+            lost: misses(&self.prog_fd).map(|m| m.saturating_sub(sum(counters::NESTED_HANDLED))),
             nested: sum(counters::NESTED_HANDLED),
             stale_sockets: sum(counters::STALE_SOCKETS),
             skipped_main: misses(&self.prog_fd),
             skipped_backup: misses(&self.backup_fd),
+            cgroup_unknown: sum(counters::CGROUP_UNKNOWN),
         }
     }
 }
 
-/// The kernel's count of a program's skipped runs (`recursion_misses` in its fdinfo).
-fn misses(fd: &ProgramFd) -> u64 {
+/// The kernel's count of a program's skipped runs (`recursion_misses` in its fdinfo), or
+/// `None` where the kernel keeps no such count (it appeared in 5.12).
+fn misses(fd: &ProgramFd) -> Option<u64> {
     let path = format!("/proc/self/fdinfo/{}", fd.as_fd_raw());
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("recursion_misses:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    recursion_misses(&std::fs::read_to_string(path).ok()?)
+}
+
+/// The `recursion_misses` line of a program's fdinfo.
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 trait RawFdExt {
@@ -354,5 +365,19 @@ fn privilege_hint<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow:
         )
     } else {
         anyhow::Error::new(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recursion_misses;
+
+    #[test]
+    fn skipped_runs_are_read_only_where_the_kernel_counts_them() {
+        // A program's fdinfo on 6.x, and on 5.10, which has no such line.
+        let new = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nprog_tag:\tab\nmemlock:\t4096\nprog_id:\t7\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t12\nverified_insns:\t900\n";
+        let old = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nprog_tag:\tab\nmemlock:\t4096\nprog_id:\t7\nrun_time_ns:\t0\nrun_cnt:\t0\n";
+        assert_eq!(recursion_misses(new), Some(12));
+        assert_eq!(recursion_misses(old), None);
     }
 }

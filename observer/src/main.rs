@@ -85,7 +85,7 @@ async fn run(config: Config) -> Result<()> {
     };
 
     // The kernel's BTF is large: read the offsets, and let it go before anything else loads.
-    let (netns, sock) = {
+    let (netns, sock, cgroup_offsets) = {
         let vmlinux = btf::vmlinux().map_err(|e| {
             anyhow::anyhow!(
                 "observer needs the kernel's BTF type information (CONFIG_DEBUG_INFO_BTF): {e}"
@@ -96,7 +96,13 @@ async fn run(config: Config) -> Result<()> {
             btf::netns_offsets(&vmlinux).map_err(anyhow::Error::from),
             "network namespaces will not be told apart",
         );
-        (netns, sock)
+        let cgroup_offsets = if cgroups.is_empty() {
+            Default::default()
+        } else {
+            btf::cgroup_offsets(&vmlinux)
+                .context("finding where the kernel keeps a socket's cgroup, for --cgroup")?
+        };
+        (netns, sock, cgroup_offsets)
     };
     let process_targets = !processes.is_empty() || !cgroups.is_empty();
     let mut kernel = Kernel::load(&Settings {
@@ -107,6 +113,7 @@ async fn run(config: Config) -> Result<()> {
         sock,
         bucket_bounds_ns: config.bucket_bounds_ns(),
         cgroups: cgroups.iter().map(|c| c.target).collect(),
+        cgroup_offsets,
         ring_bytes: config.ring_bytes,
     })?;
     // Loading parsed the kernel's BTF once more (aya does, for relocations this program does not

@@ -209,25 +209,31 @@ impl Collector for ConnCollector {
             hists.push(m);
         }
         let kernel_errors = [
-            ("sockets_map_full", health.sockets_full),
-            ("ports_map_full", health.ports_full),
-            ("snapshot_map_full", health.seen_full),
-            ("listeners_map_full", health.local_ports_full),
-            ("stale_socket_retired", health.stale_sockets),
+            ("sockets_map_full", Some(health.sockets_full)),
+            ("ports_map_full", Some(health.ports_full)),
+            ("snapshot_map_full", Some(health.seen_full)),
+            ("listeners_map_full", Some(health.local_ports_full)),
+            ("stale_socket_retired", Some(health.stale_sockets)),
+            ("cgroup_unknown", Some(health.cgroup_unknown)),
+            // Only where the kernel counts skipped runs: lost is derived from that count.
             ("lost_transition", health.lost),
         ]
         .iter()
-        .map(|(reason, n)| counter(&[("reason", reason)], *n))
+        .filter_map(|(reason, n)| Some(counter(&[("reason", reason)], (*n)?)))
         .collect();
         let mut info_gauge = proto::Gauge::default();
         info_gauge.set_value(1.0);
         let mut info = metric(&[("version", env!("CARGO_PKG_VERSION"))]);
         info.set_gauge(info_gauge);
 
-        let skipped = vec![
-            counter(&[("program", "main")], health.skipped_main),
-            counter(&[("program", "backup")], health.skipped_backup),
-        ];
+        // Left out where the kernel keeps no count (before 5.12), rather than shown as 0.
+        let skipped = [
+            ("main", health.skipped_main),
+            ("backup", health.skipped_backup),
+        ]
+        .iter()
+        .filter_map(|(program, n)| Some(counter(&[("program", program)], (*n)?)))
+        .collect();
         let parts: [(MetricType, Vec<proto::Metric>); 10] = [
             (MetricType::GAUGE, gauges),
             (MetricType::COUNTER, opened),
