@@ -203,9 +203,20 @@ impl Btf {
     }
 
     fn struct_named(&self, name: &str) -> Result<Option<u32>, BtfError> {
+        self.named(KIND_STRUCT, name)
+    }
+
+    /// Whether the kernel declares a BTF-typed tracepoint: its `btf_trace_<name>` typedef.
+    pub fn has_tracepoint(&self, name: &str) -> Result<bool, BtfError> {
+        Ok(self
+            .named(KIND_TYPEDEF, &format!("btf_trace_{name}"))?
+            .is_some())
+    }
+
+    fn named(&self, want: u32, name: &str) -> Result<Option<u32>, BtfError> {
         for id in 1..=self.types.len() as u32 {
             let (kind, _) = self.kind(id)?;
-            if kind == KIND_STRUCT && self.name(self.field(id, 0)?)? == name.as_bytes() {
+            if kind == want && self.name(self.field(id, 0)?)? == name.as_bytes() {
                 return Ok(Some(id));
             }
         }
@@ -475,6 +486,8 @@ mod tests {
         assert!(o.protocol > 64 && o.sport > o.protocol, "{o:?}");
         let n = netns_offsets(&btf).unwrap();
         assert!(n.sk_net > 0 && n.net_inum > 0, "{n:?}");
+        assert!(btf.has_tracepoint("inet_sock_set_state").unwrap());
+        assert!(!btf.has_tracepoint("no_such_tracepoint").unwrap());
         // This kernel (6.18) has the layout of 5.15 and 6.2 on.
         let c = cgroup_offsets(&btf).unwrap();
         assert_eq!(

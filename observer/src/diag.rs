@@ -25,6 +25,12 @@ pub struct DiagSocket {
     pub inode: u32,
 }
 
+/// What the kernel's ENOENT for a dump means: it has no TCP handler for sock_diag, and could not
+/// load one itself (it asks modprobe for the module on the first dump).
+pub const NO_TCP_DIAG: &str = "the kernel cannot list TCP sockets through sock_diag (what `ss` \
+    uses): its modules inet_diag and tcp_diag are not loaded and it could not load them; \
+    `modprobe tcp_diag` loads them (observer needs them to count the connections open at start)";
+
 /// Bit mask of TCP states (bit n: state n), as sock_diag takes it.
 pub fn state_mask(states: &[u8]) -> u32 {
     states.iter().fold(0, |m, s| m | (1 << s))
@@ -110,7 +116,10 @@ fn dump_family(family: u8, states: u32) -> Result<Vec<DiagSocket>> {
                     });
                 }
                 NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => bail!("sock_diag dump failed: {e:?}"),
+                NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => {
+                    bail!("{}", NO_TCP_DIAG)
+                }
+                NetlinkPayload::Error(e) => bail!("sock_diag dump failed: {}", e.to_io()),
                 _ => {}
             }
             if len == 0 {

@@ -138,16 +138,12 @@ impl Kernel {
             program
                 .load(tracepoint::NAME, &vmlinux)
                 .map_err(|e| match e {
-                    aya::programs::ProgramError::LoadError {
-                        io_error,
-                        verifier_log,
-                    } => {
+                    aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+                        let log = verifier_log.to_string();
                         if std::env::var_os("OBSERVER_DEBUG").is_some() {
-                            eprintln!("{verifier_log}");
+                            eprintln!("{log}");
                         }
-                        anyhow!(
-                            "the kernel refused the eBPF program {name} ({io_error}); run with OBSERVER_DEBUG=1 to see the verifier's log"
-                        )
+                        anyhow!("{}", rejection(name, &crate::features::release(), &log))
                     }
                     e => privilege_hint(e),
                 })?;
@@ -356,6 +352,40 @@ where
     T::try_from(map).with_context(|| format!("opening map {name}"))
 }
 
+/// What a user reads when the kernel's verifier rejects a program: which program, on which
+/// kernel, and the verifier's last words (the error is at the end of its log, before the
+/// statistics). The kernel says EACCES for a rejection, which is not a permission problem: the
+/// errno is left out.
+fn rejection(program: &str, release: &str, log: &str) -> String {
+    const STATISTICS: &[&str] = &[
+        "processed ",
+        "verification time",
+        "stack depth",
+        "max_states_per_insn",
+        "mark_read",
+    ];
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty() && !STATISTICS.iter().any(|s| l.starts_with(s)))
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(VERIFIER_LINES)..];
+    let mut out = format!(
+        "the kernel's verifier rejected the eBPF program {program} on this kernel ({release}):          a bug in observer for this kernel; please report it with these lines (the whole log:          OBSERVER_DEBUG=1)"
+    );
+    if tail.is_empty() {
+        out.push_str("\n  | (the verifier left no log)");
+    }
+    for l in tail {
+        out.push_str("\n  | ");
+        out.push_str(l);
+    }
+    out
+}
+
+/// Lines of the verifier's log shown on a rejection.
+const VERIFIER_LINES: usize = 6;
+
 /// Turns a permission error into the one thing a user must know.
 fn privilege_hint<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
     let text = format!("{e:?} {e}");
@@ -370,7 +400,30 @@ fn privilege_hint<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow:
 
 #[cfg(test)]
 mod tests {
-    use super::recursion_misses;
+    use super::{recursion_misses, rejection};
+
+    #[test]
+    fn a_rejection_shows_the_verifiers_last_words_not_a_permission_error() {
+        // The end of 5.10's log for the program of the first benchmark round.
+        let log = "func#0 @0\n0: R1=ctx(id=0,off=0,imm=0) R10=fp0\n0: (bf) r6 = r1\n\
+            310: (7b) *(u64 *)(r10 -304) = r1\n311: (79) r1 = *(u64 *)(r10 -312)\n\
+            invalid read from stack R10 off=-312 size=8\n\
+            processed 4520 insns (limit 1000000) max_states_per_insn 4 total_states 301 peak_states 301 mark_read 9\n\n";
+        let m = rejection("observer_main", "5.10.0-46-amd64", log);
+        let lines: Vec<&str> = m.lines().collect();
+        assert!(
+            lines[0].starts_with("the kernel's verifier rejected the eBPF program observer_main on this kernel (5.10.0-46-amd64)"),
+            "{m}"
+        );
+        assert_eq!(
+            lines.last(),
+            Some(&"  | invalid read from stack R10 off=-312 size=8"),
+            "{m}"
+        );
+        assert_eq!(lines.len(), 1 + 6, "{m}");
+        assert!(!m.contains("ermission") && !m.contains("os error"), "{m}");
+        assert!(rejection("observer_main", "x", "").contains("no log"));
+    }
 
     #[test]
     fn skipped_runs_are_read_only_where_the_kernel_counts_them() {

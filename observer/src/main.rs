@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod diag;
 mod events;
+mod features;
 mod kernel;
 mod metrics;
 mod netns;
@@ -86,7 +87,13 @@ async fn run(config: Config) -> Result<()> {
 
     // The kernel's BTF is large: read the offsets, and let it go before anything else loads.
     let (netns, sock, cgroup_offsets) = {
-        let vmlinux = btf::vmlinux().map_err(|e| {
+        let vmlinux = btf::vmlinux();
+        // What the kernel lacks is named before anything is loaded.
+        let probed = features::probe(vmlinux.as_ref().ok())?;
+        if let Some(missing) = probed.missing() {
+            bail!("{}", missing.message(&features::release()));
+        }
+        let vmlinux = vmlinux.map_err(|e| {
             anyhow::anyhow!(
                 "observer needs the kernel's BTF type information (CONFIG_DEBUG_INFO_BTF): {e}"
             )
