@@ -2,6 +2,7 @@
 //! which installs what is missing and does nothing when everything is there.
 mod bench;
 mod setup;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -15,7 +16,10 @@ commands:
   build              set up, then build observer (release)
   run [-- ARGS]      set up, build, then run observer with ARGS (as root)
   test [ARGS]        set up, then run every test (unit and integration, as root)
-  bench              set up, then measure observer against its peers; writes BENCHMARKS.md";
+  bench              set up, then measure observer against its peers; writes BENCHMARKS.md
+  vm-test [KERNEL..] set up, then boot Debian's kernels under qemu and run the guest tests
+                     against static builds; KERNEL: 5.10 6.1 6.12 6.12-trixie 7 (default: all),
+                     a Debian package name, or a .deb";
 
 fn main() -> ExitCode {
     match run() {
@@ -61,6 +65,10 @@ fn run() -> Result<ExitCode> {
             setup::all()?;
             bench::run(&rest)?;
             Ok(ExitCode::SUCCESS)
+        }
+        "vm-test" => {
+            setup::all()?;
+            vm::run(&rest)
         }
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");

@@ -1,0 +1,1212 @@
+//! The guest side of `cargo xtask vm-test`: the tests that run inside a qemu guest booted with one
+//! of Debian's kernels, as the child of the initramfs's `/init`. Only busybox, `/bin/observer` and
+//! `/bin/tcp-helper` exist there; the network is loopback; the guest has 2 vCPUs.
+//!
+//! Every test prints exactly one line, `VMT: ok NAME DETAIL` or `VMT: FAIL NAME DETAIL`, and the
+//! run ends with `VMT: RESULT P passed, F failed`; `VMT: info ...` lines describe the kernel.
+//! Other lines (observer's stderr after a failure, panics) are there for people reading the
+//! console log. Every test stops what it started, also when it fails, and every wait is bounded.
+//!
+//! Parameters come from the kernel command line: `vmt.tests=NAME,NAME` runs only those tests.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU16, Ordering},
+        mpsc::{self, Receiver},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+const OBSERVER: &str = "/bin/observer";
+const TCP_HELPER: &str = "/bin/tcp-helper";
+/// The verifier is slow under emulation (several seconds per program).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a test polls the metrics (or the events) for the expected values.
+const SETTLE: Duration = Duration::from_secs(20);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+const CGROUP: &str = "/sys/fs/cgroup/vmt";
+/// The names observer's two programs have in the kernel.
+const PROGRAM_NAMES: [&str; 2] = ["observer_main", "observer_backup"];
+
+type Outcome = Result<String, String>;
+type Test = (&'static str, fn() -> Outcome);
+
+fn main() {
+    let only = cmdline_tests();
+    println!("VMT: info kernel {}", uname_release());
+    println!(
+        "VMT: info cpus {} memlock {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memlock()
+    );
+    let tests: [Test; 8] = [
+        ("churn_two_observers", churn_two_observers),
+        ("attach_with_open_connections", attach_with_open_connections),
+        ("pid", pid),
+        ("cgroup", cgroup),
+        ("remote_port", remote_port),
+        ("all_listeners", all_listeners),
+        ("sigterm_unloads", sigterm_unloads),
+        ("skipped_runs_series", skipped_runs_series),
+    ];
+    std::panic::set_hook(Box::new(|info| println!("vm-guest: panic: {info}")));
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|t| t == name)) {
+            continue;
+        }
+        let start = Instant::now();
+        let outcome = std::panic::catch_unwind(test).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(format!("panicked: {msg}"))
+        });
+        let secs = start.elapsed().as_secs_f64();
+        match outcome {
+            Ok(detail) => {
+                passed += 1;
+                println!("VMT: ok {name} {} ({secs:.1} s)", one_line(&detail));
+            }
+            Err(detail) => {
+                failed += 1;
+                println!("VMT: FAIL {name} {} ({secs:.1} s)", one_line(&detail));
+            }
+        }
+    }
+    println!("VMT: RESULT {passed} passed, {failed} failed");
+}
+
+/// `vmt.tests=a,b` from the kernel command line.
+fn cmdline_tests() -> Option<Vec<String>> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("vmt.tests="))
+        .map(|v| v.split(',').map(str::to_string).collect())
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " | ")
+}
+
+fn uname_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn memlock() -> String {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: r is a valid rlimit to write to.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return "unknown".into();
+    }
+    if r.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{}KiB", r.rlim_cur / 1024)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+/// Two observers at once on a churning port (the second is the "second tracer" that makes
+/// transitions nest on old kernels), two clients pinned to the two CPUs, refused connections to
+/// a remote port, then metrics and events of both checked exactly.
+fn churn_two_observers() -> Outcome {
+    const P: u16 = 9100;
+    const R: u16 = 9101;
+    const PER_CPU: usize = 300;
+    const REFUSED_PER_CPU: usize = 20;
+    let _server = Server::start(P)?;
+    // Nothing may listen on R: make sure the port is free.
+    drop(TcpListener::bind((Ipv4Addr::LOCALHOST, R)).map_err(|e| format!("port {R}: {e}"))?);
+    let (p, r) = (P.to_string(), R.to_string());
+    let mut a = Observer::start(
+        "A",
+        &["--port", &p, "--remote-port", &r, "--events", "json"],
+    )?;
+    let mut b = Observer::start(
+        "B",
+        &["--port", &p, "--remote-port", &r, "--events", "text"],
+    )?;
+    let clients: Vec<JoinHandle<(String, usize, usize, usize)>> = (0..2)
+        .map(|cpu| {
+            std::thread::spawn(move || {
+                let pinned = pin_to_cpu(cpu);
+                let (ok, _) = connect_n(P, PER_CPU);
+                let (succeeded, refused) = connect_n(R, REFUSED_PER_CPU);
+                (pinned, ok, succeeded, refused)
+            })
+        })
+        .collect();
+    let mut pins = Vec::new();
+    let (mut ok, mut refused) = (0, 0);
+    for c in clients {
+        let (pinned, o, s, f) = c.join().map_err(|_| "a client thread panicked")?;
+        pins.push(pinned);
+        ok += o;
+        refused += f;
+        if s != 0 {
+            return Err(format!(
+                "{s} connections to port {R} succeeded: something listens"
+            ));
+        }
+    }
+    let opens = 2 * PER_CPU;
+    let fails = 2 * REFUSED_PER_CPU;
+    let clients = format!("clients: {ok}/{opens} connected, {refused}/{fails} refused ({pins:?})");
+    if ok != opens || refused != fails {
+        return Err(clients);
+    }
+    let expect = |m: &Metrics| {
+        let mut c = vec![
+            Cmp::new(
+                "opened",
+                m.conn("observer_tcp_connections_opened_total", "inbound", P),
+                opens,
+            ),
+            Cmp::new(
+                "closed",
+                m.conn("observer_tcp_connections_closed_total", "inbound", P),
+                opens,
+            ),
+            Cmp::new(
+                "failed",
+                m.conn("observer_tcp_connections_failed_total", "outbound", R),
+                fails,
+            ),
+            Cmp::new("sum|gauges|", m.gauges_abs_sum(P), 0),
+        ];
+        c.extend(common_health(m));
+        c
+    };
+    let mut report = vec![clients];
+    let mut bad = false;
+    for o in [&a, &b] {
+        let (good, detail) = o.settle(expect);
+        bad |= !good;
+        report.push(format!("{}: {detail}", o.label));
+    }
+    // Events reach stdout within 50 ms of their ring buffer record; wait for them before stopping.
+    let want = (opens, opens, fails);
+    let count = |o: &Observer| count_events(&o.stdout_lines(), o.label == "B", P, R);
+    wait_until(SETTLE, || count(&a).0 == want && count(&b).0 == want);
+    let info: Vec<String> = [&a, &b]
+        .iter()
+        .filter_map(|o| o.scrape().ok())
+        .map(|m| {
+            format!(
+                "backup_transitions={} skipped_runs={}",
+                fmt_opt(m.value("observer_kernel_backup_transitions_total", &[])),
+                m.sum("observer_kernel_skipped_runs_total")
+            )
+        })
+        .collect();
+    for o in [&mut a, &mut b] {
+        match o.stop() {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                bad = true;
+                report.push(format!("{} exited with {s} after SIGTERM", o.label));
+            }
+            Err(e) => {
+                bad = true;
+                report.push(e);
+            }
+        }
+        let ((open, close, failed), other) = count(o);
+        let format = if o.label == "B" { "text" } else { "json" };
+        let good = (open, close, failed) == want && other == 0;
+        bad |= !good;
+        report.push(format!(
+            "{} {format} events: open={open}/{opens} close={close}/{opens} failed={failed}/{fails} other={other}/0{}",
+            o.label,
+            if good { "" } else { " MISMATCH" }
+        ));
+    }
+    report.push(format!("[{}]", info.join("; ")));
+    if bad {
+        report.push(a.stderr_summary());
+        report.push(b.stderr_summary());
+        Err(report.join("; "))
+    } else {
+        Ok(report.join("; "))
+    }
+}
+
+/// Connections open before observer starts are counted by its snapshot, and their close later.
+fn attach_with_open_connections() -> Outcome {
+    const P2: u16 = 9200;
+    let mut h = Helper::spawn()?;
+    h.expect(
+        &format!("listen 127.0.0.1:{P2}"),
+        &format!("listening {P2}"),
+    )?;
+    h.expect(&format!("hold 127.0.0.1:{P2} 7"), "holding 7")?;
+    let o = Observer::start("", &["--port", &P2.to_string()])?;
+    let first = o.scrape().map_err(|e| o.failure(&e))?;
+    let established = first.established("inbound", P2);
+    let first_cmp = [Cmp::new("first scrape established", established, 7)];
+    if !all_match(&first_cmp) {
+        return Err(o.failure(&describe(&first_cmp)));
+    }
+    h.expect("release", "released 7")?;
+    let (good, detail) = o.settle(|m| {
+        vec![
+            Cmp::new(
+                "closed",
+                m.conn("observer_tcp_connections_closed_total", "inbound", P2),
+                7,
+            ),
+            Cmp::new("established", m.established("inbound", P2), 0),
+            Cmp::new(
+                "opened",
+                m.conn("observer_tcp_connections_opened_total", "inbound", P2),
+                0,
+            ),
+        ]
+    });
+    let detail = format!("{}; then {detail}", describe(&first_cmp));
+    if good {
+        Ok(detail)
+    } else {
+        Err(o.failure(&detail))
+    }
+}
+
+/// `--pid X`: the port X listens on, and the connections X opens.
+fn pid() -> Outcome {
+    const P3: u16 = 9300;
+    const P: u16 = 9301;
+    let mut x = Helper::spawn()?;
+    x.expect(
+        &format!("listen 127.0.0.1:{P3}"),
+        &format!("listening {P3}"),
+    )?;
+    let _server = Server::start(P)?;
+    let o = Observer::start("", &["--pid", &x.pid().to_string()])?;
+    process_target_test(&o, &mut x, P3, P)
+}
+
+/// `--cgroup DIR`: a process moved into DIR before it listens and connects.
+fn cgroup() -> Outcome {
+    const P: u16 = 9401;
+    let _dir = CgroupDir::create(CGROUP)?;
+    let mut h = Helper::spawn()?;
+    std::fs::write(Path::new(CGROUP).join("cgroup.procs"), h.pid().to_string())
+        .map_err(|e| format!("moving the helper into {CGROUP}: {e}"))?;
+    let reply = h.command("listen 127.0.0.1:0")?;
+    let port: u16 = reply
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("helper said `{reply}` to listen"))?;
+    let _server = Server::start(P)?;
+    let o = Observer::start("", &["--cgroup", CGROUP])?;
+    let r = process_target_test(&o, &mut h, port, P);
+    drop(o);
+    drop(h);
+    r
+}
+
+/// The common part of `pid` and `cgroup`: 10 inbound connections to the target's port `inbound`,
+/// then 5 connections from the target to `outbound` (served by this process).
+fn process_target_test(o: &Observer, target: &mut Helper, inbound: u16, outbound: u16) -> Outcome {
+    let (ok, _) = connect_n(inbound, 10);
+    if ok != 10 {
+        return Err(format!(
+            "only {ok} of 10 connections to {inbound} succeeded"
+        ));
+    }
+    let (good, detail_in) = o.settle(|m| opened_closed(m, "inbound", inbound, 10));
+    if !good {
+        return Err(o.failure(&detail_in));
+    }
+    target.expect(&format!("connect 127.0.0.1:{outbound} 5"), "connected 5 0")?;
+    let (good, detail_out) = o.settle(|m| opened_closed(m, "outbound", outbound, 5));
+    let detail = format!("{detail_in}; {detail_out}");
+    if good {
+        Ok(detail)
+    } else {
+        Err(o.failure(&detail))
+    }
+}
+
+/// `--remote-port P`: outbound connections to P from any process.
+fn remote_port() -> Outcome {
+    const P: u16 = 9500;
+    let _server = Server::start(P)?;
+    let o = Observer::start("", &["--remote-port", &P.to_string()])?;
+    let (ok, _) = connect_n(P, 10);
+    if ok != 10 {
+        return Err(format!("only {ok} of 10 connections to {P} succeeded"));
+    }
+    let (good, detail) = o.settle(|m| opened_closed(m, "outbound", P, 10));
+    if good {
+        Ok(detail)
+    } else {
+        Err(o.failure(&detail))
+    }
+}
+
+/// No target: every listening port, including one that appears after observer is ready.
+fn all_listeners() -> Outcome {
+    const P5: u16 = 9600;
+    let o = Observer::start("", &[])?;
+    let mut h = Helper::spawn()?;
+    h.expect(
+        &format!("listen 127.0.0.1:{P5}"),
+        &format!("listening {P5}"),
+    )?;
+    let (ok, _) = connect_n(P5, 10);
+    if ok != 10 {
+        return Err(format!("only {ok} of 10 connections to {P5} succeeded"));
+    }
+    let (good, detail) = o.settle(|m| opened_closed(m, "inbound", P5, 10));
+    if good {
+        Ok(detail)
+    } else {
+        Err(o.failure(&detail))
+    }
+}
+
+/// SIGTERM: exit 0 promptly, and no program of observer's stays loaded in the kernel.
+fn sigterm_unloads() -> Outcome {
+    const P: u16 = 9700;
+    let mut o = Observer::start("", &["--port", &P.to_string()])?;
+    let before = observer_programs()?;
+    if before.len() < PROGRAM_NAMES.len() {
+        return Err(o.failure(&format!(
+            "while running, the kernel lists {before:?}, not both of {PROGRAM_NAMES:?}"
+        )));
+    }
+    let t0 = Instant::now();
+    let status = o.stop()?;
+    let exit_secs = t0.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(o.failure(&format!("exit status {status} after SIGTERM")));
+    }
+    let t1 = Instant::now();
+    let mut left = before.clone();
+    while t1.elapsed() < Duration::from_secs(5) {
+        left = observer_programs()?;
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if left.is_empty() {
+        Ok(format!(
+            "{} programs loaded while running; exit 0 {exit_secs:.1} s after SIGTERM; none left after {:.1} s",
+            before.len(),
+            t1.elapsed().as_secs_f64()
+        ))
+    } else {
+        Err(format!(
+            "exit 0 after SIGTERM, but 5 s later the kernel still has {left:?}"
+        ))
+    }
+}
+
+/// `observer_kernel_skipped_runs_total` is there exactly when the kernel counts skipped runs
+/// (`recursion_misses:` in the programs' fdinfo, from 5.12).
+fn skipped_runs_series() -> Outcome {
+    const P: u16 = 9800;
+    let o = match Observer::start("", &["--port", &P.to_string()]) {
+        Ok(o) => o,
+        Err(e) => {
+            println!("VMT: info recursion_misses unknown (observer did not load)");
+            return Err(e);
+        }
+    };
+    let (progs, misses) = prog_fdinfo(o.pid());
+    println!(
+        "VMT: info recursion_misses {}",
+        if misses { "present" } else { "absent" }
+    );
+    if progs == 0 {
+        return Err(o.failure("no eBPF program among observer's file descriptors"));
+    }
+    let m = o.scrape().map_err(|e| o.failure(&e))?;
+    let series = m.samples("observer_kernel_skipped_runs_total").len();
+    let detail = format!(
+        "{progs} program fds, recursion_misses {}, {series} observer_kernel_skipped_runs_total series",
+        if misses { "present" } else { "absent" }
+    );
+    if misses == (series > 0) {
+        Ok(detail)
+    } else {
+        Err(format!(
+            "{detail} (want them {})",
+            if misses { "present" } else { "absent" }
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks on a scrape.
+
+/// One expected value and what the scrape had.
+struct Cmp {
+    what: String,
+    got: Option<f64>,
+    want: f64,
+}
+
+impl Cmp {
+    fn new(what: &str, got: Option<f64>, want: usize) -> Cmp {
+        Cmp {
+            what: what.to_string(),
+            got,
+            want: want as f64,
+        }
+    }
+
+    fn ok(&self) -> bool {
+        self.got == Some(self.want)
+    }
+}
+
+fn all_match(c: &[Cmp]) -> bool {
+    c.iter().all(Cmp::ok)
+}
+
+fn describe(c: &[Cmp]) -> String {
+    c.iter()
+        .map(|c| {
+            format!(
+                "{}={}/{}{}",
+                c.what,
+                fmt_opt(c.got),
+                c.want,
+                if c.ok() { "" } else { "(MISMATCH)" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "none".into(), |v| v.to_string())
+}
+
+fn opened_closed(m: &Metrics, direction: &str, port: u16, n: usize) -> Vec<Cmp> {
+    vec![
+        Cmp::new(
+            &format!("opened{{{direction},{port}}}"),
+            m.conn("observer_tcp_connections_opened_total", direction, port),
+            n,
+        ),
+        Cmp::new(
+            &format!("closed{{{direction},{port}}}"),
+            m.conn("observer_tcp_connections_closed_total", direction, port),
+            n,
+        ),
+    ]
+}
+
+/// Every kernel error series is 0 and no event was dropped.
+fn common_health(m: &Metrics) -> Vec<Cmp> {
+    let errors: Vec<Cmp> = m
+        .samples("observer_kernel_errors_total")
+        .into_iter()
+        .map(|(labels, v)| {
+            let reason = labels.get("reason").cloned().unwrap_or_default();
+            Cmp {
+                what: format!("errors{{{reason}}}"),
+                got: Some(v),
+                want: 0.0,
+            }
+        })
+        .filter(|c| !c.ok())
+        .collect();
+    let mut c = vec![Cmp::new(
+        "dropped",
+        m.value("observer_events_dropped_total", &[]),
+        0,
+    )];
+    if errors.is_empty() {
+        c.push(Cmp::new("errors", Some(0.0), 0));
+    }
+    c.extend(errors);
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// observer as a child process.
+
+static NEXT_METRICS_PORT: AtomicU16 = AtomicU16::new(18100);
+
+struct Observer {
+    label: String,
+    child: Child,
+    metrics: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    readers: Vec<JoinHandle<()>>,
+    exited: Option<ExitStatus>,
+}
+
+impl Observer {
+    /// Starts `observer ARGS --metrics-addr 127.0.0.1:PORT` and waits for its ready line.
+    fn start(label: &str, args: &[&str]) -> Result<Observer, String> {
+        let port = NEXT_METRICS_PORT.fetch_add(1, Ordering::Relaxed);
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(OBSERVER)
+            .args(args)
+            .args(["--metrics-addr", &addr])
+            .env("OBSERVER_DEBUG", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {OBSERVER}: {e}"))?;
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready) = mpsc::channel();
+        let err = child.stderr.take().expect("piped");
+        let out = child.stdout.take().expect("piped");
+        let sink = stderr.clone();
+        let r1 = std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.starts_with("observer: ready:") {
+                    let _ = ready_tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let sink = stdout.clone();
+        let r2 = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut o = Observer {
+            label: label.to_string(),
+            child,
+            metrics: addr.parse().expect("an address"),
+            stderr,
+            stdout,
+            readers: vec![r1, r2],
+            exited: None,
+        };
+        let start = Instant::now();
+        let who = o.who(args);
+        loop {
+            if let Ok(line) = ready.recv_timeout(Duration::from_millis(100)) {
+                if let Some(a) = line
+                    .split("metrics at http://")
+                    .nth(1)
+                    .and_then(|s| s.split('/').next())
+                    .and_then(|a| a.parse().ok())
+                {
+                    o.metrics = a;
+                }
+                return Ok(o);
+            }
+            if let Ok(Some(status)) = o.child.try_wait() {
+                o.exited = Some(status);
+                o.join_readers();
+                return Err(format!(
+                    "{who} did not load: exited ({status}) before ready after {:.1} s: {}",
+                    start.elapsed().as_secs_f64(),
+                    o.stderr_summary()
+                ));
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                let _ = o.stop();
+                return Err(format!(
+                    "{who} did not load: no ready line within {} s: {}",
+                    READY_TIMEOUT.as_secs(),
+                    o.stderr_summary()
+                ));
+            }
+        }
+    }
+
+    fn who(&self, args: &[&str]) -> String {
+        let label = if self.label.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", self.label)
+        };
+        format!("observer {label}[{}]", args.join(" "))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn scrape(&self) -> Result<Metrics, String> {
+        http_get(self.metrics, "/metrics").map(|text| Metrics::parse(&text))
+    }
+
+    /// Scrapes until every comparison holds or `SETTLE` passes: (all held, the last comparison).
+    fn settle(&self, expect: impl Fn(&Metrics) -> Vec<Cmp>) -> (bool, String) {
+        let start = Instant::now();
+        loop {
+            let last = match self.scrape() {
+                Ok(m) => {
+                    let c = expect(&m);
+                    if all_match(&c) {
+                        return (true, describe(&c));
+                    }
+                    describe(&c)
+                }
+                Err(e) => format!("scrape failed: {e}"),
+            };
+            if start.elapsed() > SETTLE {
+                return (false, format!("after {} s: {last}", SETTLE.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// SIGTERM, then waits up to 10 s for the exit (SIGKILL after that, and an error).
+    fn stop(&mut self) -> Result<ExitStatus, String> {
+        if let Some(s) = self.exited {
+            return Ok(s);
+        }
+        // SAFETY: signalling our own child, which has not been reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.exited = Some(s);
+                self.join_readers();
+                return Ok(s);
+            }
+            if start.elapsed() > EXIT_TIMEOUT {
+                let _ = self.child.kill();
+                let s = self.child.wait().ok();
+                self.exited = s;
+                self.join_readers();
+                return Err(format!(
+                    "observer {} did not exit within {} s of SIGTERM (killed)",
+                    self.label,
+                    EXIT_TIMEOUT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) for the output readers, which end when the pipes close.
+    fn join_readers(&mut self) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end && self.readers.iter().any(|r| !r.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for r in std::mem::take(&mut self.readers) {
+            if r.is_finished() {
+                let _ = r.join();
+            }
+        }
+    }
+
+    fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// The first lines of stderr and the verifier's message, on one line; the whole stderr goes
+    /// to the console (prefixed), for the log.
+    fn stderr_summary(&self) -> String {
+        let lines = self.stderr.lock().unwrap().clone();
+        let label = if self.label.is_empty() {
+            "observer".to_string()
+        } else {
+            format!("observer {}", self.label)
+        };
+        let n = lines.len();
+        for (i, l) in lines.iter().enumerate() {
+            // The verifier's log can be long: its start and its end are what tell.
+            if i < 40 || i + 60 >= n {
+                println!("  {label} stderr | {l}");
+            } else if i == 40 {
+                println!("  {label} stderr | ... {} lines ...", n - 100);
+            }
+        }
+        let mut head: Vec<String> = lines
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .take(3)
+            .map(|l| truncate(l, 300))
+            .collect();
+        if let Some(v) = verifier_message(&lines) {
+            head.push(format!("verifier: {}", truncate(&v, 300)));
+        }
+        format!("{label} stderr: {}", head.join(" / "))
+    }
+
+    /// A test failure with the first lines of observer's stderr.
+    fn failure(&self, detail: &str) -> String {
+        format!("{detail}; {}", self.stderr_summary())
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// The verifier's own complaint in a log: the last line that is neither a register dump, an
+/// instruction, nor a statistic.
+fn verifier_message(lines: &[String]) -> Option<String> {
+    lines
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("observer:")
+                && !l.starts_with(';')
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("last_idx")
+                && !l.starts_with("regs=")
+                && !l.starts_with("parent ")
+                && !l.starts_with("frame")
+                && !l.starts_with("from ")
+                && !l.starts_with("mark_precise")
+                && !l.starts_with("func#")
+                && !l.starts_with("Func#")
+                && !(l.starts_with('R') && l[1..].starts_with(|c: char| c.is_ascii_digit()))
+                && !l
+                    .split_once(':')
+                    .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(str::to_string)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        return s.to_string();
+    }
+    let mut end = n;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// (opens of P inbound, closes of P inbound, failures of R outbound) in observer's event lines,
+/// and how many other lines there were.
+fn count_events(lines: &[String], text: bool, p: u16, r: u16) -> ((usize, usize, usize), usize) {
+    let (mut open, mut close, mut failed, mut other) = (0, 0, 0, 0);
+    for line in lines {
+        let parsed = if text {
+            parse_text_event(line)
+        } else {
+            parse_json_event(line)
+        };
+        match parsed {
+            Some((kind, dir, port)) => match (kind.as_str(), dir.as_str()) {
+                ("open", "inbound") if port == p => open += 1,
+                ("close", "inbound") if port == p => close += 1,
+                ("failed", "outbound") if port == r => failed += 1,
+                _ => other += 1,
+            },
+            None => other += 1,
+        }
+    }
+    ((open, close, failed), other)
+}
+
+/// `{"ts":..,"type":"open","direction":"inbound","port":8080,...}`
+fn parse_json_event(line: &str) -> Option<(String, String, u16)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    Some((
+        v["type"].as_str()?.to_string(),
+        v["direction"].as_str()?.to_string(),
+        u16::try_from(v["port"].as_u64()?).ok()?,
+    ))
+}
+
+/// `2025-11-24T16:00:00.000001Z close  inbound  port=8080 127.0.0.1:8080 <- ...`
+fn parse_text_event(line: &str) -> Option<(String, String, u16)> {
+    let mut w = line.split_whitespace();
+    let _ts = w.next()?;
+    let kind = w.next()?.to_string();
+    let dir = w.next()?.to_string();
+    let port = w.next()?.strip_prefix("port=")?.parse().ok()?;
+    Some((kind, dir, port))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus text and HTTP.
+
+struct Metrics {
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    Some((k.to_string(), v.trim_matches('"').to_string()))
+                })
+                .collect();
+            if let Ok(v) = value.parse::<f64>() {
+                samples.push((name.to_string(), labels, v));
+            }
+        }
+        Metrics { samples }
+    }
+
+    fn samples(&self, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        self.samples
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, l, v)| (l.clone(), *v))
+            .collect()
+    }
+
+    /// The sample of `name` whose labels include `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).is_some_and(|lv| lv == v))
+            })
+            .map(|(_, _, v)| *v)
+    }
+
+    fn sum(&self, name: &str) -> f64 {
+        self.samples(name).iter().map(|(_, v)| v).sum()
+    }
+
+    fn conn(&self, name: &str, direction: &str, port: u16) -> Option<f64> {
+        self.value(
+            name,
+            &[("direction", direction), ("port", &port.to_string())],
+        )
+    }
+
+    fn established(&self, direction: &str, port: u16) -> Option<f64> {
+        self.value(
+            "observer_tcp_connections",
+            &[
+                ("direction", direction),
+                ("port", &port.to_string()),
+                ("state", "established"),
+            ],
+        )
+    }
+
+    /// The sum of |value| of every `observer_tcp_connections` gauge of `port` (None: none).
+    fn gauges_abs_sum(&self, port: u16) -> Option<f64> {
+        let port = port.to_string();
+        let g: Vec<f64> = self
+            .samples("observer_tcp_connections")
+            .into_iter()
+            .filter(|(l, _)| l.get("port") == Some(&port))
+            .map(|(_, v)| v.abs())
+            .collect();
+        (!g.is_empty()).then(|| g.iter().sum())
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    s.set_write_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)
+        .map_err(|e| format!("reading {addr}{path}: {e}"))?;
+    let (head, body) = buf.split_once("\r\n\r\n").ok_or("no HTTP header")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(head.lines().next().unwrap_or("").to_string());
+    }
+    Ok(body.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers, clients, helpers, cgroups, the kernel's programs.
+
+/// A server in this process: accepts on 127.0.0.1:PORT and closes each connection at EOF.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(port: u16) -> Result<Server, String> {
+        let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+            .map_err(|e| format!("binding 127.0.0.1:{port}: {e}"))?;
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        std::thread::spawn(move || {
+                            let _ = c.set_nonblocking(false);
+                            let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                            let mut buf = [0u8; 256];
+                            while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Ok(Server {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Opens and closes `n` connections to 127.0.0.1:port, one after the other: (ok, failed).
+fn connect_n(port: u16, n: usize) -> (usize, usize) {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut ok = 0;
+    for _ in 0..n {
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok() {
+            ok += 1;
+        }
+    }
+    (ok, n - ok)
+}
+
+/// Pins the calling thread to one CPU; says how that went.
+fn pin_to_cpu(cpu: usize) -> String {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it for cpu < 1024.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        format!("cpu{cpu}")
+    } else {
+        format!("cpu{cpu} unpinned: {}", std::io::Error::last_os_error())
+    }
+}
+
+/// Polls `f` every 100 ms until it holds or `timeout` passes.
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `tcp-helper` process, driven by commands on its stdin. Killed on drop.
+struct Helper {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+impl Helper {
+    fn spawn() -> Result<Helper, String> {
+        let mut child = Command::new(TCP_HELPER)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting {TCP_HELPER}: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let out = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Helper {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one command; returns the reply line (30 s at most).
+    fn command(&mut self, cmd: &str) -> Result<String, String> {
+        writeln!(self.stdin, "{cmd}")
+            .and_then(|_| self.stdin.flush())
+            .map_err(|e| format!("tcp-helper `{cmd}`: {e}"))?;
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| format!("tcp-helper `{cmd}`: no reply within 30 s"))
+    }
+
+    fn expect(&mut self, cmd: &str, reply: &str) -> Result<(), String> {
+        let got = self.command(cmd)?;
+        if got == reply {
+            Ok(())
+        } else {
+            Err(format!("tcp-helper `{cmd}` said `{got}`, not `{reply}`"))
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A cgroup v2 directory, removed on drop (once its processes are gone).
+struct CgroupDir(PathBuf);
+
+impl CgroupDir {
+    fn create(path: &str) -> Result<CgroupDir, String> {
+        let _ = std::fs::remove_dir(path);
+        std::fs::create_dir(path).map_err(|e| format!("mkdir {path}: {e}"))?;
+        Ok(CgroupDir(path.into()))
+    }
+}
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        // The directory can be removed only after its last process is gone; that takes a moment.
+        wait_until(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.0).is_ok() || !self.0.exists()
+        });
+    }
+}
+
+/// (program fds of process `pid`, whether their fdinfo has `recursion_misses:`).
+fn prog_fdinfo(pid: u32) -> (usize, bool) {
+    let (mut progs, mut misses) = (0, false);
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        if info.lines().any(|l| l.starts_with("prog_type:")) {
+            progs += 1;
+            misses |= info.lines().any(|l| l.starts_with("recursion_misses:"));
+        }
+    }
+    (progs, misses)
+}
+
+/// The loaded programs named like observer's, as (id, name), from the kernel's list (bpf(2)).
+fn observer_programs() -> Result<Vec<(u32, String)>, String> {
+    Ok(loaded_programs()?
+        .into_iter()
+        .filter(|(_, n)| PROGRAM_NAMES.contains(&n.as_str()))
+        .collect())
+}
+
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// bpf(2) with an attribute block of 16 bytes (every command used here fits).
+fn bpf(cmd: libc::c_long, attr: &mut [u32; 4]) -> std::io::Result<i64> {
+    // SAFETY: attr is a valid, writable block of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Every program loaded in the kernel, as (id, name).
+fn loaded_programs() -> Result<Vec<(u32, String)>, String> {
+    let mut out = Vec::new();
+    let mut id = 0u32;
+    loop {
+        let mut attr = [id, 0, 0, 0];
+        match bpf(BPF_PROG_GET_NEXT_ID, &mut attr) {
+            Ok(_) => id = attr[1],
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(format!("BPF_PROG_GET_NEXT_ID: {e}")),
+        }
+        let mut attr = [id, 0, 0, 0];
+        let fd = match bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) {
+            // SAFETY: the kernel just gave us this descriptor.
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd as i32) },
+            // Gone in between.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(format!("BPF_PROG_GET_FD_BY_ID {id}: {e}")),
+        };
+        // struct bpf_prog_info up to its name (bytes 64..80).
+        let mut info = [0u8; 80];
+        let ptr = info.as_mut_ptr() as u64;
+        let mut attr = [
+            fd.as_raw_fd() as u32,
+            info.len() as u32,
+            ptr as u32,
+            (ptr >> 32) as u32,
+        ];
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+            .map_err(|e| format!("BPF_OBJ_GET_INFO_BY_FD {id}: {e}"))?;
+        let name = &info[64..80];
+        let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        out.push((id, String::from_utf8_lossy(&name[..len]).into_owned()));
+    }
+}
