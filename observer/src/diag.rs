@@ -27,9 +27,23 @@ pub struct DiagSocket {
 
 /// What the kernel's ENOENT for a dump means: it has no TCP handler for sock_diag, and could not
 /// load one itself (it asks modprobe for the module on the first dump).
-pub const NO_TCP_DIAG: &str = "the kernel cannot list TCP sockets through sock_diag (what `ss` \
-    uses): its modules inet_diag and tcp_diag are not loaded and it could not load them; \
-    `modprobe tcp_diag` loads them (observer needs them to count the connections open at start)";
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the kernel cannot list TCP sockets through sock_diag (what `ss` uses): its modules \
+     inet_diag and tcp_diag are not loaded and it could not load them; `modprobe tcp_diag` \
+     loads them (observer needs them to count the connections open at start)"
+)]
+pub struct NoTcpDiag;
+
+/// Whether the kernel lists TCP sockets through sock_diag: a dump for no state at all, which
+/// answers at once and, like any dump, loads the modules when the kernel can.
+pub fn tcp_available() -> Result<bool> {
+    match dump_family(AF_INET, 0) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is::<NoTcpDiag>() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
 
 /// Bit mask of TCP states (bit n: state n), as sock_diag takes it.
 pub fn state_mask(states: &[u8]) -> u32 {
@@ -117,7 +131,7 @@ fn dump_family(family: u8, states: u32) -> Result<Vec<DiagSocket>> {
                 }
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => {
-                    bail!("{}", NO_TCP_DIAG)
+                    return Err(NoTcpDiag.into());
                 }
                 NetlinkPayload::Error(e) => bail!("sock_diag dump failed: {}", e.to_io()),
                 _ => {}

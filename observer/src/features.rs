@@ -16,14 +16,23 @@ pub struct Probed {
     pub tracepoint: bool,
     /// BPF ring buffer maps.
     pub ring_buffer: bool,
+    /// sock_diag lists TCP sockets (the modules inet_diag and tcp_diag), for the start-up
+    /// snapshot.
+    pub tcp_diag: bool,
 }
 
 /// A feature this kernel lacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Missing {
     pub feature: &'static str,
-    /// The oldest Linux release that has it.
-    pub since: &'static str,
+    /// What brings it: the oldest Linux release that has it, or a module to load.
+    pub remedy: Remedy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remedy {
+    Since(&'static str),
+    Module(&'static str),
 }
 
 impl Probed {
@@ -47,21 +56,37 @@ impl Probed {
             ),
             (self.ring_buffer, "BPF ring buffers", "5.8"),
         ];
-        needs
-            .into_iter()
-            .find(|(present, _, _)| !present)
-            .map(|(_, feature, since)| Missing { feature, since })
+        let release =
+            needs
+                .into_iter()
+                .find(|(present, _, _)| !present)
+                .map(|(_, feature, since)| Missing {
+                    feature,
+                    remedy: Remedy::Since(since),
+                });
+        release.or((!self.tcp_diag).then_some(Missing {
+            feature: "TCP socket listing through sock_diag (what `ss` uses; the modules \
+                      inet_diag and tcp_diag), which the start-up count of open connections needs",
+            remedy: Remedy::Module("tcp_diag"),
+        }))
     }
 }
 
 impl Missing {
     /// The line a user reads.
     pub fn message(&self, release: &str) -> String {
-        format!(
-            "this kernel ({release}) lacks {}, which observer needs: it came in Linux {}; \
-             observer is proven on Linux 5.10 and later (see the README)",
-            self.feature, self.since
-        )
+        match self.remedy {
+            Remedy::Since(since) => format!(
+                "this kernel ({release}) lacks {}, which observer needs: it came in Linux \
+                 {since}; observer is proven on Linux 5.10 and later (see the README)",
+                self.feature
+            ),
+            Remedy::Module(module) => format!(
+                "this kernel ({release}) lacks {}, and could not load it itself: \
+                 `modprobe {module}` loads it",
+                self.feature
+            ),
+        }
     }
 }
 
@@ -78,6 +103,7 @@ pub fn probe(vmlinux: Option<&btf::Btf>) -> anyhow::Result<Probed> {
         tracepoint,
         ring_buffer: sys::is_map_supported(MapType::RingBuf)
             .context("probing the kernel for ring buffers")?,
+        tcp_diag: crate::diag::tcp_available().context("probing the kernel for sock_diag")?,
     })
 }
 
@@ -97,6 +123,7 @@ mod tests {
         tracing_programs: true,
         tracepoint: true,
         ring_buffer: true,
+        tcp_diag: true,
     };
 
     #[test]
@@ -152,5 +179,29 @@ mod tests {
             );
             assert!(!line.contains('\n'), "one line: {line}");
         }
+    }
+
+    #[test]
+    fn a_missing_module_says_how_to_load_it() {
+        let m = Probed {
+            tcp_diag: false,
+            ..ALL
+        }
+        .missing()
+        .unwrap();
+        let line = m.message("5.10.0-46-amd64");
+        assert!(
+            line.contains("tcp_diag") && line.contains("`modprobe tcp_diag`"),
+            "{line}"
+        );
+        // A kernel too old comes first: loading a module would not help it.
+        let m = Probed {
+            ring_buffer: false,
+            tcp_diag: false,
+            ..ALL
+        }
+        .missing()
+        .unwrap();
+        assert_eq!(m.remedy, Remedy::Since("5.8"));
     }
 }
