@@ -13,6 +13,18 @@
 //! thing; the backup takes its own transition out of that table, or handles it when it is not
 //! there. Counter updates are single atomic adds, so a nested update and the interrupted one
 //! never overwrite each other.
+//!
+//! Written for the verifiers of every kernel from 5.10 on (the VM matrix, `cargo xtask vm-test`,
+//! proves it), which refuse more than this machine's:
+//! - only helpers offered to tracing programs since 5.10 (not the cgroup ancestor helper, 5.14;
+//!   a target's cgroup comes from the socket's own cgroup data, read through BTF offsets);
+//! - nothing with an undefined part is copied: no `Option` or enum with a payload crosses a
+//!   branch into a struct or the stack (a flag and a plain value instead), since verifiers
+//!   before ~6.8 refuse to read an uninitialised stack slot;
+//! - every function is `#[inline(always)]`: no BPF-to-BPF calls, whose argument tracking
+//!   differs between verifiers (older ones explored paths that left a register unset);
+//! - nesting is expected: 5.10 has no recursion guard for these programs, so the main
+//!   program can interrupt itself on a CPU, and its notes for the backup stay right then.
 #![no_std]
 #![no_main]
 // Its warnings only reach cargo as build-script output, easy to miss: make them errors.
