@@ -10,9 +10,10 @@ use observer_common::tracepoint;
 pub struct Probed {
     /// `/sys/kernel/btf/vmlinux` is there and reads as BTF.
     pub btf: bool,
-    /// Tracing programs (`BPF_PROG_TYPE_TRACING`), which BTF-typed tracepoints are.
-    pub tracing_programs: bool,
-    /// The kernel's BTF declares the tracepoint `sock/inet_sock_set_state`.
+    /// The kernel's BTF declares the tracepoint `sock/inet_sock_set_state` for BTF-typed
+    /// programs (its `btf_trace_` typedef, which came with those programs in 5.5). aya's probe
+    /// for tracing programs tries an fentry attach instead, which some kernels refuse (EPERM
+    /// on this machine's) while they run BTF-typed tracepoints.
     pub tracepoint: bool,
     /// BPF ring buffer maps.
     pub ring_buffer: bool,
@@ -45,14 +46,9 @@ impl Probed {
                 "5.4",
             ),
             (
-                self.tracing_programs,
-                "BTF-typed tracepoint programs (BPF_PROG_TYPE_TRACING)",
-                "5.5",
-            ),
-            (
                 self.tracepoint,
-                "the tracepoint sock/inet_sock_set_state in the kernel's BTF",
-                "4.16 with BTF",
+                "the BTF-typed tracepoint sock/inet_sock_set_state (btf_trace_inet_sock_set_state)",
+                "5.5",
             ),
             (self.ring_buffer, "BPF ring buffers", "5.8"),
         ];
@@ -94,12 +90,10 @@ impl Missing {
 /// that fails for another reason (no privileges) is reported as such, not as a missing feature.
 pub fn probe(vmlinux: Option<&btf::Btf>) -> anyhow::Result<Probed> {
     use anyhow::Context as _;
-    use aya::{maps::MapType, programs::ProgramType, sys};
+    use aya::{maps::MapType, sys};
     let tracepoint = vmlinux.is_some_and(|b| b.has_tracepoint(tracepoint::NAME).unwrap_or(false));
     Ok(Probed {
         btf: vmlinux.is_some(),
-        tracing_programs: sys::is_program_supported(ProgramType::Tracing)
-            .context("probing the kernel for tracing programs")?,
         tracepoint,
         ring_buffer: sys::is_map_supported(MapType::RingBuf)
             .context("probing the kernel for ring buffers")?,
@@ -120,7 +114,6 @@ mod tests {
 
     const ALL: Probed = Probed {
         btf: true,
-        tracing_programs: true,
         tracepoint: true,
         ring_buffer: true,
         tcp_diag: true,
@@ -145,19 +138,11 @@ mod tests {
             ),
             (
                 Probed {
-                    tracing_programs: false,
-                    ..ALL
-                },
-                "BPF_PROG_TYPE_TRACING",
-                "5.5",
-            ),
-            (
-                Probed {
                     tracepoint: false,
                     ..ALL
                 },
                 "sock/inet_sock_set_state",
-                "4.16",
+                "5.5",
             ),
             (
                 Probed {
