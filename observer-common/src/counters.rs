@@ -22,4 +22,8 @@ pub const NESTED_HANDLED: u32 = 6;
 /// net_cls setting takes over the word that holds it): its connect() or listen() was not
 /// matched against the target cgroups.
 pub const CGROUP_UNKNOWN: u32 = 7;
-pub const LEN: u32 = 8;
+/// Runs of the main program that began while another run of it was under way on the same CPU:
+/// kernels without a recursion guard for BTF-typed tracepoints (5.10) let a softirq's
+/// transition run the program inside the run it interrupted, where newer kernels skip it.
+pub const NESTED_RUNS: u32 = 8;
+pub const LEN: u32 = 9;

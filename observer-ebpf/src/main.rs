@@ -152,11 +152,12 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN,
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 /// Per CPU: the last transitions the main program took, for the backup program: a ring of
-/// `RECENT_LEN` keys, then the count of keys written (the main program never nests in itself, so
-/// it writes alone; where it can, see `observer_main`). Between the main program's run for a transition and the backup's, at most
-/// a nested transition or two come on the CPU: the ring never wraps over a note still awaited.
+/// `RECENT_LEN` keys, then the count of keys written, then how many runs of the main program are
+/// under way on the CPU (more than one only where the kernel lets it nest in itself, 5.10).
+/// Between the main program's run for a transition and the backup's, at most a nested
+/// transition or two come on the CPU: the ring never wraps over a note still awaited.
 #[map]
-static RECENT: PerCpuArray<[u64; RECENT_LEN + 1]> = PerCpuArray::with_max_entries(1, 0);
+static RECENT: PerCpuArray<[u64; RECENT_LEN + 2]> = PerCpuArray::with_max_entries(1, 0);
 
 const RECENT_LEN: usize = 8;
 
@@ -176,21 +177,32 @@ pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
     let Some(sock) = Sock::of(&ctx) else {
         return 0;
     };
-    if let Some(r) = RECENT.get_ptr_mut(0) {
-        let key = transition_key(sock.sk, sock.old, sock.new);
-        // The slot is claimed (the count moved on) before the key is written: on kernels
-        // without a recursion guard for these programs (5.10) the main program can nest in
-        // itself, and a nested run that comes between the two writes then uses the next slot,
-        // or, coming before the claim, is done with the same slot before the outer run writes it.
-        // SAFETY: this CPU's array; the index is masked into range.
-        unsafe {
-            let written = core::ptr::read_volatile(&(*r)[RECENT_LEN]);
-            core::ptr::write_volatile(&mut (*r)[RECENT_LEN], written.wrapping_add(1));
-            core::ptr::write_volatile(&mut (*r)[written as usize & (RECENT_LEN - 1)], key);
-        }
+    let Some(r) = RECENT.get_ptr_mut(0) else {
+        return 0;
+    };
+    let key = transition_key(sock.sk, sock.old, sock.new);
+    // The slot is claimed (the count moved on) before the key is written: on kernels without a
+    // recursion guard for these programs (5.10) the main program can nest in itself, and a
+    // nested run that comes between the two writes then uses the next slot, or, coming before
+    // the claim, is done with the same slot before the outer run writes it. The depth is put
+    // back by every run before the run it interrupted goes on, so plain writes keep it right.
+    // SAFETY: this CPU's array; the index is masked into range.
+    let depth = unsafe {
+        let written = core::ptr::read_volatile(&(*r)[RECENT_LEN]);
+        core::ptr::write_volatile(&mut (*r)[RECENT_LEN], written.wrapping_add(1));
+        core::ptr::write_volatile(&mut (*r)[written as usize & (RECENT_LEN - 1)], key);
+        let depth = core::ptr::read_volatile(&(*r)[RECENT_LEN + 1]);
+        core::ptr::write_volatile(&mut (*r)[RECENT_LEN + 1], depth + 1);
+        depth
+    };
+    if depth != 0 {
+        count(counters::NESTED_RUNS);
     }
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     let _ = handle(&sock);
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut (*r)[RECENT_LEN + 1], depth) };
     0
 }
 

@@ -82,6 +82,9 @@ pub struct Health {
     pub skipped_backup: Option<u64>,
     /// connect()s and listen()s under `--cgroup` whose socket's cgroup could not be read.
     pub cgroup_unknown: u64,
+    /// Runs of the main program nested in another on the same CPU (kernels without a recursion
+    /// guard for these programs).
+    pub nested_runs: u64,
 }
 
 impl Kernel {
@@ -312,6 +315,7 @@ impl Kernel {
             skipped_main: misses(&self.prog_fd),
             skipped_backup: misses(&self.backup_fd),
             cgroup_unknown: sum(counters::CGROUP_UNKNOWN),
+            nested_runs: sum(counters::NESTED_RUNS),
         }
     }
 }

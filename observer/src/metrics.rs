@@ -47,7 +47,7 @@ struct Family {
     labels: &'static [&'static str],
 }
 
-const FAMILIES: [Family; 10] = [
+const FAMILIES: [Family; 11] = [
     Family {
         name: "observer_tcp_connections",
         help: "Watched sockets in each TCP state right now.",
@@ -92,6 +92,11 @@ const FAMILIES: [Family; 10] = [
         name: "observer_kernel_skipped_runs_total",
         help: "Runs of observer's programs that the kernel skipped because a tracing program was already running on that CPU (recursion_misses), by program.",
         labels: &["program"],
+    },
+    Family {
+        name: "observer_kernel_nested_runs_total",
+        help: "Runs of observer's main program that began inside another run of it on the same CPU (a softirq's transition interrupting it): kernels without a recursion guard for it (5.10) run it nested where newer ones skip it.",
+        labels: &[],
     },
     Family {
         name: "observer_build_info",
@@ -234,7 +239,7 @@ impl Collector for ConnCollector {
         .iter()
         .filter_map(|(program, n)| Some(counter(&[("program", program)], (*n)?)))
         .collect();
-        let parts: [(MetricType, Vec<proto::Metric>); 10] = [
+        let parts: [(MetricType, Vec<proto::Metric>); 11] = [
             (MetricType::GAUGE, gauges),
             (MetricType::COUNTER, opened),
             (MetricType::COUNTER, closed),
@@ -244,6 +249,7 @@ impl Collector for ConnCollector {
             (MetricType::COUNTER, kernel_errors),
             (MetricType::COUNTER, vec![counter(&[], health.nested)]),
             (MetricType::COUNTER, skipped),
+            (MetricType::COUNTER, vec![counter(&[], health.nested_runs)]),
             (MetricType::GAUGE, vec![info]),
         ];
         for (fam, (ty, metrics)) in fams.iter_mut().zip(parts) {
