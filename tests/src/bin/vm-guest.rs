@@ -740,12 +740,17 @@ impl Observer {
                 println!("  {label} stderr | ... {} lines ...", n - 100);
             }
         }
-        let mut head: Vec<String> = lines
+        // observer's own lines say what went wrong; a verifier log comes before them.
+        let own: Vec<&String> = lines
             .iter()
-            .filter(|l| !l.trim().is_empty())
-            .take(3)
-            .map(|l| truncate(l, 300))
+            .filter(|l| l.starts_with("observer:"))
             .collect();
+        let first = if own.is_empty() {
+            lines.iter().filter(|l| !l.trim().is_empty()).collect()
+        } else {
+            own
+        };
+        let mut head: Vec<String> = first.iter().take(3).map(|l| truncate(l, 300)).collect();
         if let Some(v) = verifier_message(&lines) {
             head.push(format!("verifier: {}", truncate(&v, 300)));
         }
@@ -786,12 +791,26 @@ fn verifier_message(lines: &[String]) -> Option<String> {
                 && !l.starts_with("mark_precise")
                 && !l.starts_with("func#")
                 && !l.starts_with("Func#")
-                && !(l.starts_with('R') && l[1..].starts_with(|c: char| c.is_ascii_digit()))
+                && *l != "caller:"
+                && *l != "callee:"
+                && !is_register_state(l)
                 && !l
                     .split_once(':')
                     .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         })
         .map(str::to_string)
+}
+
+/// `R1=ctx(...)`, `R6_w=0 R7=0 ...`: the verifier's register states (not `R6 !read_ok`).
+fn is_register_state(l: &str) -> bool {
+    l.strip_prefix('R').is_some_and(|r| {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0
+            && r[digits..]
+                .split('=')
+                .next()
+                .is_some_and(|m| m.is_empty() || m == "_w")
+    })
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -1208,5 +1227,88 @@ fn loaded_programs() -> Result<Vec<(u32, String)>, String> {
         let name = &info[64..80];
         let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
         out.push((id, String::from_utf8_lossy(&name[..len]).into_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(s: &str) -> Vec<String> {
+        s.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_verifier_complaint_is_found_under_its_statistics() {
+        let log = lines(
+            "\
+4106: (bf) r1 = r6
+R6 !read_ok
+verification time 3353832 usec
+stack depth 336+0+8
+processed 131204 insns (limit 1000000) max_states_per_insn 14
+
+observer: the kernel refused the eBPF program observer_main (Permission denied (os error 13))",
+        );
+        assert_eq!(verifier_message(&log).as_deref(), Some("R6 !read_ok"));
+        let log = lines(
+            "\
+; T::from_register(unsafe { *ptr as u64 })
+invalid read from stack R10 off=-312 size=8
+processed 5 insns
+observer: refused",
+        );
+        assert_eq!(
+            verifier_message(&log).as_deref(),
+            Some("invalid read from stack R10 off=-312 size=8")
+        );
+        let log = lines("callee:\n frame1: R1_w=map_value(off=0) R10=fp0\nR1=ctx() R10=fp0\n");
+        assert_eq!(verifier_message(&log), None);
+    }
+
+    #[test]
+    fn events_in_both_formats() {
+        assert_eq!(
+            parse_text_event(
+                "2025-11-24T16:00:00.000001Z close  inbound  port=8080 127.0.0.1:8080 <- 127.0.0.2:51234 duration=1.500000s pid=42 comm=nginx"
+            ),
+            Some(("close".into(), "inbound".into(), 8080))
+        );
+        assert_eq!(
+            parse_json_event(
+                r#"{"ts":"2026-11-24T06:17:54.911116Z","type":"failed","direction":"outbound","port":9101,"local":"127.0.0.1:1","remote":"127.0.0.1:9101","pid":null,"comm":null}"#
+            ),
+            Some(("failed".into(), "outbound".into(), 9101))
+        );
+        let ev = lines(
+            "\
+2025-11-24T16:00:00.000001Z open   inbound  port=9100 a <- b pid=- comm=-
+2025-11-24T16:00:00.000001Z close  inbound  port=9100 a <- b duration=0.1s pid=- comm=-
+2025-11-24T16:00:00.000001Z failed outbound port=9101 a -> b pid=1 comm=x
+2025-11-24T16:00:00.000001Z open   outbound port=9100 a -> b pid=1 comm=x",
+        );
+        assert_eq!(count_events(&ev, true, 9100, 9101), ((1, 1, 1), 1));
+    }
+
+    #[test]
+    fn metrics_text() {
+        let m = Metrics::parse(
+            "\
+# HELP observer_tcp_connections x
+observer_tcp_connections{direction=\"inbound\",port=\"9100\",state=\"established\"} 3
+observer_tcp_connections{direction=\"inbound\",port=\"9100\",state=\"close_wait\"} -1
+observer_tcp_connections_opened_total{direction=\"inbound\",port=\"9100\"} 600
+observer_events_dropped_total 0
+",
+        );
+        assert_eq!(m.established("inbound", 9100), Some(3.0));
+        assert_eq!(m.gauges_abs_sum(9100), Some(4.0));
+        assert_eq!(m.gauges_abs_sum(9101), None);
+        assert_eq!(
+            m.conn("observer_tcp_connections_opened_total", "inbound", 9100),
+            Some(600.0)
+        );
+        assert_eq!(m.value("observer_events_dropped_total", &[]), Some(0.0));
+        assert!(m.samples("observer_kernel_skipped_runs_total").is_empty());
     }
 }
