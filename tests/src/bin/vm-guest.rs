@@ -210,10 +210,19 @@ fn churn_two_observers() -> Outcome {
         .iter()
         .filter_map(|o| o.scrape().ok())
         .map(|m| {
+            let sum = |name: &str| {
+                let s = m.samples(name);
+                if s.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.iter().map(|(_, v)| v).sum::<f64>().to_string()
+                }
+            };
             format!(
-                "backup_transitions={} skipped_runs={}",
-                fmt_opt(m.value("observer_kernel_backup_transitions_total", &[])),
-                m.sum("observer_kernel_skipped_runs_total")
+                "backup_transitions={} skipped_runs={} nested_runs={}",
+                sum("observer_kernel_backup_transitions_total"),
+                sum("observer_kernel_skipped_runs_total"),
+                sum("observer_kernel_nested_runs_total")
             )
         })
         .collect();
@@ -921,10 +930,6 @@ impl Metrics {
                         .all(|(k, v)| l.get(*k).is_some_and(|lv| lv == v))
             })
             .map(|(_, _, v)| *v)
-    }
-
-    fn sum(&self, name: &str) -> f64 {
-        self.samples(name).iter().map(|(_, v)| v).sum()
     }
 
     fn conn(&self, name: &str, direction: &str, port: u16) -> Option<f64> {
