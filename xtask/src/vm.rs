@@ -308,6 +308,8 @@ pub struct GuestReport {
     pub info: Vec<String>,
     /// The kernel panicked (its own words).
     pub panic: Option<String>,
+    /// The test that had started (`VMT: info running NAME`) and not reported.
+    pub unfinished: Option<String>,
 }
 
 pub fn parse_guest(console: &str) -> GuestReport {
@@ -331,8 +333,10 @@ pub fn parse_guest(console: &str) -> GuestReport {
         } else if let Some(t) = rest.strip_prefix("ok ") {
             r.passed
                 .push(t.split_whitespace().next().unwrap_or("").to_string());
+            r.unfinished = None;
         } else if rest.starts_with("FAIL ") {
             r.failed.push(line.to_string());
+            r.unfinished = None;
         } else if let Some(t) = rest.strip_prefix("RESULT ") {
             let n = |w: &str| {
                 t.split(',')
@@ -342,6 +346,8 @@ pub fn parse_guest(console: &str) -> GuestReport {
             if let (Some(p), Some(f)) = (n(" passed"), n(" failed")) {
                 r.result = Some((p, f));
             }
+        } else if let Some(t) = rest.strip_prefix("info running ") {
+            r.unfinished = Some(t.trim().to_string());
         } else if let Some(t) = rest.strip_prefix("info ") {
             r.info.push(t.to_string());
         }
@@ -374,10 +380,15 @@ pub fn verdict(r: &GuestReport, timed_out: Option<u64>) -> Verdict {
     } else if r.result.is_none() {
         // The guest stopped in the middle of a test: that test counts as failed.
         failed += 1;
+        let during = r
+            .unfinished
+            .as_ref()
+            .map(|t| format!(" during {t}"))
+            .unwrap_or_default();
         reason = Some(match (timed_out, &r.panic) {
-            (Some(s), _) => format!("timed out after {s} s"),
-            (None, Some(p)) => format!("guest crashed: {p}"),
-            (None, None) => "the guest stopped before its result line".to_string(),
+            (Some(s), _) => format!("timed out after {s} s{during}"),
+            (None, Some(p)) => format!("guest crashed{during}: {p}"),
+            (None, None) => format!("the guest stopped before its result line{during}"),
         });
     } else if let Some(f) = r.failed.iter().find(|f| f.contains("did not load")) {
         // The guest ends each line with the test's duration, ` (6.3 s)`.
@@ -629,8 +640,20 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     }
 
     println!();
+    let width = |f: fn(&Row) -> &str, title: &str| {
+        rows.iter()
+            .map(|r| f(r).len())
+            .chain([title.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (wk, wp, wr) = (
+        width(|r| short(&r.arg), "kernel"),
+        width(|r| &r.package, "package"),
+        width(|r| &r.release, "release"),
+    );
     println!(
-        "{:<12} {:<58} {:<26} {:>6} {:>6} {:>6}  note",
+        "{:<wk$}  {:<wp$}  {:<wr$}  {:>6} {:>6} {:>6}  note",
         "kernel", "package", "release", "passed", "failed", "secs"
     );
     let (mut passed, mut failed) = (0, 0);
@@ -638,8 +661,8 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         passed += r.verdict.passed;
         failed += r.verdict.failed;
         println!(
-            "{:<12} {:<58} {:<26} {:>6} {:>6} {:>6}  {}",
-            r.arg,
+            "{:<wk$}  {:<wp$}  {:<wr$}  {:>6} {:>6} {:>6}  {}",
+            short(&r.arg),
             r.package,
             r.release,
             r.verdict.passed,
@@ -655,6 +678,15 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A KERNEL argument for the table: a deb path by its file name.
+fn short(arg: &str) -> &str {
+    if arg.ends_with(".deb") {
+        arg.rsplit('/').next().unwrap_or(arg)
+    } else {
+        arg
+    }
 }
 
 /// The three static binaries that go into the guest.
@@ -960,7 +992,17 @@ fn resolve_package(apt: &Apt, arg: &str) -> Result<Vec<Candidate>> {
     args.extend(names.iter().map(String::as_str));
     let candidates = parse_madison(&apt.output("apt-cache", &args)?);
     let best = newest(&candidates, suites)
-        .ok_or_else(|| anyhow!("apt knows no version of {} in {suites:?}", names.join(" ")))?
+        .ok_or_else(|| {
+            if suites.is_empty() {
+                anyhow!("no package {arg} in the private apt lists")
+            } else {
+                anyhow!(
+                    "no version of {} in {}",
+                    names.join(" "),
+                    suites.join(" or ")
+                )
+            }
+        })?
         .clone();
     let mut out = vec![best.clone()];
     if let Some(m) = companion(&best.name) {
@@ -1043,10 +1085,16 @@ struct Kernel {
 /// Unpacks vmlinuz and the sock_diag modules from `debs` (once: the result stays beside them).
 fn unpack(debs: &[PathBuf]) -> Result<Kernel> {
     let first = &debs[0];
-    let stem = first
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .ok_or_else(|| anyhow!("odd deb name {}", first.display()))?;
+    // One directory per set of debs (a linux-binary deb unpacked alone has no modules).
+    let stem = debs
+        .iter()
+        .map(|d| {
+            d.file_stem()
+                .and_then(|s| s.to_str())
+                .ok_or_else(|| anyhow!("odd deb name {}", d.display()))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .join("+");
     let base = first
         .parent()
         .unwrap_or(Path::new("."))
@@ -1123,7 +1171,7 @@ fn unpack(debs: &[PathBuf]) -> Result<Kernel> {
     let files = walk(&base);
     let vmlinuz = files
         .iter()
-        .find(|p| release_of(p).is_some() && p.components().count() > base.components().count())
+        .find(|p| release_of(p).is_some())
         .cloned()
         .ok_or_else(|| {
             anyhow!(
@@ -1135,11 +1183,17 @@ fn unpack(debs: &[PathBuf]) -> Result<Kernel> {
             )
         })?;
     let release = release_of(&vmlinuz).expect("checked");
-    let modules = MODULES
+    let modules: Vec<_> = MODULES
         .iter()
         .map(|m| (*m, base.join(format!("{m}.ko"))))
         .filter(|(_, p)| p.is_file())
         .collect();
+    if modules.len() < MODULES.len() {
+        println!(
+            "vm-test: warning: {release}: {} not all in the debs; observer's snapshot needs them",
+            MODULES.join(".ko and ")
+        );
+    }
     Ok(Kernel {
         release,
         vmlinuz,
@@ -1526,10 +1580,14 @@ VMT: RESULT 1 passed, 2 failed
             Some("did not boot: Kernel panic - not syncing: VFS: Unable to mount root fs")
         );
 
-        let stuck = "VMT: BEGIN x\nVMT: ok churn_two_observers x\n";
+        let stuck = "VMT: BEGIN x\nVMT: info running churn_two_observers\n\
+                     VMT: ok churn_two_observers x\nVMT: info running pid\n";
         let v = verdict(&parse_guest(stuck), Some(600));
         assert_eq!((v.passed, v.failed), (1, 1));
-        assert_eq!(v.reason.as_deref(), Some("timed out after 600 s"));
+        assert_eq!(
+            v.reason.as_deref(),
+            Some("timed out after 600 s during pid")
+        );
 
         let liar = "VMT: BEGIN x\nVMT: ok a x\nVMT: RESULT 2 passed, 0 failed\n";
         assert_eq!(verdict(&parse_guest(liar), None).failed, 1);

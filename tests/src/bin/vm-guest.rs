@@ -62,6 +62,7 @@ fn main() {
         if only.as_ref().is_some_and(|o| !o.iter().any(|t| t == name)) {
             continue;
         }
+        println!("VMT: info running {name}");
         let start = Instant::now();
         let outcome = std::panic::catch_unwind(test).unwrap_or_else(|p| {
             let msg = p
