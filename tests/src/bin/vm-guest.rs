@@ -219,10 +219,17 @@ fn churn_two_observers() -> Outcome {
                     s.iter().map(|(_, v)| v).sum::<f64>().to_string()
                 }
             };
+            let skipped: Vec<String> = m
+                .samples("observer_kernel_skipped_runs_total")
+                .iter()
+                .map(|(labels, v)| {
+                    format!("{}={v}", labels.get("program").map_or("?", |p| p.as_str()))
+                })
+                .collect();
             format!(
-                "backup_transitions={} skipped_runs={} nested_runs={}",
+                "backup_transitions={} skipped_runs=[{}] nested_runs={}",
                 sum("observer_kernel_backup_transitions_total"),
-                sum("observer_kernel_skipped_runs_total"),
+                skipped.join(" "),
                 sum("observer_kernel_nested_runs_total")
             )
         })
