@@ -9,7 +9,7 @@
 //! already running on the CPU (counted in its `recursion_misses`): a softirq bringing another
 //! transition while ours runs in process context. So the backup program, attached after the main
 //! one, runs after it for every transition and handles exactly those the main program did not:
-//! the main program notes each transition it takes in a small per-CPU table (`RECENT`) first
+//! the main program notes each transition it takes in a small per-CPU ring (`Scratch::notes`) first
 //! thing; the backup takes its own transition out of that table, or handles it when it is not
 //! there. Counter updates are single atomic adds, so a nested update and the interrupted one
 //! never overwrite each other.
@@ -151,19 +151,37 @@ static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_LEN, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-/// Per CPU: the last transitions the main program took, for the backup program: a ring of
-/// `RECENT_LEN` keys, then the count of keys written, then how many runs of the main program are
-/// under way on the CPU (more than one only where the kernel lets it nest in itself, 5.10).
-/// Between the main program's run for a transition and the backup's, at most a nested
-/// transition or two come on the CPU: the ring never wraps over a note still awaited.
+/// Per CPU: what the two programs keep between and within their runs (see `Scratch`).
 #[map]
-static RECENT: PerCpuArray<[u64; RECENT_LEN + 2]> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 const RECENT_LEN: usize = 8;
+/// Address words per program: one per nesting level. 5.10 nests a program in itself: a
+/// softirq's transition in a process's run, two levels; TCP changes state in no other context.
+const LEVELS: usize = 4;
+const MAIN: usize = 0;
+const BACKUP: usize = 1;
 
-/// Per CPU: one word, to turn the socket pointer into its address (see `Sock::of`).
-#[map]
-static ADDRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Each field is written only by the program it belongs to. The kernel never runs a program
+/// twice at once on a CPU, except 5.10, which nests it in itself, and a nested run ends before
+/// the run it interrupted goes on; from 7.0 a run can be preempted by another task, but the
+/// other task's runs of that program are then skipped, not run. So a per-program depth, put
+/// back by every run before it returns, tells each run a word of its own.
+#[repr(C)]
+struct Scratch {
+    /// The last transitions the main program took, for the backup program: a ring of keys.
+    /// Between the main program's run for a transition and the backup's, a nested transition or
+    /// two come on the CPU; more only where a run was preempted (7.0 on), and then a note can
+    /// be overwritten: the backup program handles the transition again, which changes nothing
+    /// (`handle` is idempotent for a transition already taken).
+    notes: [u64; RECENT_LEN],
+    /// Keys written so far.
+    written: u64,
+    /// Runs of each program under way on the CPU.
+    depth: [u64; 2],
+    /// Per program and nesting level: a word to turn the socket pointer into its address.
+    address: [[u64; LEVELS]; 2],
+}
 
 /// One transition of one socket: a kernel pointer's top 16 bits are all ones, so the states can
 /// go there without two transitions sharing a key.
@@ -174,59 +192,101 @@ fn transition_key(sk: u64, old: u8, new: u8) -> u64 {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
-    let Some(sock) = Sock::of(&ctx) else {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let Some(r) = RECENT.get_ptr_mut(0) else {
-        return 0;
-    };
-    let key = transition_key(sock.sk, sock.old, sock.new);
-    // The slot is claimed (the count moved on) before the key is written: on kernels without a
-    // recursion guard for these programs (5.10) the main program can nest in itself, and a
-    // nested run that comes between the two writes then uses the next slot, or, coming before
-    // the claim, is done with the same slot before the outer run writes it. The depth is put
-    // back by every run before the run it interrupted goes on, so plain writes keep it right.
-    // SAFETY: this CPU's array; the index is masked into range.
-    let depth = unsafe {
-        let written = core::ptr::read_volatile(&(*r)[RECENT_LEN]);
-        core::ptr::write_volatile(&mut (*r)[RECENT_LEN], written.wrapping_add(1));
-        core::ptr::write_volatile(&mut (*r)[written as usize & (RECENT_LEN - 1)], key);
-        let depth = core::ptr::read_volatile(&(*r)[RECENT_LEN + 1]);
-        core::ptr::write_volatile(&mut (*r)[RECENT_LEN + 1], depth + 1);
-        depth
-    };
+    // SAFETY: this CPU's scratch, fields of this program only (see `Scratch`).
+    let depth = unsafe { enter(&mut (*s).depth[MAIN]) };
     if depth != 0 {
         count(counters::NESTED_RUNS);
     }
-    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-    let _ = handle(&sock);
-    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: as above; the index is masked into range.
+    let cell = unsafe { &mut (*s).address[MAIN][depth as usize & (LEVELS - 1)] };
+    if let Some(sock) = Sock::of(&ctx, cell) {
+        let key = transition_key(sock.sk, sock.old, sock.new);
+        // The slot is claimed (the count moved on) before the key is written: a run nested in
+        // this one between the two writes then uses the next slot, or, coming before the claim,
+        // is done with the same slot before this run writes it.
+        // SAFETY: as above; the index is masked into range.
+        unsafe {
+            let written = core::ptr::read_volatile(&(*s).written);
+            core::ptr::write_volatile(&mut (*s).written, written.wrapping_add(1));
+            core::ptr::write_volatile(&mut (*s).notes[written as usize & (RECENT_LEN - 1)], key);
+        }
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        let _ = handle(&sock);
+    }
     // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&mut (*r)[RECENT_LEN + 1], depth) };
+    unsafe { leave(&mut (*s).depth[MAIN], depth) };
     0
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn observer_backup(ctx: BtfTracePointContext) -> i32 {
-    let Some(sock) = Sock::of(&ctx) else {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let key = transition_key(sock.sk, sock.old, sock.new);
-    if let Some(r) = RECENT.get_ptr_mut(0) {
-        let mut i = 0;
-        while i < RECENT_LEN {
-            // SAFETY: this CPU's array; i < RECENT_LEN.
-            let note = unsafe { &mut (*r)[i] };
-            if unsafe { core::ptr::read_volatile(note) } == key {
-                unsafe { core::ptr::write_volatile(note, 0) };
-                return 0; // the main program took it
-            }
-            i += 1;
+    // SAFETY: this CPU's scratch, fields of this program only (see `Scratch`).
+    let depth = unsafe { enter(&mut (*s).depth[BACKUP]) };
+    // SAFETY: as above; the index is masked into range.
+    let cell = unsafe { &mut (*s).address[BACKUP][depth as usize & (LEVELS - 1)] };
+    if let Some(sock) = Sock::of(&ctx, cell) {
+        // SAFETY: the main program's notes; the backup only clears the one it takes.
+        if !unsafe { take_note(&mut (*s).notes, transition_key(sock.sk, sock.old, sock.new)) } {
+            count(counters::NESTED_HANDLED);
+            let _ = handle(&sock);
         }
     }
-    count(counters::NESTED_HANDLED);
-    let _ = handle(&sock);
+    // SAFETY: as above.
+    unsafe { leave(&mut (*s).depth[BACKUP], depth) };
     0
+}
+
+/// One more run of a program on this CPU: returns how many were under way.
+///
+/// # Safety
+/// `depth` is this CPU's depth of the calling program.
+#[inline(always)]
+unsafe fn enter(depth: *mut u64) -> u64 {
+    // SAFETY: as the caller promises.
+    unsafe {
+        let d = core::ptr::read_volatile(depth);
+        core::ptr::write_volatile(depth, d + 1);
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        d
+    }
+}
+
+/// The run that `enter` returned `d` for ends.
+///
+/// # Safety
+/// As for `enter`.
+#[inline(always)]
+unsafe fn leave(depth: *mut u64, d: u64) {
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: as the caller promises.
+    unsafe { core::ptr::write_volatile(depth, d) };
+}
+
+/// Whether the main program noted the transition `key` (the note is cleared).
+///
+/// # Safety
+/// `notes` is this CPU's ring of notes.
+#[inline(always)]
+unsafe fn take_note(notes: *mut [u64; RECENT_LEN], key: u64) -> bool {
+    let mut i = 0;
+    while i < RECENT_LEN {
+        // SAFETY: as the caller promises; i < RECENT_LEN.
+        unsafe {
+            let note = &mut (*notes)[i];
+            if core::ptr::read_volatile(note) == key {
+                core::ptr::write_volatile(note, 0);
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
 }
 
 /// One transition: the socket, as the tracepoint passes it (a pointer the verifier knows the
@@ -245,7 +305,7 @@ struct Sock {
 
 impl Sock {
     #[inline(always)]
-    fn of(ctx: &BtfTracePointContext) -> Option<Sock> {
+    fn of(ctx: &BtfTracePointContext, cell: *mut u64) -> Option<Sock> {
         // The tracepoint's arguments: (const struct sock *, int oldstate, int newstate).
         let (ptr, old, new) = (
             ctx.arg::<*const u8>(0),
@@ -253,9 +313,9 @@ impl Sock {
             ctx.arg::<u64>(2) as u8,
         );
         // The verifier allows no arithmetic on a typed kernel pointer, and the maps are keyed by
-        // the socket's address: a round trip through memory gives that address as a number.
-        let cell = ADDRESS.get_ptr_mut(0)?;
-        // SAFETY: this CPU's word of the map.
+        // the socket's address: a round trip through a word of this run's own (see `Scratch`)
+        // gives that address as a number.
+        // SAFETY: this run's word of the map.
         let sk = unsafe {
             core::ptr::write_volatile(cell, ptr as u64);
             core::ptr::read_volatile(cell)
@@ -386,6 +446,11 @@ fn handle(tp: &Sock) -> Option<()> {
         if !birth {
             return advance(tp, sk, conn, new);
         }
+        // This birth, handled already: by the main program, where the backup could not find its
+        // note (from 7.0 a preempted run lets other tasks' transitions come between the two).
+        if conn.state == new && conn.port == birth_port(old, sport, dport) {
+            return None;
+        }
         // The address was freed and reused without a CLOSE that we saw: retire the old entry.
         retire_stale(conn);
         let _ = SOCKETS.remove(&sk);
@@ -415,6 +480,13 @@ fn handle(tp: &Sock) -> Option<()> {
         return track_new(tp, sk, conn, new, NETNS_NOT_READ, true);
     }
     adopt(tp, sk, old, new, sport_flags, remote)
+}
+
+/// The port a birth is counted under: the local one for an inbound child, the remote one for a
+/// connect().
+#[inline(always)]
+fn birth_port(old: u8, sport: u16, dport: u16) -> u16 {
+    if old == tcp::LISTEN { sport } else { dport }
 }
 
 /// First sighting of a socket that existed before observer: counted by the start-up snapshot if

@@ -375,7 +375,7 @@ fn rejection(program: &str, release: &str, log: &str) -> String {
         .collect();
     let tail = &lines[lines.len().saturating_sub(VERIFIER_LINES)..];
     let mut out = format!(
-        "the kernel's verifier rejected the eBPF program {program} on this kernel ({release}):          a bug in observer for this kernel; please report it with these lines (the whole log:          OBSERVER_DEBUG=1)"
+        "the kernel's verifier rejected the eBPF program {program} on this kernel ({release}): a bug in observer for this kernel; please report it with these lines (the whole log: OBSERVER_DEBUG=1)"
     );
     if tail.is_empty() {
         out.push_str("\n  | (the verifier left no log)");
@@ -426,6 +426,7 @@ mod tests {
         );
         assert_eq!(lines.len(), 1 + 6, "{m}");
         assert!(!m.contains("ermission") && !m.contains("os error"), "{m}");
+        assert!(!lines[0].contains("  "), "{m}");
         assert!(rejection("observer_main", "x", "").contains("no log"));
     }
 

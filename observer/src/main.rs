@@ -240,6 +240,9 @@ async fn run(config: Config) -> Result<()> {
             baseline.unseeded
         );
     }
+    // Before the ready line: whoever reads it may signal at once, and must find them handled.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     eprintln!(
         "observer: ready: watching {}; {} existing connections counted{}",
         describe(&config, &processes, &cgroups),
@@ -253,8 +256,6 @@ async fn run(config: Config) -> Result<()> {
         )),
     );
 
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let result = tokio::select! {
         _ = term.recv() => Ok(()),
         _ = int.recv() => Ok(()),
