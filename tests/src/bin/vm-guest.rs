@@ -58,6 +58,13 @@ fn main() {
     ];
     std::panic::set_hook(Box::new(|info| println!("vm-guest: panic: {info}")));
     let (mut passed, mut failed) = (0, 0);
+    // A name that is no test would leave a test out without a word.
+    for name in only.iter().flatten() {
+        if !tests.iter().any(|(t, _)| t == name) {
+            println!("VMT: FAIL {name} no such test");
+            failed += 1;
+        }
+    }
     for (name, test) in tests {
         if only.as_ref().is_some_and(|o| !o.iter().any(|t| t == name)) {
             continue;
