@@ -63,6 +63,12 @@ pub struct Step {
     pub now_ns: u64,
 }
 
+/// The port a birth is counted under: the local one for a listener's child (`old` is LISTEN),
+/// the remote one for a connect().
+pub const fn birth_port(old: u8, sport: u16, dport: u16) -> u16 {
+    if old == tcp::LISTEN { sport } else { dport }
+}
+
 impl Step {
     /// The lifetime, when this step closed a connection whose open was observed.
     pub fn duration(&self) -> Option<u64> {
@@ -136,6 +142,15 @@ impl Conn {
         }
         self.state = new;
         step
+    }
+
+    /// Whether this entry is the birth `old -> new` on `port` (see `birth_port`) taken already.
+    /// A birth met with an entry in place is normally a socket address freed and reused without
+    /// a CLOSE that was seen (the old entry is stale); but the backup program handles a
+    /// transition again when it cannot find the main program's note (from 7.0, where a
+    /// preempted run lets other tasks' transitions overwrite it), and must then change nothing.
+    pub fn took_birth(&self, new: u8, port: u16) -> bool {
+        self.state == new && self.port == port
     }
 
     /// The socket is gone without a CLOSE that the program saw: its address came back for a new
@@ -441,5 +456,25 @@ mod tests {
         let s = c.advance(CLOSE, || clock(6));
         assert_eq!(reads, 3, "open, start of the close, CLOSE");
         assert_eq!((s.now_ns, s.duration()), (6, Some(4)));
+    }
+
+    #[test]
+    fn a_birth_taken_already_is_told_from_a_stale_entry() {
+        // connect(): CLOSE -> SYN_SENT to remote port 5432 from local port 40000.
+        let port = birth_port(tcp::CLOSE, 40000, 5432);
+        assert_eq!(port, 5432);
+        let mut c = first_sighting(crate::DIR_OUTBOUND, port, tcp::CLOSE, false);
+        c.advance(tcp::SYN_SENT, || 1);
+        assert!(c.took_birth(tcp::SYN_SENT, port));
+        // The same address, reused later for another connection while this entry went stale.
+        c.advance(tcp::ESTABLISHED, || 2);
+        assert!(!c.took_birth(tcp::SYN_SENT, port));
+        // A listener's child: LISTEN -> SYN_RECV on local port 8080.
+        let port = birth_port(tcp::LISTEN, 8080, 51000);
+        assert_eq!(port, 8080);
+        let mut c = first_sighting(crate::DIR_INBOUND, port, tcp::LISTEN, false);
+        c.advance(tcp::SYN_RECV, || 1);
+        assert!(c.took_birth(tcp::SYN_RECV, 8080));
+        assert!(!c.took_birth(tcp::SYN_RECV, 8081));
     }
 }

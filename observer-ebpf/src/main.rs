@@ -43,7 +43,8 @@ use aya_ebpf::{
 use observer_common::{
     DIR_INBOUND, DIR_OUTBOUND,
     conn::{
-        Conn, EVENT_NONE, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step, first_sighting, unseeded_sides,
+        Conn, EVENT_NONE, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step, birth_port, first_sighting,
+        unseeded_sides,
     },
     counters,
     filter::{
@@ -448,7 +449,7 @@ fn handle(tp: &Sock) -> Option<()> {
         }
         // This birth, handled already: by the main program, where the backup could not find its
         // note (from 7.0 a preempted run lets other tasks' transitions come between the two).
-        if conn.state == new && conn.port == birth_port(old, sport, dport) {
+        if conn.took_birth(new, birth_port(old, sport, dport)) {
             return None;
         }
         // The address was freed and reused without a CLOSE that we saw: retire the old entry.
@@ -480,13 +481,6 @@ fn handle(tp: &Sock) -> Option<()> {
         return track_new(tp, sk, conn, new, NETNS_NOT_READ, true);
     }
     adopt(tp, sk, old, new, sport_flags, remote)
-}
-
-/// The port a birth is counted under: the local one for an inbound child, the remote one for a
-/// connect().
-#[inline(always)]
-fn birth_port(old: u8, sport: u16, dport: u16) -> u16 {
-    if old == tcp::LISTEN { sport } else { dport }
 }
 
 /// First sighting of a socket that existed before observer: counted by the start-up snapshot if
