@@ -163,20 +163,18 @@ const LEVELS: usize = 4;
 const MAIN: usize = 0;
 const BACKUP: usize = 1;
 
-/// Each field is written only by the program it belongs to. The kernel never runs a program
+/// Each field is written by one program (the notes: put by the main one, cleared by the backup
+/// for the transition it runs for). The kernel never runs a program
 /// twice at once on a CPU, except 5.10, which nests it in itself, and a nested run ends before
 /// the run it interrupted goes on; from 7.0 a run can be preempted by another task, but the
 /// other task's runs of that program are then skipped, not run. So a per-program depth, put
 /// back by every run before it returns, tells each run a word of its own.
 #[repr(C)]
 struct Scratch {
-    /// The last transitions the main program took, for the backup program: a ring of keys.
-    /// Between the main program's run for a transition and the backup's, a nested transition or
-    /// two come on the CPU; more only where a run was preempted (7.0 on), and then a note can
-    /// be overwritten: the backup program handles the transition again, which changes nothing
-    /// (`handle` is idempotent for a transition already taken).
+    /// The transitions the main program took and the backup program has not yet come to, for
+    /// the backup (see `put_note`); 0 marks a free slot.
     notes: [u64; RECENT_LEN],
-    /// Keys written so far.
+    /// Notes written so far: where the next one goes when no slot is free.
     written: u64,
     /// Runs of each program under way on the CPU.
     depth: [u64; 2],
@@ -205,15 +203,8 @@ pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
     let cell = unsafe { &mut (*s).address[MAIN][depth as usize & (LEVELS - 1)] };
     if let Some(sock) = Sock::of(&ctx, cell) {
         let key = transition_key(sock.sk, sock.old, sock.new);
-        // The slot is claimed (the count moved on) before the key is written: a run nested in
-        // this one between the two writes then uses the next slot, or, coming before the claim,
-        // is done with the same slot before this run writes it.
-        // SAFETY: as above; the index is masked into range.
-        unsafe {
-            let written = core::ptr::read_volatile(&(*s).written);
-            core::ptr::write_volatile(&mut (*s).written, written.wrapping_add(1));
-            core::ptr::write_volatile(&mut (*s).notes[written as usize & (RECENT_LEN - 1)], key);
-        }
+        // SAFETY: as above.
+        unsafe { put_note(s, key) };
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
         let _ = handle(&sock);
     }
@@ -267,6 +258,36 @@ unsafe fn leave(depth: *mut u64, d: u64) {
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     // SAFETY: as the caller promises.
     unsafe { core::ptr::write_volatile(depth, d) };
+}
+
+/// Notes the transition `key` for the backup program, in a free slot: the backup clears the
+/// notes it takes, so runs nested in this one (5.10), which note and take theirs before this
+/// run goes on, leave this run's note alone however many they are. With no slot free (notes
+/// the backup never took: its run was skipped, or preempted from 7.0) the oldest is
+/// overwritten, and the backup then handles that transition again, which changes nothing.
+///
+/// # Safety
+/// `s` is this CPU's scratch, and the caller is the main program.
+#[inline(always)]
+unsafe fn put_note(s: *mut Scratch, key: u64) {
+    // SAFETY: as the caller promises; every index is masked into range.
+    unsafe {
+        let written = core::ptr::read_volatile(&(*s).written);
+        let mut slot = written as usize & (RECENT_LEN - 1);
+        let mut i = 0;
+        while i < RECENT_LEN {
+            if core::ptr::read_volatile(&(*s).notes[i]) == 0 {
+                slot = i;
+                break;
+            }
+            i += 1;
+        }
+        // The slot is taken (a key written) before anything else: a run nested in this one
+        // after this write sees it taken, and one that came before it is done with the slot
+        // (and cleared it) before this run writes it.
+        core::ptr::write_volatile(&mut (*s).notes[slot & (RECENT_LEN - 1)], key);
+        core::ptr::write_volatile(&mut (*s).written, written.wrapping_add(1));
+    }
 }
 
 /// Whether the main program noted the transition `key` (the note is cleared).
