@@ -596,18 +596,20 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
 
     let mut rows = Vec::new();
     for t in targets {
-        let row = match &t.debs {
-            Err(e) => Row {
-                arg: t.arg.clone(),
-                package: t.package.clone(),
-                release: "-".into(),
-                verdict: Verdict {
-                    passed: 0,
-                    failed: 1,
-                    reason: Some(format!("{e:#}")),
-                },
-                secs: 0,
+        // A kernel that could not be fetched or booted is one failure, with the reason.
+        let failed = |e: &anyhow::Error| Row {
+            arg: t.arg.clone(),
+            package: t.package.clone(),
+            release: "-".into(),
+            verdict: Verdict {
+                passed: 0,
+                failed: 1,
+                reason: Some(format!("{e:#}")),
             },
+            secs: 0,
+        };
+        let row = match &t.debs {
+            Err(e) => failed(e),
             Ok(debs) => match boot(&settings, &bins, &busybox, debs) {
                 Ok((release, verdict, secs)) => Row {
                     arg: t.arg.clone(),
@@ -616,17 +618,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
                     verdict,
                     secs,
                 },
-                Err(e) => Row {
-                    arg: t.arg.clone(),
-                    package: t.package.clone(),
-                    release: "-".into(),
-                    verdict: Verdict {
-                        passed: 0,
-                        failed: 1,
-                        reason: Some(format!("{e:#}")),
-                    },
-                    secs: 0,
-                },
+                Err(e) => failed(&e),
             },
         };
         if row.release == "-" {
