@@ -55,12 +55,13 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT")]
     pub events: Option<Format>,
 
-    /// Where to serve Prometheus metrics (GET /metrics).
+    /// Where to serve Prometheus metrics (GET /metrics): HOST:PORT, a name that resolves
+    /// (localhost:18090), or :PORT for every interface, as exporters take it.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: String,
 
-    /// Serve no metrics (events only).
-    #[arg(long, conflicts_with = "metrics_addr")]
+    /// Serve no metrics (events only, so --events is required).
+    #[arg(long, conflicts_with = "metrics_addr", requires = "events")]
     pub no_metrics: bool,
 
     /// Upper bounds of the connection-duration histogram, in seconds, comma-separated and
@@ -99,6 +100,15 @@ mod tests {
             let e = Cli::try_parse_from(["observer", "--port", bad]).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}");
         }
+    }
+
+    #[test]
+    fn no_metrics_needs_events() {
+        // Without either, observer would count and show nothing.
+        let e = Cli::try_parse_from(["observer", "--no-metrics"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--events"), "{e}");
+        assert!(Cli::try_parse_from(["observer", "--no-metrics", "--events", "json"]).is_ok());
     }
 
     #[test]

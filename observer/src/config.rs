@@ -1,14 +1,19 @@
 //! Turns the command line into validated settings, before anything is loaded into the kernel.
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, SocketAddr, ToSocketAddrs as _},
+    path::PathBuf,
+};
 
-use observer_common::limits::{MAX_BUCKETS, MAX_CGROUPS, MAX_PIDS};
+use observer_common::limits::{MAX_BUCKETS, MAX_CGROUPS, MAX_LOCAL_PORTS, MAX_PIDS};
 
 use crate::{cli::Cli, metrics::DEFAULT_BUCKETS, output::Format};
 
 /// A value that parses but cannot be used: one line for the user, exit code 1.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--metrics-addr `{0}` is not an address like 127.0.0.1:18090 or [::1]:18090")]
+    #[error(
+        "--metrics-addr `{0}` is not an address like 127.0.0.1:18090, [::1]:18090, localhost:18090 or :18090"
+    )]
     MetricsAddr(String),
     #[error("--duration-buckets: {0}")]
     Buckets(String),
@@ -36,11 +41,7 @@ impl Config {
         let metrics_addr = if cli.no_metrics {
             None
         } else {
-            Some(
-                cli.metrics_addr
-                    .parse()
-                    .map_err(|_| ConfigError::MetricsAddr(cli.metrics_addr.clone()))?,
-            )
+            Some(metrics_addr(&cli.metrics_addr)?)
         };
         let buckets = if cli.duration_buckets.is_empty() {
             DEFAULT_BUCKETS.to_vec()
@@ -56,7 +57,20 @@ impl Config {
                 max: MAX_PIDS as usize,
             });
         }
-        if cli.cgroups.len() > MAX_CGROUPS as usize {
+        if dedup(cli.ports.clone()).len() > MAX_LOCAL_PORTS as usize {
+            return Err(ConfigError::TooMany {
+                what: "--port values",
+                max: MAX_LOCAL_PORTS as usize,
+            });
+        }
+        // The same directory named twice is one target, not two of the eight.
+        let cgroups = dedup(
+            cli.cgroups
+                .iter()
+                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+                .collect(),
+        );
+        if cgroups.len() > MAX_CGROUPS as usize {
             return Err(ConfigError::TooMany {
                 what: "--cgroup",
                 max: MAX_CGROUPS as usize,
@@ -66,7 +80,7 @@ impl Config {
             ports: dedup(cli.ports),
             remote_ports: dedup(cli.remote_ports),
             pids: dedup(cli.pids),
-            cgroups: cli.cgroups,
+            cgroups,
             events: cli.events,
             metrics_addr,
             buckets,
@@ -88,6 +102,23 @@ impl Config {
             .map(|s| (s * 1e9).round() as u64)
             .collect()
     }
+}
+
+/// The metrics endpoint's address: HOST:PORT, a name that resolves (`localhost:18090`), or
+/// `:PORT` for every interface, as Prometheus exporters take it.
+fn metrics_addr(s: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = || ConfigError::MetricsAddr(s.to_string());
+    if let Some(port) = s.strip_prefix(':') {
+        let port = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)));
+    }
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(bad)
 }
 
 fn buckets(v: &[f64]) -> Result<Vec<f64>, ConfigError> {
@@ -153,6 +184,41 @@ mod tests {
             .to_string();
         assert!(e.contains("ascending"), "{e}");
         assert!(parse(&["--ring-kib", "1000"]).is_err());
+    }
+
+    #[test]
+    fn metrics_addresses_as_exporters_take_them() {
+        let addr = |a: &str| parse(&["--metrics-addr", a]).map(|c| c.metrics_addr.unwrap());
+        assert_eq!(addr(":18090").unwrap(), "0.0.0.0:18090".parse().unwrap());
+        assert!(addr("localhost:18090").unwrap().ip().is_loopback());
+        assert_eq!(addr("[::1]:9").unwrap(), "[::1]:9".parse().unwrap());
+        for bad in [":", ":http", "localhost", "no.such.host.invalid:1"] {
+            assert!(addr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_are_said_and_duplicates_do_not_count() {
+        let many: Vec<String> = (1..=4097).map(|p| p.to_string()).collect();
+        let mut args = Vec::new();
+        for p in &many {
+            args.extend(["--port", p.as_str()]);
+        }
+        let e = parse(&args).unwrap_err().to_string();
+        assert_eq!(e, "too many --port values: at most 4096");
+        args.truncate(2 * 4096);
+        assert!(parse(&args).is_ok());
+        // Nine spellings of two directories are two targets.
+        let dir = std::env::temp_dir();
+        let mut args = Vec::new();
+        let spelled: Vec<String> = (0..8)
+            .map(|i| format!("{}{}", dir.display(), "/".repeat(i % 3)))
+            .chain([format!("{}/..", dir.display())])
+            .collect();
+        for p in &spelled {
+            args.extend(["--cgroup", p.as_str()]);
+        }
+        assert_eq!(parse(&args).unwrap().cgroups.len(), 2);
     }
 
     #[test]

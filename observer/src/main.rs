@@ -243,6 +243,9 @@ async fn run(config: Config) -> Result<()> {
     // Before the ready line: whoever reads it may signal at once, and must find them handled.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // A supervisor's SIGHUP asks a daemon to reload; observer has nothing to reload, and the
+    // default action would kill it.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     eprintln!(
         "observer: ready: watching {}; {} existing connections counted{}",
         describe(&config, &processes, &cgroups),
@@ -256,12 +259,17 @@ async fn run(config: Config) -> Result<()> {
         )),
     );
 
-    let result = tokio::select! {
-        _ = term.recv() => Ok(()),
-        _ = int.recv() => Ok(()),
-        r = async { stream.as_mut().expect("guarded").await }, if stream.is_some() => {
-            // Ok: stdout was closed, which ends observer cleanly.
-            r.context("the event stream stopped")?
+    let result = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+            _ = hup.recv() => {
+                eprintln!("observer: SIGHUP: nothing to reload (observer has no configuration file); still running");
+            }
+            r = async { stream.as_mut().expect("guarded").await }, if stream.is_some() => {
+                // Ok: stdout was closed, which ends observer cleanly.
+                break r.context("the event stream stopped")?;
+            }
         }
     };
     if let Some(s) = server {

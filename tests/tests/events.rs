@@ -180,6 +180,33 @@ fn sigterm_and_sigint_detach_everything_and_exit_zero() {
 }
 
 #[test]
+fn sighup_is_noted_and_observer_keeps_running() {
+    require_root();
+    let mut observer = Observer::start(&["--port", "9"]);
+    observer.signal(libc::SIGHUP);
+    // Its default action kills at once; handled, it leaves one line and changes nothing.
+    let end = Instant::now() + Duration::from_secs(5);
+    while !observer.stderr().contains("SIGHUP") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        observer.try_wait().is_none(),
+        "SIGHUP ended observer:\n{}",
+        observer.stderr()
+    );
+    let said: Vec<String> = observer
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("SIGHUP"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(said.len(), 1, "{}", observer.stderr());
+    observer.scrape();
+    observer.signal(libc::SIGTERM);
+    assert_eq!(observer.wait(Duration::from_secs(20)).code(), Some(0));
+}
+
+#[test]
 fn a_closed_stdout_ends_observer_cleanly() {
     require_root();
     let server = Server::start(&["127.0.0.1"], Mode::Hold);

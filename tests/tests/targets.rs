@@ -318,7 +318,7 @@ fn without_root_observer_says_so_and_exits_1() {
             "--inh-caps=-all",
         ])
         .arg(observer_tests::observer::binary())
-        .args(["--port", "8080", "--no-metrics"])
+        .args(["--port", "8080", "--no-metrics", "--events", "json"])
         .output()
         .expect("setpriv (util-linux)");
     let err = String::from_utf8_lossy(&out.stderr);
