@@ -21,13 +21,30 @@ const BATCHES_IN_FLIGHT: usize = 64;
 /// the longest an event waits before it is printed.
 const TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Streams events until stdout is closed (then returns Ok) or the ring fails.
+/// Streams events until stdout is closed (then returns Ok), or writing to it or reading the
+/// ring fails.
 pub async fn stream(ring: RingBuf<MapData>, format: Format, clock: Clock) -> Result<()> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(BATCHES_IN_FLIGHT);
+    // Either thread says when stdout is done with: the writer when a write failed (EPIPE or
+    // worse), the watcher when the reader went away, which on a quiet port no write would show.
+    let (ended_tx, mut ended) = mpsc::unbounded_channel::<Ending>();
+    let writer_ended = ended_tx.clone();
     let writer = std::thread::Builder::new()
         .name("stdout".into())
-        .spawn(move || write_stdout(rx))
+        .spawn(move || {
+            let result = write_stdout(rx);
+            let _ = writer_ended.send(Ending::Writer);
+            result
+        })
         .context("starting the stdout writer")?;
+    std::thread::Builder::new()
+        .name("stdout-watch".into())
+        .spawn(move || {
+            if wait_for_hangup(libc::STDOUT_FILENO) {
+                let _ = ended_tx.send(Ending::Hangup);
+            }
+        })
+        .context("starting the stdout watcher")?;
     // SAFETY: the ring owns its fd, which stays open and the same until the AsyncFd drops.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
@@ -38,6 +55,10 @@ pub async fn stream(ring: RingBuf<MapData>, format: Format, clock: Clock) -> Res
         tokio::select! {
             guard = ring.readable_mut() => guard?.clear_ready(),
             _ = tick.tick() => {}
+            Some(why) = ended.recv() => return match why {
+                Ending::Hangup => Ok(()),
+                Ending::Writer => finish(writer),
+            },
         }
         let mut batch = Vec::new();
         {
@@ -55,19 +76,62 @@ pub async fn stream(ring: RingBuf<MapData>, format: Format, clock: Clock) -> Res
             }
         }
         if !batch.is_empty() && tx.send(batch).await.is_err() {
-            // The writer is gone: stdout was closed.
-            let _ = writer.join();
-            return Ok(());
+            return finish(writer);
         }
     }
 }
 
-fn write_stdout(mut rx: mpsc::Receiver<Vec<u8>>) {
+/// Why the stream ends.
+enum Ending {
+    /// The reader of stdout went away.
+    Hangup,
+    /// The writer stopped: stdout was closed, or could not be written.
+    Writer,
+}
+
+/// The writer's verdict: a reader gone is a clean end, a failed write an error.
+fn finish(writer: std::thread::JoinHandle<std::io::Result<()>>) -> Result<()> {
+    match writer.join() {
+        Ok(Err(e)) => Err(e).context("writing events to stdout"),
+        _ => Ok(()),
+    }
+}
+
+/// Writes the batches until the channel closes. EPIPE means the reader is gone, the normal end
+/// of `observer --events json | head`; any other error (a full disk) is one to report.
+fn write_stdout(mut rx: mpsc::Receiver<Vec<u8>>) -> std::io::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     while let Some(batch) = rx.blocking_recv() {
-        if out.write_all(&batch).and_then(|_| out.flush()).is_err() {
-            return; // EPIPE: nobody reads any more
+        match out.write_all(&batch).and_then(|_| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Blocks until `fd` reports an error or a hangup (a pipe whose reader closed it), and returns
+/// true then; false if it cannot be watched. poll() reports those two whatever it is asked for,
+/// so asking for nothing waits for them alone: a file or a terminal never returns.
+fn wait_for_hangup(fd: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let n = unsafe { libc::poll(&mut p, 1, -1) };
+        if n > 0 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            return true;
+        }
+        if n > 0 && p.revents & libc::POLLNVAL != 0 {
+            return false;
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return false;
         }
     }
 }

@@ -41,6 +41,10 @@ pub enum Stdout {
     Lines,
     /// A pipe nobody reads (to make the event stream fall behind).
     Stuck,
+    /// A pipe whose read end the test holds (`take_stdout`), to close it.
+    Pipe,
+    /// /dev/full: every write fails with ENOSPC.
+    Full,
     Null,
 }
 
@@ -58,18 +62,22 @@ impl Observer {
     }
 
     pub fn spawn(args: &[&str], stdout: Stdout) -> (Observer, Option<Receiver<String>>) {
+        let read_lines = matches!(stdout, Stdout::Lines);
         let (mut child, stderr, ready) = Self::launch(args, stdout);
-        let lines = child.stdout.take().map(|out: ChildStdout| {
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
+        let lines = read_lines
+            .then(|| child.stdout.take())
+            .flatten()
+            .map(|out: ChildStdout| {
+                let (tx, rx) = mpsc::channel();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(out).lines().map_while(Result::ok) {
+                        if tx.send(line).is_err() {
+                            break;
+                        }
                     }
-                }
+                });
+                rx
             });
-            rx
-        });
         let metrics = match ready.recv_timeout(Duration::from_secs(60)) {
             Ok(line) => line
                 .split("metrics at http://")
@@ -109,7 +117,12 @@ impl Observer {
             .stdin(Stdio::null())
             .stdout(match stdout {
                 Stdout::Null => Stdio::null(),
-                Stdout::Lines | Stdout::Stuck => Stdio::piped(),
+                Stdout::Lines | Stdout::Stuck | Stdout::Pipe => Stdio::piped(),
+                Stdout::Full => std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .expect("/dev/full")
+                    .into(),
             })
             .stderr(Stdio::piped())
             .spawn()
@@ -139,6 +152,11 @@ impl Observer {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The read end of its stdout (with `Stdout::Pipe`).
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
     }
 
     pub fn stderr(&self) -> String {

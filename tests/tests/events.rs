@@ -207,6 +207,39 @@ fn sighup_is_noted_and_observer_keeps_running() {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_observer_even_on_a_quiet_port() {
+    require_root();
+    // As in `observer --port 9 --events json | head -3` where nothing ever comes.
+    let (mut observer, _) = Observer::spawn(&["--port", "9", "--events", "json"], Stdout::Pipe);
+    let ids = observer.program_ids();
+    drop(observer.take_stdout());
+    let status = observer.wait(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{}", observer.stderr());
+    assert!(programs_released(&ids), "programs {ids:?} still loaded");
+}
+
+#[test]
+fn a_failed_write_to_stdout_is_an_error_not_a_clean_end() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port().to_string();
+    // As in `observer --events json > /dev/full`: ENOSPC is no reader gone.
+    let (mut observer, _) = Observer::spawn(&["--port", &port, "--events", "json"], Stdout::Full);
+    let ids = observer.program_ids();
+    open_close(server.addrs[0], 1);
+    let status = observer.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{}", observer.stderr());
+    let stderr = observer.stderr();
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("observer: ready"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(said[0].contains("No space left on device"), "{stderr}");
+    assert!(programs_released(&ids), "programs {ids:?} still loaded");
+}
+
+#[test]
 fn a_closed_stdout_ends_observer_cleanly() {
     require_root();
     let server = Server::start(&["127.0.0.1"], Mode::Hold);
