@@ -65,7 +65,7 @@ pub struct Cli {
     pub no_metrics: bool,
 
     /// Upper bounds of the connection-duration histogram, in seconds, comma-separated and
-    /// ascending [default: 0.0001,0.00025,0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.5,1,10,60,600,3600]
+    /// ascending, at most 31 [default: 100 µs to 1000 s in steps of 1-2.5-5, then 3600]
     #[arg(long, value_name = "SECONDS,...", value_delimiter = ',')]
     pub duration_buckets: Vec<f64>,
 

@@ -169,6 +169,13 @@ mod tests {
         assert_eq!(c.metrics_addr, Some("127.0.0.1:18090".parse().unwrap()));
         assert_eq!(c.buckets.first(), Some(&0.0001));
         assert_eq!(c.buckets.last(), Some(&3600.0));
+        // No bucket wider than 2.5 times its lower bound, so common lifetimes resolve.
+        assert!(
+            c.buckets.windows(2).all(|w| w[1] / w[0] <= 2.5 + 1e-9),
+            "{:?}",
+            c.buckets
+        );
+        assert!(c.buckets.len() <= MAX_BUCKETS);
         assert!(!c.all_listeners());
         assert!(parse(&[]).unwrap().all_listeners());
     }

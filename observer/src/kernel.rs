@@ -23,6 +23,9 @@ use observer_common::{
 
 use crate::btf::NetnsOffsets;
 
+/// The smallest ring buffer the kernel takes: one page.
+const MIN_RING_BYTES: u32 = 4096;
+
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
 /// How the program is set up; fixed at load time.
@@ -124,7 +127,16 @@ impl Kernel {
             .override_global(globals::SOCK_OFFSETS, &sock, true)
             .override_global(globals::CGROUP_OFFSETS, &cgroup_offsets, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
-            .map_max_entries(maps::EVENTS, s.ring_bytes)
+            // The ring is only read with --events: without, its smallest size (a page), not
+            // what --ring-kib asked for, which would be kernel memory kept for nothing.
+            .map_max_entries(
+                maps::EVENTS,
+                if s.emit_events {
+                    s.ring_bytes
+                } else {
+                    MIN_RING_BYTES
+                },
+            )
             .load(PROGRAM_OBJECT)
             .map_err(privilege_hint)
             .context("loading the eBPF program into the kernel")?;

@@ -165,12 +165,16 @@ async fn run(config: Config) -> Result<()> {
     } else {
         HashSet::new()
     };
+    // With no target every listener counts, but observer's own endpoint (and Prometheus's
+    // scrapes of it) is not the server's traffic; `--port` still names it when wanted.
+    let own_endpoint = listener.as_ref().and_then(socket_inode);
     watch_listeners(
         &mut kernel,
         &namespaces,
         &owners,
         config.all_listeners(),
         &target_inodes,
+        own_endpoint,
     )?;
     let local: HashMap<(u32, u16), Owner> = kernel
         .local_ports()
@@ -298,6 +302,7 @@ fn watch_listeners(
     owners: &HashMap<u32, Owner>,
     all: bool,
     target_inodes: &HashSet<u32>,
+    own_endpoint: Option<u32>,
 ) -> Result<()> {
     if !all && target_inodes.is_empty() {
         return Ok(());
@@ -308,6 +313,9 @@ fn watch_listeners(
             .dump(mask)
             .with_context(|| format!("listing the listening sockets of {ns}"))?
         {
+            if all && own_endpoint == Some(s.inode) {
+                continue;
+            }
             if all || target_inodes.contains(&s.inode) {
                 let owner = owners.get(&s.inode).copied().unwrap_or(Owner::UNKNOWN);
                 kernel.watch_local_port(ns.inode, s.sport, &owner)?;
@@ -315,6 +323,13 @@ fn watch_listeners(
         }
     }
     Ok(())
+}
+
+/// The inode of a socket, as sock_diag reports it.
+fn socket_inode(socket: &impl std::os::fd::AsRawFd) -> Option<u32> {
+    // SAFETY: fstat on a descriptor the caller holds open, into a zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(socket.as_raw_fd(), &mut st) } == 0).then_some(st.st_ino as u32)
 }
 
 /// Says on stderr when a target process exits; its ports stay watched.

@@ -16,6 +16,8 @@ pub enum TargetError {
     NoSuchPid(u32),
     #[error("--pid {0}: {1} is a kernel thread, which has no sockets of its own")]
     KernelThread(u32, String),
+    #[error("--pid {0}: {1} has exited (a zombie waiting for its parent): it has no sockets left")]
+    Zombie(u32, String),
     #[error("--cgroup {0}: no such directory")]
     NoSuchCgroup(PathBuf),
     #[error("--cgroup {path}: not a cgroup v2 directory ({hint})")]
@@ -39,6 +41,9 @@ pub fn resolve_pid(pid: u32) -> Result<Process, TargetError> {
     let stat = proc.stat().map_err(|_| TargetError::NoSuchPid(pid))?;
     if stat.flags & PF_KTHREAD != 0 {
         return Err(TargetError::KernelThread(pid, stat.comm));
+    }
+    if stat.state == 'Z' || stat.state == 'X' {
+        return Err(TargetError::Zombie(pid, stat.comm));
     }
     Ok(Process { pid })
 }

@@ -240,6 +240,33 @@ fn a_failed_write_to_stdout_is_an_error_not_a_clean_end() {
 }
 
 #[test]
+fn the_ring_takes_what_ring_kib_asks_only_with_events() {
+    require_root();
+    // max_entries of the process's ring buffer map (map_type 27), from its fds' fdinfo.
+    let ring = |o: &Observer| -> Option<u64> {
+        std::fs::read_dir(format!("/proc/{}/fdinfo", o.pid()))
+            .ok()?
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .find(|info| info.lines().any(|l| l == "map_type:\t27"))?
+            .lines()
+            .find_map(|l| l.strip_prefix("max_entries:"))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let quiet = Observer::start(&["--port", "9", "--ring-kib", "65536"]);
+    assert_eq!(
+        ring(&quiet),
+        Some(4096),
+        "a page, not 64 MiB, without --events"
+    );
+    drop(quiet);
+    let streaming = Observer::start(&["--port", "9", "--ring-kib", "65536", "--events", "json"]);
+    assert_eq!(ring(&streaming), Some(65536 * 1024));
+}
+
+#[test]
 fn a_closed_stdout_ends_observer_cleanly() {
     require_root();
     let server = Server::start(&["127.0.0.1"], Mode::Hold);

@@ -221,7 +221,20 @@ fn pid_counts_only_its_own_network_namespace() {
 fn bad_targets_are_one_clear_error_and_leave_nothing_loaded() {
     require_root();
     let before = loaded_programs();
+    // A child that exited and is not waited for: a zombie, with no sockets left.
+    let mut zombie = std::process::Command::new("true").spawn().expect("true");
+    let zpid = zombie.id();
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(format!("/proc/{zpid}/stat")).is_ok_and(|s| s.contains(") Z "))
+        && std::time::Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--pid".into(), zpid.to_string()],
+            "has exited (a zombie",
+        ),
         (
             vec!["--pid".into(), "4000000".into()],
             "--pid 4000000: no such process",
@@ -244,6 +257,39 @@ fn bad_targets_are_one_clear_error_and_leave_nothing_loaded() {
         assert!(err.contains(message), "{args:?}: {err}");
     }
     assert!(loaded_programs() <= before, "nothing left loaded");
+    let _ = zombie.wait();
+}
+
+#[test]
+fn no_target_leaves_out_observers_own_endpoint_unless_named() {
+    require_root();
+    let o = Observer::start(&[]);
+    let own = o.metrics.expect("metrics address").port();
+    for _ in 0..3 {
+        o.scrape();
+    }
+    let s = o.scrape();
+    let label = format!("port=\"{own}\"");
+    assert!(
+        !s.text.lines().any(|l| l.contains(&label)),
+        "its own port {own} is counted:\n{}",
+        s.text
+    );
+    drop(o);
+    // Named with --port, it is counted like any port.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let o = Observer::start(&["--port", &port.to_string(), "--metrics-addr", &addr]);
+    for _ in 0..3 {
+        o.scrape();
+    }
+    let s = o.settle("its own scrapes counted", |s| {
+        count(s, CLOSED, "inbound", port) >= 3.0
+    });
+    assert!(count(&s, CLOSED, "inbound", port) >= 3.0);
 }
 
 #[test]
