@@ -65,6 +65,23 @@ const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 const TCP_ESTABLISHED: &str = "1";
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// bpftrace finds tracepoints in tracefs, which a fresh machine of this kind does not mount
+/// (observer itself attaches by BTF and needs none).
+fn mount_tracefs() -> Result<()> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", TRACEFS])
+        .status()
+        .context("running mount")?;
+    if !status.success() {
+        bail!("mounting tracefs on {TRACEFS} for bpftrace failed ({status})");
+    }
+    Ok(())
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     if let Some((first, rest)) = args.split_first()
         && first == HOLD_ARG
@@ -78,6 +95,7 @@ pub fn run(args: &[String]) -> Result<()> {
         plan.pairs, plan.load_secs, plan.held
     ));
     crate::cargo(&["build", "--release", "--package", "observer"])?;
+    mount_tracefs()?;
     catch_signals();
     let machine = Machine::read()?;
     let results = measure(&plan)?;
