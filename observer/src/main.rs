@@ -10,6 +10,7 @@ mod config;
 mod diag;
 mod events;
 mod features;
+mod http;
 mod kernel;
 mod metrics;
 mod netns;
@@ -224,7 +225,7 @@ async fn run(config: Config) -> Result<()> {
                 config.buckets.clone(),
             )?;
             let registry = Arc::new(metrics::registry(collector)?);
-            Some(tokio::spawn(metrics::serve(l, registry)))
+            Some(tokio::spawn(http::serve(l, registry)))
         }
         None => None,
     };

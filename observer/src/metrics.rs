@@ -14,14 +14,11 @@ use observer_common::{
     tcp,
 };
 use prometheus::{
-    Encoder as _, Registry, TextEncoder,
+    Registry,
     core::{Collector, Desc},
     proto::{self, MetricFamily, MetricType},
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::TcpListener;
 
 use crate::{kernel::Kernel, snapshot::Baseline};
 
@@ -309,64 +306,4 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {addr}"))
-}
-
-/// Serves `GET /metrics` until the task is dropped.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
-    loop {
-        let Ok((conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let _ = respond(conn, registry).await;
-        });
-    }
-}
-
-async fn respond(mut conn: TcpStream, registry: Arc<Registry>) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 || buf.len() > 16 * 1024 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => {
-            let body = tokio::task::spawn_blocking(move || {
-                let mut out = Vec::new();
-                TextEncoder::new()
-                    .encode(&registry.gather(), &mut out)
-                    .map(|_| out)
-            })
-            .await
-            .map_err(std::io::Error::other)?
-            .map_err(std::io::Error::other)?;
-            ("200 OK", TextEncoder::new().format_type().to_string(), body)
-        }
-        ("GET", "/") => (
-            "200 OK",
-            "text/plain; charset=utf-8".into(),
-            b"observer: metrics at /metrics\n".to_vec(),
-        ),
-        _ => (
-            "404 Not Found",
-            "text/plain".into(),
-            b"not found\n".to_vec(),
-        ),
-    };
-    let header = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(header.as_bytes()).await?;
-    conn.write_all(&body).await?;
-    conn.shutdown().await
 }
