@@ -565,16 +565,7 @@ fn cgroup() -> Outcome {
 /// The common part of `pid` and `cgroup`: 10 inbound connections to the target's port `inbound`,
 /// then 5 connections from the target to `outbound` (served by this process).
 fn process_target_test(o: &Observer, target: &mut Helper, inbound: u16, outbound: u16) -> Outcome {
-    let (ok, _) = connect_n(inbound, 10);
-    if ok != 10 {
-        return Err(format!(
-            "only {ok} of 10 connections to {inbound} succeeded"
-        ));
-    }
-    let (good, detail_in) = o.settle(|m| opened_closed(m, "inbound", inbound, 10));
-    if !good {
-        return Err(o.failure(&detail_in));
-    }
+    let detail_in = connections_counted(o, inbound, "inbound")?;
     target.expect(&format!("connect 127.0.0.1:{outbound} 5"), "connected 5 0")?;
     let (good, detail_out) = o.settle(|m| opened_closed(m, "outbound", outbound, 5));
     let detail = format!("{detail_in}; {detail_out}");
@@ -590,16 +581,7 @@ fn remote_port() -> Outcome {
     const P: u16 = 9500;
     let _server = Server::start(P)?;
     let o = Observer::start("", &["--remote-port", &P.to_string()])?;
-    let (ok, _) = connect_n(P, 10);
-    if ok != 10 {
-        return Err(format!("only {ok} of 10 connections to {P} succeeded"));
-    }
-    let (good, detail) = o.settle(|m| opened_closed(m, "outbound", P, 10));
-    if good {
-        Ok(detail)
-    } else {
-        Err(o.failure(&detail))
-    }
+    connections_counted(&o, P, "outbound")
 }
 
 /// No target: every listening port, including one that appears after observer is ready.
@@ -611,11 +593,17 @@ fn all_listeners() -> Outcome {
         &format!("listen 127.0.0.1:{P5}"),
         &format!("listening {P5}"),
     )?;
-    let (ok, _) = connect_n(P5, 10);
+    connections_counted(&o, P5, "inbound")
+}
+
+/// Makes 10 connections to 127.0.0.1:`port` and waits until `o` counts each opened and closed,
+/// in `direction`.
+fn connections_counted(o: &Observer, port: u16, direction: &str) -> Outcome {
+    let (ok, _) = connect_n(port, 10);
     if ok != 10 {
-        return Err(format!("only {ok} of 10 connections to {P5} succeeded"));
+        return Err(format!("only {ok} of 10 connections to {port} succeeded"));
     }
-    let (good, detail) = o.settle(|m| opened_closed(m, "inbound", P5, 10));
+    let (good, detail) = o.settle(|m| opened_closed(m, direction, port, 10));
     if good {
         Ok(detail)
     } else {
