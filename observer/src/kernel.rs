@@ -315,16 +315,18 @@ impl Kernel {
                 .map(|v| v.iter().copied().fold(0u64, u64::wrapping_add))
                 .unwrap_or(0)
         };
+        let skipped_main = misses(&self.prog_fd);
+        let nested = sum(counters::NESTED_HANDLED);
         Health {
             ring_full: sum(counters::RING_FULL),
             sockets_full: sum(counters::SOCKETS_FULL),
             ports_full: sum(counters::PORTS_FULL),
             seen_full: sum(counters::SEEN_FULL),
             local_ports_full: sum(counters::LOCAL_PORTS_FULL),
-            lost: misses(&self.prog_fd).map(|m| m.saturating_sub(sum(counters::NESTED_HANDLED))),
-            nested: sum(counters::NESTED_HANDLED),
+            lost: skipped_main.map(|m| m.saturating_sub(nested)),
+            nested,
             stale_sockets: sum(counters::STALE_SOCKETS),
-            skipped_main: misses(&self.prog_fd),
+            skipped_main,
             skipped_backup: misses(&self.backup_fd),
             cgroup_unknown: sum(counters::CGROUP_UNKNOWN),
             nested_runs: sum(counters::NESTED_RUNS),
