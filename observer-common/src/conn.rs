@@ -153,12 +153,39 @@ impl Conn {
         self.state == new && self.port == port
     }
 
+    /// The socket reached CLOSE, but that transition never reached the program (two sweeps found
+    /// its memory so; see `sweep`): counted as `advance(CLOSE)` would have counted it (a handshake
+    /// that never got established failed), with the lifetime up to the start of its close, as
+    /// `retire`.
+    pub fn lost_close(&self) -> Step {
+        let mut step = self.retire();
+        if self.flags & FLAG_ESTABLISHED == 0 {
+            step.event = EVENT_FAILED;
+        }
+        step
+    }
+
+    /// A connection met past ESTABLISHED whose open was lost (see `unseeded_sides`): counted
+    /// opened now, without a lifetime (its open time is unknown); the transition it was met in
+    /// comes next.
+    pub fn open_late(&mut self, now_ns: u64) -> Step {
+        self.flags |= FLAG_ESTABLISHED;
+        self.state = tcp::ESTABLISHED;
+        Step {
+            enter: tcp::ESTABLISHED,
+            event: EVENT_OPEN,
+            now_ns,
+            ..Step::default()
+        }
+    }
+
     /// The socket is gone without a CLOSE that the program saw: its address came back for a new
     /// socket, which cannot happen while it lives. An established connection did close, so it
     /// counts as closed, with the lifetime up to the start of its close (its close() or the
-    /// peer's FIN; 0 if it was not seen); a socket that never got established only leaves its state: it is not a
-    /// failed handshake (the kernel frees, for one, the loser of two children raced for one
-    /// request without a CLOSE).
+    /// peer's FIN; 0 if it was not seen). A connect() that never got established failed: such a
+    /// socket reaches CLOSE before it is freed. A listener's child that never got established
+    /// only leaves its state: it is not a failed handshake (the kernel frees, for one, the loser
+    /// of two children raced for one request without a CLOSE).
     pub fn retire(&self) -> Step {
         let established = self.flags & FLAG_ESTABLISHED != 0;
         Step {
@@ -168,7 +195,13 @@ impl Conn {
                 0
             },
             enter: 0,
-            event: if established { EVENT_CLOSE } else { EVENT_NONE },
+            event: if established {
+                EVENT_CLOSE
+            } else if self.state == tcp::SYN_SENT {
+                EVENT_FAILED
+            } else {
+                EVENT_NONE
+            },
             ended: true,
             timed: established && self.flags & FLAG_OPEN_SEEN != 0,
             duration_ns: if established && self.flags & FLAG_OPEN_SEEN != 0 {
@@ -199,29 +232,48 @@ pub fn first_sighting(direction: u8, port: u16, old: u8, baselined: bool) -> Con
 }
 
 /// Which side an unseeded first sighting may be counted on, from its first transition `old ->
-/// ...` and whether its local and remote ports are watched.
+/// ...`, whether its local and remote ports are watched, and whether the socket is a listener's
+/// child (`child`: it inherited the listener's accept backlog, `sk_max_ack_backlog`, where a
+/// connect()ed socket has 0).
 ///
 /// A socket leaving SYN_SENT was made by connect(): outbound, whatever its local port (an
-/// ephemeral port can equal a watched one when the listener is bound to another address). One
-/// leaving SYN_RECV is the child of a listener: inbound. Later in its life the tracepoint cannot
-/// tell the two apart, so a socket met there is only adopted while that is safe
-/// (`adopt_established`: the snapshot window is open, or the snapshot could not seed every
-/// connection); otherwise it was declined at its birth (an outbound connection from a watched
-/// port number) or not tracked for lack of room, and counting its end alone would unbalance the
-/// counters.
-pub fn unseeded_sides(old: u8, local: bool, remote: bool, adopt_established: bool) -> Sides {
+/// ephemeral port can equal a watched one in another network namespace, or by an explicit
+/// bind). One leaving SYN_RECV is the child of a listener: inbound. Met later in its life:
+/// - while the snapshot window is open, or when the snapshot could not seed every connection
+///   (`adopt_established`), it is one that existed before observer: adopted on either side its
+///   ports allow, as the snapshot would have counted it;
+/// - after that, an entry missing there means its birth and its move to ESTABLISHED were both
+///   lost (from Linux 7.0 both programs can be held at once by preempted runs), or it had no
+///   room then: adopted as a `late` open, on the side the socket itself tells, a listener's
+///   child inbound and any other outbound. A socket whose birth was declined (a connect() from a
+///   watched port number, a child of an unwatched listener) stays declined.
+pub fn unseeded_sides(
+    old: u8,
+    local: bool,
+    remote: bool,
+    adopt_established: bool,
+    child: bool,
+) -> Sides {
     match old {
         tcp::SYN_SENT => Sides {
             inbound: false,
             outbound: remote,
+            late: false,
         },
         tcp::SYN_RECV => Sides {
             inbound: local,
             outbound: false,
+            late: false,
+        },
+        _ if adopt_established => Sides {
+            inbound: local,
+            outbound: remote,
+            late: false,
         },
         _ => Sides {
-            inbound: local && adopt_established,
-            outbound: remote && adopt_established,
+            inbound: local && child,
+            outbound: remote && !child,
+            late: true,
         },
     }
 }
@@ -231,6 +283,8 @@ pub fn unseeded_sides(old: u8, local: bool, remote: bool, adopt_established: boo
 pub struct Sides {
     pub inbound: bool,
     pub outbound: bool,
+    /// Its open was lost, not before observer: count it opened now (`Conn::open_late`).
+    pub late: bool,
 }
 
 #[cfg(test)]
@@ -386,6 +440,14 @@ mod tests {
             (s.leave, s.event, s.duration()),
             (SYN_RECV, EVENT_NONE, None)
         );
+        let mut connect = first_sighting(DIR_OUTBOUND, 5432, CLOSE, false);
+        connect.advance(SYN_SENT, || 5);
+        let s = connect.retire();
+        assert_eq!(
+            (s.leave, s.event),
+            (SYN_SENT, EVENT_FAILED),
+            "a connect() that failed"
+        );
     }
 
     #[test]
@@ -400,43 +462,76 @@ mod tests {
     #[test]
     fn a_connect_from_a_watched_port_number_is_never_inbound() {
         // connect() from 127.0.0.3:P while the server listens on 127.0.0.1:P.
-        let s = unseeded_sides(SYN_SENT, true, false, true);
-        assert_eq!(
-            s,
-            Sides {
-                inbound: false,
-                outbound: false
-            }
-        );
-        // Its later transitions, after the snapshot: not adopted either.
-        assert_eq!(
-            unseeded_sides(ESTABLISHED, true, false, false),
-            Sides::default()
-        );
-        assert_eq!(
-            unseeded_sides(FIN_WAIT1, true, false, false),
-            Sides::default()
-        );
+        let s = unseeded_sides(SYN_SENT, true, false, true, false);
+        assert!(!s.inbound && !s.outbound);
+        // Its later transitions, after the snapshot: not a listener's child, so not inbound.
+        for old in [ESTABLISHED, FIN_WAIT1, CLOSE_WAIT] {
+            let s = unseeded_sides(old, true, false, false, false);
+            assert!(!s.inbound && !s.outbound, "{old}");
+        }
         // An outbound connection to a watched port still is outbound.
-        assert!(unseeded_sides(SYN_SENT, true, true, false).outbound);
+        assert!(unseeded_sides(SYN_SENT, true, true, false, false).outbound);
     }
 
     #[test]
     fn a_listener_child_met_in_its_handshake_is_inbound() {
-        let s = unseeded_sides(SYN_RECV, true, true, false);
-        assert!(s.inbound && !s.outbound);
+        let s = unseeded_sides(SYN_RECV, true, true, false, true);
+        assert!(s.inbound && !s.outbound && !s.late);
     }
 
     #[test]
-    fn established_sockets_are_adopted_only_while_safe() {
-        let s = unseeded_sides(CLOSE_WAIT, true, false, true);
-        assert!(s.inbound && !s.outbound);
-        let s = unseeded_sides(ESTABLISHED, false, true, true);
-        assert!(!s.inbound && s.outbound);
+    fn established_sockets_before_observer_are_adopted_while_the_snapshot_is_open() {
+        let s = unseeded_sides(CLOSE_WAIT, true, false, true, true);
+        assert!(s.inbound && !s.outbound && !s.late);
+        let s = unseeded_sides(ESTABLISHED, false, true, true, false);
+        assert!(!s.inbound && s.outbound && !s.late);
+    }
+
+    #[test]
+    fn a_connection_whose_open_was_lost_is_adopted_late_on_the_side_the_socket_tells() {
+        // A listener's child on a watched port: inbound.
+        let s = unseeded_sides(ESTABLISHED, true, true, false, true);
+        assert!(s.inbound && !s.outbound && s.late);
+        // A connect()ed socket to a watched remote port: outbound, whatever its local port.
+        let s = unseeded_sides(FIN_WAIT1, true, true, false, false);
+        assert!(!s.inbound && s.outbound && s.late);
+        // A child of an unwatched listener whose client's port is a watched remote port: neither.
+        let s = unseeded_sides(CLOSE_WAIT, false, true, false, true);
+        assert!(!s.inbound && !s.outbound);
+    }
+
+    #[test]
+    fn a_lost_close_counts_as_the_close_would_have() {
+        let mut c = first_sighting(DIR_OUTBOUND, 5432, CLOSE, false);
+        c.advance(SYN_SENT, || 1);
+        let s = c.lost_close();
         assert_eq!(
-            unseeded_sides(ESTABLISHED, true, true, false),
-            Sides::default()
+            (s.leave, s.enter, s.event, s.ended),
+            (SYN_SENT, 0, EVENT_FAILED, true)
         );
+        assert_eq!(s.duration(), None);
+        c.advance(ESTABLISHED, || 10);
+        c.advance(FIN_WAIT1, || 25);
+        let s = c.lost_close();
+        assert_eq!((s.leave, s.event), (FIN_WAIT1, EVENT_CLOSE));
+        assert_eq!(s.duration(), Some(15), "up to the start of its close");
+    }
+
+    #[test]
+    fn a_late_open_counts_the_open_without_a_lifetime() {
+        let mut c = Conn::new(DIR_INBOUND, 8080, 0, false);
+        let s = c.open_late(5);
+        assert_eq!((s.leave, s.enter, s.event), (0, ESTABLISHED, EVENT_OPEN));
+        let s = c.advance(CLOSE_WAIT, || 10);
+        assert_eq!(
+            (s.leave, s.enter, s.event),
+            (ESTABLISHED, CLOSE_WAIT, EVENT_NONE)
+        );
+        let s = c.advance(LAST_ACK, || 20);
+        assert_eq!((s.leave, s.enter), (CLOSE_WAIT, LAST_ACK));
+        let s = c.advance(CLOSE, || 30);
+        assert_eq!((s.leave, s.enter, s.event), (LAST_ACK, 0, EVENT_CLOSE));
+        assert_eq!(s.duration(), None);
     }
 
     #[test]

@@ -11,8 +11,9 @@ pub const PORTS_FULL: u32 = 2;
 pub const SEEN_FULL: u32 = 3;
 /// The watched-ports map was full when a listen() should have added a port.
 pub const LOCAL_PORTS_FULL: u32 = 4;
-/// A socket address came back for a new connection while its old entry never saw CLOSE (a
-/// transition the kernel did not deliver): the old entry was retired.
+/// A watched connection's CLOSE was never delivered and its entry was retired: when its socket's
+/// address came back for a new connection, or when two sweeps found its socket dead (see
+/// `sweep`).
 pub const STALE_SOCKETS: u32 = 5;
 /// Transitions that the kernel skipped for the main program (it was running on that CPU when a
 /// softirq brought another transition) and that the backup program handled. The kernel's count
@@ -26,4 +27,8 @@ pub const CGROUP_UNKNOWN: u32 = 7;
 /// kernels without a recursion guard for BTF-typed tracepoints (5.10) let a softirq's
 /// transition run the program inside the run it interrupted, where newer kernels skip it.
 pub const NESTED_RUNS: u32 = 8;
-pub const LEN: u32 = 9;
+/// Connections first met past ESTABLISHED, after the snapshot, whose open the kernel never
+/// delivered (its birth and its move to ESTABLISHED both lost): counted opened then (see
+/// `conn::unseeded_sides`).
+pub const LATE_OPENS: u32 = 9;
+pub const LEN: u32 = 10;

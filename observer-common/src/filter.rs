@@ -83,6 +83,8 @@ pub mod globals {
     pub const N_CGROUPS: &str = "N_CGROUPS";
     /// u64: bytes waiting in the event ring above which a record wakes the reader.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// `u32`: 1 where tracepoint programs are preemptible (Linux 7.0 on, or PREEMPT_RT).
+    pub const PREEMPTIBLE: &str = "PREEMPTIBLE";
     /// `SockOffsets`: where the backup program reads a socket's fields.
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
     /// `CgroupOffsets`: where the programs find a socket's cgroup and its ancestors.
@@ -114,6 +116,11 @@ pub struct SockOffsets {
     pub saddr_v6: u32,
     /// `sock_common.skc_v6_daddr` (16 bytes).
     pub daddr_v6: u32,
+    /// `sock_common.skc_state` (u8): what the sweep reads in a socket's memory.
+    pub state: u32,
+    /// `sock.sk_max_ack_backlog` (u32): a listener's child inherits it, a connect()ed socket
+    /// has 0 (see `conn::unseeded_sides`).
+    pub max_ack_backlog: u32,
 }
 crate::pod!(SockOffsets);
 
@@ -167,6 +174,7 @@ pub mod maps {
     pub const CONTROL: &str = "CONTROL";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
+    pub const DOOMED: &str = "DOOMED";
 }
 
 /// Name of the main program (what `bpftool prog show` lists; at most 15 characters).
@@ -174,3 +182,7 @@ pub const PROGRAM: &str = "observer_main";
 /// Name of the backup program, which handles the transitions the kernel skips for the main
 /// program because they interrupted it on the same CPU.
 pub const BACKUP_PROGRAM: &str = "observer_backup";
+/// Name of the iterator that lists the watched sockets whose memory says CLOSE (see `sweep`).
+pub const SWEEP_PROGRAM: &str = "observer_sweep";
+/// Name of the iterator that retires the sockets the daemon confirmed dead (see `sweep`).
+pub const REAP_PROGRAM: &str = "observer_reap";

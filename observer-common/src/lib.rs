@@ -18,6 +18,7 @@ pub mod limits;
 pub mod record;
 pub mod snapshot;
 pub mod stats;
+pub mod sweep;
 pub mod tcp;
 pub mod tracepoint;
 

@@ -20,3 +20,5 @@ pub const MAX_BASELINE: u32 = 262_144;
 pub const MAX_SEEN: u32 = 262_144;
 /// Default size of the event ring buffer, in bytes (a power of two, a multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
+/// Dead sockets retired by one run of the reaping iterator (more wait for the next sweep).
+pub const MAX_DOOMED: u32 = 4_096;

@@ -5,6 +5,10 @@
 pub const RECORD_HAS_DURATION: u8 = 1;
 /// The connection existed before observer attached.
 pub const RECORD_PREEXISTING: u8 = 2;
+/// The close of a connection whose socket's address already belongs to a new socket (its CLOSE
+/// was never delivered; see `sweep`): the kernel no longer knows its addresses and ports, the
+/// daemon takes them from the connection's open record.
+pub const RECORD_ADDRESSES_GONE: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

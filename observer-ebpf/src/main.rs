@@ -35,9 +35,10 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_seq_write,
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
     programs::BtfTracePointContext,
 };
 use observer_common::{
@@ -52,15 +53,16 @@ use observer_common::{
         PORT_LOCAL_NETNS, PORT_REMOTE, SockOffsets, flags,
     },
     limits::{
-        DEFAULT_RING_BYTES, MAX_BASELINE, MAX_BUCKETS, MAX_CGROUPS, MAX_LOCAL_PORTS, MAX_PIDS,
-        MAX_PORTS, MAX_SEEN, MAX_SOCKETS,
+        DEFAULT_RING_BYTES, MAX_BASELINE, MAX_BUCKETS, MAX_CGROUPS, MAX_DOOMED, MAX_LOCAL_PORTS,
+        MAX_PIDS, MAX_PORTS, MAX_SEEN, MAX_SOCKETS,
     },
-    record::{RECORD_HAS_DURATION, RECORD_PREEXISTING, Record},
+    record::{RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_PREEXISTING, Record},
     snapshot::{
         CONTROL_ADOPT_UNSEEDED, CONTROL_BASELINE_ACTIVE, CONTROL_LEN, CONTROL_SNAPSHOT_DONE, Seed,
         TupleKey,
     },
     stats::{PortStats, StatsKey, bucket_of},
+    sweep::Doomed,
     tcp,
     tracepoint::{AF_INET, IPPROTO_TCP},
 };
@@ -78,6 +80,11 @@ static N_BUCKETS: Global<u32> = Global::new(0);
 static BUCKET_BOUNDS: Global<[u64; MAX_BUCKETS]> = Global::new([0; MAX_BUCKETS]);
 #[unsafe(no_mangle)]
 static N_CGROUPS: Global<u32> = Global::new(0);
+/// 1 where tracepoint programs are preemptible (Linux 7.0 on, or PREEMPT_RT): a run can then be
+/// held between the main program and the backup long enough for the main program's note to be
+/// overwritten (see `DONE`).
+#[unsafe(no_mangle)]
+static PREEMPTIBLE: Global<u32> = Global::new(0);
 /// Bytes waiting in the ring above which a record wakes the reader up. Below, records are
 /// submitted without a wakeup (a wakeup is a self-interrupt, microseconds per record) and the
 /// reader collects them on its own short tick.
@@ -94,6 +101,8 @@ static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
     daddr: 0,
     saddr_v6: 0,
     daddr_v6: 0,
+    state: 0,
+    max_ack_backlog: 0,
 });
 #[unsafe(no_mangle)]
 static CGROUP_OFFSETS: Global<CgroupOffsets> = Global::new(CgroupOffsets {
@@ -152,6 +161,16 @@ static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_LEN, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+/// Watched sockets the daemon found dead in two sweeps, for the reaping iterator (see
+/// `observer_common::sweep`); the daemon empties it after each run.
+#[map]
+static DOOMED: HashMap<u64, Doomed> = HashMap::with_max_entries(MAX_DOOMED, 0);
+/// Per task (pid_tgid), where runs are preemptible: the last CLOSE the main program took, so that
+/// the backup, meeting that CLOSE again without its note (overwritten while the task was held
+/// between the two programs), knows it was taken and does not count its connection a second
+/// time (see `adopt`).
+#[map]
+static DONE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 /// Per CPU: what the two programs keep between and within their runs (see `Scratch`).
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -206,7 +225,7 @@ pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: as above.
         unsafe { put_note(s, key) };
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        let _ = handle(&sock);
+        let _ = handle(&sock, Line::Main);
     }
     // SAFETY: as above.
     unsafe { leave(&mut (*s).depth[MAIN], depth) };
@@ -226,7 +245,7 @@ pub fn observer_backup(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: the main program's notes; the backup only clears the one it takes.
         if !unsafe { take_note(&mut (*s).notes, transition_key(sock.sk, sock.old, sock.new)) } {
             count(counters::NESTED_HANDLED);
-            let _ = handle(&sock);
+            let _ = handle(&sock, Line::Backup);
         }
     }
     // SAFETY: as above.
@@ -431,8 +450,16 @@ impl Sock {
     }
 }
 
+/// Which program runs the shared logic: the main one, or the backup, which can meet a transition
+/// the main one already took (its note overwritten while its run was held).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Line {
+    Main,
+    Backup,
+}
+
 #[inline(always)]
-fn handle(tp: &Sock) -> Option<()> {
+fn handle(tp: &Sock, line: Line) -> Option<()> {
     if tp.protocol() != IPPROTO_TCP {
         return None;
     }
@@ -462,20 +489,24 @@ fn handle(tp: &Sock) -> Option<()> {
     }
     // A birth: a new inbound connection (the child socket), or connect().
     let birth = old == tcp::LISTEN || connect;
-    if let Some(p) = SOCKETS.get_ptr_mut(&sk) {
+    if let Some(p) = SOCKETS.get_ptr_mut(sk) {
         // SAFETY: transitions of one socket are serialised by the socket's lock.
         let conn = unsafe { &mut *p };
         if !birth {
-            return advance(tp, sk, conn, new);
+            return advance(tp, sk, conn, new, line);
         }
         // This birth, handled already: by the main program, where the backup could not find its
         // note (from 7.0 a preempted run lets other tasks' transitions come between the two).
         if conn.took_birth(new, birth_port(old, sport, dport)) {
             return None;
         }
-        // The address was freed and reused without a CLOSE that we saw: retire the old entry.
-        retire_stale(conn);
-        let _ = SOCKETS.remove(&sk);
+        // The address was freed and reused without a CLOSE that we saw: retire the old entry,
+        // once: its removal claims it (the reaping iterator may be retiring it too).
+        let stale = *conn;
+        if SOCKETS.remove(sk).is_ok() {
+            retire_stale(&stale);
+            emit_retired(sk, &stale);
+        }
     }
     if old == tcp::LISTEN {
         if !local {
@@ -484,7 +515,7 @@ fn handle(tp: &Sock) -> Option<()> {
         let mut netns = NETNS_NOT_READ;
         let owner = local_owner(sk, sport, sport_flags, &mut netns)?;
         let conn = with_owner(first_sighting(DIR_INBOUND, sport, old, false), &owner);
-        return track_new(tp, sk, conn, new, netns, true);
+        return track_new(tp, sk, conn, new, netns, true, false);
     }
     if birth {
         // connect() runs in the connecting process: it is the owner for sure.
@@ -499,32 +530,54 @@ fn handle(tp: &Sock) -> Option<()> {
         }
         let owner = current_owner();
         let conn = with_owner(first_sighting(DIR_OUTBOUND, dport, old, false), &owner);
-        return track_new(tp, sk, conn, new, NETNS_NOT_READ, true);
+        return track_new(tp, sk, conn, new, NETNS_NOT_READ, true, false);
     }
-    adopt(tp, sk, old, new, sport_flags, remote)
+    adopt(tp, sk, old, new, sport_flags, remote, line)
 }
 
 /// First sighting of a socket that existed before observer: counted by the start-up snapshot if
 /// the kernel holds its seed, otherwise from its new state on.
 #[inline(always)]
-fn adopt(tp: &Sock, sk: u64, old: u8, new: u8, sport_flags: u32, remote: bool) -> Option<()> {
+fn adopt(
+    tp: &Sock,
+    sk: u64,
+    old: u8,
+    new: u8,
+    sport_flags: u32,
+    remote: bool,
+    line: Line,
+) -> Option<()> {
     let local = sport_flags & PORT_LOCAL != 0;
     let adopt_established = snapshot_open() || control(CONTROL_ADOPT_UNSEEDED) != 0;
-    let sides = unseeded_sides(old, local, remote, adopt_established);
+    let child = tp.field::<u32>(SOCK_OFFSETS.load().max_ack_backlog) != 0;
+    let mut sides = unseeded_sides(old, local, remote, adopt_established, child);
+    // A CLOSE with no entry, met by the backup, may be one the main program took already (the
+    // entry it removed; its note overwritten while this task was held between the two), not a
+    // connection whose every earlier step was lost: counting it late would count that
+    // connection twice. Where runs are not preemptible a note cannot be lost so.
+    if line == Line::Backup && new == tcp::CLOSE && sides.late && PREEMPTIBLE.load() != 0 {
+        let key = transition_key(sk, old, new);
+        // SAFETY: a plain read of a map value.
+        if unsafe { DONE.get(bpf_get_current_pid_tgid()) } == Some(&key) {
+            sides.inbound = false;
+            sides.outbound = false;
+        }
+    }
     let seeded = baseline_active();
     if !seeded && !sides.inbound && !sides.outbound {
         return None;
     }
     let mut netns = netns_of(sk);
     let key = tp.tuple(netns);
-    if seeded && let Some(seed) = unsafe { BASELINE.get(&key) } {
+    // SAFETY: a plain read of a map value.
+    if seeded && let Some(seed) = unsafe { BASELINE.get(key) } {
         let seed = *seed;
-        let _ = BASELINE.remove(&key);
+        let _ = BASELINE.remove(key);
         let conn = with_owner(
             first_sighting(seed.direction, seed.port, old, true),
             &seed.owner,
         );
-        return track_new(tp, sk, conn, new, netns, false);
+        return track_new(tp, sk, conn, new, netns, false, false);
     }
     let sport = key.sport;
     let inbound = if sides.inbound {
@@ -539,7 +592,7 @@ fn adopt(tp: &Sock, sk: u64, old: u8, new: u8, sport_flags: u32, remote: bool) -
     } else {
         return None;
     };
-    track_new(tp, sk, conn, new, netns, true)
+    track_new(tp, sk, conn, new, netns, true, sides.late)
 }
 
 #[inline(always)]
@@ -550,22 +603,40 @@ fn track_new(
     new: u8,
     netns: u32,
     mark_seen: bool,
+    late: bool,
 ) -> Option<()> {
     conn.slot = slot_of(StatsKey::new(conn.direction, conn.port))?;
+    // A connection whose open was lost is counted opened first (see `unseeded_sides`).
+    let open = if late {
+        conn.open_late(now())
+    } else {
+        Step::default()
+    };
     let step = conn.advance(new, now);
-    if !step.ended && SOCKETS.insert(&sk, &conn, BPF_NOEXIST.into()).is_err() {
+    if !step.ended && SOCKETS.insert(sk, conn, BPF_NOEXIST.into()).is_err() {
         count(counters::SOCKETS_FULL);
         return None; // untracked: counting its entry now would leave the gauge stuck
+    }
+    if late {
+        count(counters::LATE_OPENS);
+        finish(tp, sk, &conn, &open, netns, mark_seen);
     }
     finish(tp, sk, &conn, &step, netns, mark_seen)
 }
 
 #[inline(always)]
-fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8) -> Option<()> {
+fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8, line: Line) -> Option<()> {
     let step = conn.advance(new, now);
     let conn = *conn;
     if step.ended {
-        let _ = SOCKETS.remove(&sk);
+        let _ = SOCKETS.remove(sk);
+        if line == Line::Main && PREEMPTIBLE.load() != 0 {
+            let _ = DONE.insert(
+                bpf_get_current_pid_tgid(),
+                transition_key(sk, tp.old, new),
+                0,
+            );
+        }
     }
     finish(tp, sk, &conn, &step, NETNS_NOT_READ, true)
 }
@@ -582,7 +653,7 @@ fn finish(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32, mark_seen: b
     } else {
         netns
     };
-    if seen && SEEN.insert(&tp.tuple(netns), &0, 0).is_err() {
+    if seen && SEEN.insert(tp.tuple(netns), 0, 0).is_err() {
         count(counters::SEEN_FULL);
     }
     count_step(conn, step);
@@ -595,19 +666,8 @@ fn finish(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32, mark_seen: b
 
 #[inline(always)]
 fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
-    let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
-        count(counters::RING_FULL);
-        return;
-    };
     let (family, saddr, daddr) = tp.addrs();
-    let mut rflags = 0;
-    if step.timed {
-        rflags |= RECORD_HAS_DURATION;
-    }
-    if conn.flags & FLAG_PREEXISTING != 0 && conn.flags & FLAG_OPEN_SEEN == 0 {
-        rflags |= RECORD_PREEXISTING;
-    }
-    entry.write(Record {
+    submit(&Record {
         ts_ns: step.now_ns,
         sock: sk,
         duration_ns: step.duration_ns,
@@ -621,12 +681,34 @@ fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
         newstate: tp.new,
         direction: conn.direction,
         event: step.event,
-        flags: rflags,
+        flags: record_flags(conn, step),
         _pad: [0; 3],
         saddr,
         daddr,
         comm: conn.comm,
     });
+}
+
+#[inline(always)]
+fn record_flags(conn: &Conn, step: &Step) -> u8 {
+    let mut rflags = 0;
+    if step.timed {
+        rflags |= RECORD_HAS_DURATION;
+    }
+    if conn.flags & FLAG_PREEXISTING != 0 && conn.flags & FLAG_OPEN_SEEN == 0 {
+        rflags |= RECORD_PREEXISTING;
+    }
+    rflags
+}
+
+/// Sends a record to the daemon, or counts it dropped when the ring is full.
+#[inline(always)]
+fn submit(record: &Record) {
+    let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
+        count(counters::RING_FULL);
+        return;
+    };
+    entry.write(*record);
     let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= WAKEUP_BYTES.load() {
         BPF_RB_FORCE_WAKEUP
     } else {
@@ -642,7 +724,7 @@ fn on_listen(cfg: u32, sk: u64, port: u16) -> Option<()> {
         return None;
     }
     let key = LocalPortKey::new(netns_of(sk), port);
-    if LOCAL_PORTS.insert(&key, &current_owner(), 0).is_err() {
+    if LOCAL_PORTS.insert(key, current_owner(), 0).is_err() {
         count(counters::LOCAL_PORTS_FULL);
         return None;
     }
@@ -655,6 +737,36 @@ fn on_listen(cfg: u32, sk: u64, port: u16) -> Option<()> {
     // SAFETY: bits are only ever set, so racing writers agree.
     unsafe { *p |= bits };
     Some(())
+}
+
+/// The close of an entry retired at its address's reuse: its socket's addresses are the new
+/// socket's now, so the record carries none (`RECORD_ADDRESSES_GONE`).
+#[inline(always)]
+fn emit_retired(sk: u64, conn: &Conn) {
+    let step = conn.retire();
+    if step.event == EVENT_NONE || FLAGS.load() & flags::EMIT_EVENTS == 0 {
+        return;
+    }
+    submit(&Record {
+        ts_ns: now(),
+        sock: sk,
+        duration_ns: step.duration_ns,
+        pid: conn.pid,
+        netns: 0,
+        sport: 0,
+        dport: 0,
+        port: conn.port,
+        family: 0,
+        oldstate: conn.state,
+        newstate: tcp::CLOSE,
+        direction: conn.direction,
+        event: step.event,
+        flags: record_flags(conn, &step) | RECORD_ADDRESSES_GONE,
+        _pad: [0; 3],
+        saddr: [0; 16],
+        daddr: [0; 16],
+        comm: conn.comm,
+    });
 }
 
 /// An entry whose socket died without a CLOSE that the program saw (see `Conn::retire`).
@@ -676,18 +788,18 @@ fn count_step(conn: &Conn, step: &Step) {
 #[inline(always)]
 fn slot_of(key: StatsKey) -> Option<u16> {
     // SAFETY: plain reads of map values.
-    if let Some(slot) = unsafe { STATS_SLOTS.get(&key) } {
+    if let Some(slot) = unsafe { STATS_SLOTS.get(key) } {
         return Some(*slot as u16);
     }
     if let Ok(Some(slot)) = FREE_SLOTS.pop() {
-        if STATS_SLOTS.insert(&key, &slot, BPF_NOEXIST.into()).is_ok() {
+        if STATS_SLOTS.insert(key, slot, BPF_NOEXIST.into()).is_ok() {
             return Some(slot as u16);
         }
         // Another CPU gave the pair a slot first: this one goes back.
-        let _ = FREE_SLOTS.push(&slot, 0);
+        let _ = FREE_SLOTS.push(slot, 0);
     }
     // SAFETY: plain reads of map values.
-    match unsafe { STATS_SLOTS.get(&key) } {
+    match unsafe { STATS_SLOTS.get(key) } {
         Some(slot) => Some(*slot as u16),
         None => {
             count(counters::PORTS_FULL);
@@ -705,12 +817,12 @@ fn local_owner(sk: u64, port: u16, port_flags: u32, netns: &mut u32) -> Option<O
             *netns = netns_of(sk);
         }
         // SAFETY: a plain read of a map value.
-        if let Some(o) = unsafe { LOCAL_PORTS.get(&LocalPortKey::new(*netns, port)) } {
+        if let Some(o) = unsafe { LOCAL_PORTS.get(LocalPortKey::new(*netns, port)) } {
             return Some(*o);
         }
     }
     // SAFETY: a plain read of a map value.
-    let o = unsafe { LOCAL_PORTS.get(&LocalPortKey::new(0, port)) }?;
+    let o = unsafe { LOCAL_PORTS.get(LocalPortKey::new(0, port)) }?;
     Some(*o)
 }
 
@@ -735,7 +847,7 @@ fn current_owner() -> Owner {
 fn is_target(sk: u64) -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a plain read of a map value.
-    if unsafe { PIDS.get(&tgid) }.is_some() {
+    if unsafe { PIDS.get(tgid) }.is_some() {
         return true;
     }
     let n = N_CGROUPS.load();
@@ -847,6 +959,134 @@ fn count(index: u32) {
 fn now() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// The context of an iterator over a map's elements (`struct bpf_iter__bpf_map_elem`): the
+/// element is null on the last call, which marks the end.
+#[repr(C)]
+pub struct MapElem<K, V> {
+    meta: *const IterMeta,
+    map: *const u8,
+    key: *const K,
+    value: *const V,
+}
+
+/// `struct bpf_iter_meta`: the output file comes first.
+#[repr(C)]
+struct IterMeta {
+    seq: *mut aya_ebpf::bindings::seq_file,
+}
+
+/// The element of a map-element iterator run, or None at the end.
+///
+/// # Safety
+/// `ctx` is the context the kernel gave a map-element iterator over a map of `K` to `V`.
+#[inline(always)]
+unsafe fn element<K: Copy, V: Copy>(ctx: *const MapElem<K, V>) -> Option<(K, V)> {
+    // SAFETY: as the caller promises; the kernel checks each load against the context's type.
+    unsafe {
+        let key = core::ptr::read_volatile(&(*ctx).key);
+        let value = core::ptr::read_volatile(&(*ctx).value);
+        if key.is_null() || value.is_null() {
+            return None;
+        }
+        Some((*key, *value))
+    }
+}
+
+/// The sweep (see `observer_common::sweep`): writes out every watched socket whose memory says
+/// CLOSE while its entry does not, with what its close event needs. Read-only: the daemon
+/// decides, from two sweeps, which are dead.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/bpf_map_elem")]
+extern "C" fn observer_sweep(ctx: *mut MapElem<u64, Conn>) -> i32 {
+    // SAFETY: the kernel runs this iterator over SOCKETS (the daemon attaches it so).
+    let Some((sk, conn)) = (unsafe { element(ctx) }) else {
+        return 0;
+    };
+    let o = SOCK_OFFSETS.load();
+    // A freed TCP socket's memory stays a TCP socket's (type-stable slab): its state is CLOSE
+    // then, or a new socket's at that address, whose birth retires this entry.
+    let state: u8 = read_kernel(sk + o.state as u64);
+    if state != tcp::CLOSE || conn.state == tcp::CLOSE {
+        return 0;
+    }
+    let family: u16 = read_kernel(sk + o.family as u64);
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        saddr[..4].copy_from_slice(&read_kernel::<u32>(sk + o.saddr as u64).to_ne_bytes());
+        daddr[..4].copy_from_slice(&read_kernel::<u32>(sk + o.daddr as u64).to_ne_bytes());
+    } else {
+        saddr = read_kernel(sk + o.saddr_v6 as u64);
+        daddr = read_kernel(sk + o.daddr_v6 as u64);
+    }
+    let doomed = Doomed {
+        sk,
+        conn,
+        netns: netns_of(sk),
+        family,
+        sport: u16::from_be(read_kernel(sk + o.sport as u64)),
+        dport: u16::from_be(read_kernel(sk + o.dport as u64)),
+        _pad: [0; 6],
+        saddr,
+        daddr,
+    };
+    // SAFETY: the output file of this run, and a whole `Doomed` on the stack.
+    unsafe {
+        let seq = core::ptr::read_volatile(&(*(*ctx).meta).seq);
+        bpf_seq_write(
+            seq,
+            &doomed as *const Doomed as *const core::ffi::c_void,
+            Doomed::SIZE as u32,
+        );
+    }
+    0
+}
+
+/// Retires the sockets the daemon confirmed dead, each once and only if its entry is still the
+/// one the sweeps found: its removal claims it (a birth at its address may be retiring it too).
+/// Its close is counted and sent like any other, with the lifetime up to the start of its close.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/bpf_map_elem")]
+extern "C" fn observer_reap(ctx: *mut MapElem<u64, Doomed>) -> i32 {
+    // SAFETY: the kernel runs this iterator over DOOMED (the daemon attaches it so).
+    let Some((sk, d)) = (unsafe { element(ctx) }) else {
+        return 0;
+    };
+    // SAFETY: a plain read of a map value.
+    let Some(conn) = (unsafe { SOCKETS.get(sk) }).copied() else {
+        return 0;
+    };
+    if conn != d.conn || SOCKETS.remove(sk).is_err() {
+        return 0;
+    }
+    let step = conn.lost_close();
+    count_step(&conn, &step);
+    count(counters::STALE_SOCKETS);
+    if step.event != EVENT_NONE && FLAGS.load() & flags::EMIT_EVENTS != 0 {
+        submit(&Record {
+            ts_ns: now(),
+            sock: sk,
+            duration_ns: step.duration_ns,
+            pid: conn.pid,
+            netns: d.netns,
+            sport: d.sport,
+            dport: d.dport,
+            port: conn.port,
+            family: d.family,
+            oldstate: conn.state,
+            newstate: tcp::CLOSE,
+            direction: conn.direction,
+            event: step.event,
+            flags: record_flags(&conn, &step),
+            _pad: [0; 3],
+            saddr: d.saddr,
+            daddr: d.daddr,
+            comm: conn.comm,
+        });
+    }
+    0
 }
 
 #[cfg(not(test))]

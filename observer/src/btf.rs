@@ -88,6 +88,50 @@ pub fn vmlinux() -> Result<Btf, BtfError> {
 }
 
 /// Where the fields the programs read live in a socket.
+/// Where the programs find what they read in the kernel's structs, from its BTF.
+pub struct Layout {
+    pub sock: SockOffsets,
+    /// None where a namespace's inode cannot be found: namespaces are then not told apart.
+    pub netns: Option<NetnsOffsets>,
+    /// Needed under `--cgroup` only (default otherwise).
+    pub cgroup: CgroupOffsets,
+}
+
+impl Layout {
+    /// Probes what the kernel must offer (naming what it lacks before anything is loaded), then
+    /// reads the offsets. The BTF is large: it is let go before anything else loads.
+    pub fn read(cgroups: bool) -> anyhow::Result<Layout> {
+        use anyhow::Context as _;
+        let vmlinux = vmlinux();
+        let probed = crate::features::probe(vmlinux.as_ref().ok())?;
+        if let Some(missing) = probed.missing() {
+            anyhow::bail!("{}", missing.message(&crate::features::release()));
+        }
+        let vmlinux = vmlinux.map_err(|e| {
+            anyhow::anyhow!(
+                "observer needs the kernel's BTF type information (CONFIG_DEBUG_INFO_BTF): {e}"
+            )
+        })?;
+        let sock = sock_offsets(&vmlinux).context("finding struct sock's fields")?;
+        let netns = netns_offsets(&vmlinux)
+            .map_err(|e| {
+                eprintln!("observer: warning: network namespaces will not be told apart ({e})")
+            })
+            .ok();
+        let cgroup = if cgroups {
+            cgroup_offsets(&vmlinux)
+                .context("finding where the kernel keeps a socket's cgroup, for --cgroup")?
+        } else {
+            CgroupOffsets::default()
+        };
+        Ok(Layout {
+            sock,
+            netns,
+            cgroup,
+        })
+    }
+}
+
 pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
     let common = |f: &str| btf.offset("sock", &["__sk_common", f]);
     Ok(SockOffsets {
@@ -100,6 +144,8 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         daddr: common("skc_daddr")?,
         saddr_v6: common("skc_v6_rcv_saddr")?,
         daddr_v6: common("skc_v6_daddr")?,
+        state: common("skc_state")?,
+        max_ack_backlog: btf.offset("sock", &["sk_max_ack_backlog"])?,
     })
 }
 

@@ -1,5 +1,5 @@
 //! Command-line interface. Parsing only: `config` validates what needs the system to check.
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 
@@ -72,6 +72,19 @@ pub struct Cli {
     /// Size of the event ring buffer in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 1024)]
     pub ring_kib: u32,
+
+    /// Longest time between two sweeps for connections whose close the kernel did not deliver
+    /// (they are swept for at once when it reports a lost transition): 1s to 1h, as 30s, 5m.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = sweep_interval)]
+    pub sweep_interval: Duration,
+}
+
+fn sweep_interval(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) => Ok(d),
+        Ok(_) => Err(format!("`{s}` is not between 1s and 1h")),
+        Err(e) => Err(format!("`{s}` is not a duration like 30s or 5m: {e}")),
+    }
 }
 
 fn port(s: &str) -> Result<u16, String> {
@@ -109,6 +122,18 @@ mod tests {
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("--events"), "{e}");
         assert!(Cli::try_parse_from(["observer", "--no-metrics", "--events", "json"]).is_ok());
+    }
+
+    #[test]
+    fn sweep_interval_is_a_bounded_duration() {
+        let c = Cli::try_parse_from(["observer"]).unwrap();
+        assert_eq!(c.sweep_interval, Duration::from_secs(60));
+        let c = Cli::try_parse_from(["observer", "--sweep-interval", "5m"]).unwrap();
+        assert_eq!(c.sweep_interval, Duration::from_secs(300));
+        for bad in ["0s", "500ms", "2h", "soon", "10"] {
+            let e = Cli::try_parse_from(["observer", "--sweep-interval", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{
 
 use observer_common::limits::{MAX_BUCKETS, MAX_CGROUPS, MAX_LOCAL_PORTS, MAX_PIDS};
 
-use crate::{cli::Cli, metrics::DEFAULT_BUCKETS, output::Format};
+use crate::{cli::Cli, output::Format};
 
 /// A value that parses but cannot be used: one line for the user, exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,15 @@ pub enum ConfigError {
     TooMany { what: &'static str, max: usize },
 }
 
+/// Default histogram buckets for connection lifetimes, in seconds: 100 µs to 1 h.
+/// A steady 1-2.5-5 progression from 100 µs to 1000 s, then the hour: a lifetime anywhere in
+/// that range lands in a bucket at most 2.5 times as wide as its lower bound (a 3 s connection
+/// reads as 2.5-5 s, where bounds of 1, 10 and 60 s made it 5.5 s at the median).
+pub const DEFAULT_BUCKETS: [f64; 24] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 3600.0,
+];
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub ports: Vec<u16>,
@@ -34,6 +43,8 @@ pub struct Config {
     /// Seconds, ascending.
     pub buckets: Vec<f64>,
     pub ring_bytes: u32,
+    /// Longest time between two sweeps (see `sweep`).
+    pub sweep_interval: std::time::Duration,
 }
 
 impl Config {
@@ -85,6 +96,7 @@ impl Config {
             metrics_addr,
             buckets,
             ring_bytes: cli.ring_kib * 1024,
+            sweep_interval: cli.sweep_interval,
         })
     }
 

@@ -11,7 +11,10 @@ use aya::maps::{MapData, RingBuf};
 use observer_common::record::Record;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-use crate::output::{Clock, Event, Format};
+use crate::{
+    endpoints::Endpoints,
+    output::{Clock, Event, Format},
+};
 
 /// Lines in flight between the ring reader and the stdout writer, in batches.
 const BATCHES_IN_FLIGHT: usize = 64;
@@ -49,6 +52,7 @@ pub async fn stream(ring: RingBuf<MapData>, format: Format, clock: Clock) -> Res
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("watching the event ring buffer")?;
+    let mut endpoints = Endpoints::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -68,7 +72,9 @@ pub async fn stream(ring: RingBuf<MapData>, format: Format, clock: Clock) -> Res
                     continue;
                 }
                 // SAFETY: the program writes whole `Record`s; read_unaligned copies one out.
-                let record = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Record) };
+                let mut record =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Record) };
+                endpoints.complete(&mut record);
                 if let Some(event) = Event::from_record(&record, &clock) {
                     batch.extend_from_slice(event.format(format).as_bytes());
                     batch.push(b'\n');

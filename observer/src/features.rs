@@ -102,6 +102,22 @@ pub fn probe(vmlinux: Option<&btf::Btf>) -> anyhow::Result<Probed> {
 }
 
 /// The running kernel's release, as `uname -r` prints it.
+/// Whether this kernel runs tracepoint programs preemptibly: from Linux 7.0 (tracepoints under
+/// SRCU-fast), or a PREEMPT_RT kernel.
+pub fn preemptible_tracepoints() -> bool {
+    let realtime = std::fs::read_to_string("/sys/kernel/realtime").is_ok_and(|s| s.trim() == "1");
+    realtime || major(&release()) >= 7
+}
+
+/// The major version of a kernel release string (`6.12.95+deb12-amd64` -> 6); 0 if unreadable.
+fn major(release: &str) -> u32 {
+    release
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -111,6 +127,13 @@ pub fn release() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_major_version_of_a_release() {
+        assert_eq!(major("6.12.95+deb12-amd64"), 6);
+        assert_eq!(major("7.2.13+deb14-amd64"), 7);
+        assert_eq!(major("unknown release"), 0);
+    }
 
     const ALL: Probed = Probed {
         btf: true,

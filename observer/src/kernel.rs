@@ -1,27 +1,32 @@
 //! The only module that speaks aya: loads the eBPF program with its settings, attaches it,
 //! and reads and writes its maps. Dropping `Kernel` detaches and unloads everything.
-use std::{collections::HashSet, os::fd::AsRawFd as _};
+use std::{
+    collections::HashSet,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, Queue, RingBuf},
-    programs::{BtfTracePoint, ProgramFd},
+    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, Queue, RingBuf},
+    programs::{BtfTracePoint, Iter, ProgramFd},
 };
 use observer_common::{
+    conn::Conn,
     counters,
-    filter::{BACKUP_PROGRAM, PROGRAM},
+    filter::{BACKUP_PROGRAM, PROGRAM, REAP_PROGRAM, SWEEP_PROGRAM},
     filter::{
         CgroupOffsets, CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS,
         PORT_REMOTE, SockOffsets, flags, globals, maps,
     },
-    limits::{MAX_BUCKETS, MAX_PORTS},
+    limits::{MAX_BUCKETS, MAX_DOOMED, MAX_PORTS},
     snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
     stats::{PortStats, StatsKey},
+    sweep::Doomed,
     tracepoint,
 };
 
-use crate::btf::NetnsOffsets;
+use crate::{btf::NetnsOffsets, iterator::MapIterator};
 
 /// The smallest ring buffer the kernel takes: one page.
 const MIN_RING_BYTES: u32 = 4096;
@@ -61,6 +66,10 @@ pub struct Kernel {
     seen: HashMap<MapData, TupleKey, u8>,
     control: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
+    doomed: HashMap<MapData, u64, Doomed>,
+    /// The two iterators of the sweep (see `observer_common::sweep`), over SOCKETS and DOOMED.
+    sweep: MapIterator,
+    reap: MapIterator,
 }
 
 /// Everything the program could not do, summed over CPUs (see `observer_common::counters`).
@@ -88,6 +97,8 @@ pub struct Health {
     /// Runs of the main program nested in another on the same CPU (kernels without a recursion
     /// guard for these programs).
     pub nested_runs: u64,
+    /// Connections counted opened when first met past ESTABLISHED, their open never delivered.
+    pub late_opens: u64,
 }
 
 impl Kernel {
@@ -117,6 +128,7 @@ impl Kernel {
         let cgroup_offsets = s.cgroup_offsets;
         // A quarter full ring wakes the reader at once; below that it reads on its tick.
         let wakeup_bytes = u64::from(s.ring_bytes / 4);
+        let preemptible = u32::from(crate::features::preemptible_tracepoints());
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::FLAGS, &f, true)
             .override_global(globals::SK_NET_OFFSET, &sk_net, true)
@@ -127,6 +139,7 @@ impl Kernel {
             .override_global(globals::SOCK_OFFSETS, &sock, true)
             .override_global(globals::CGROUP_OFFSETS, &cgroup_offsets, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
+            .override_global(globals::PREEMPTIBLE, &preemptible, true)
             // The ring is only read with --events: without, its smallest size (a page), not
             // what --ring-kib asked for, which would be kernel memory kept for nothing.
             .map_max_entries(
@@ -152,18 +165,27 @@ impl Kernel {
                 .try_into()?;
             program
                 .load(tracepoint::NAME, &vmlinux)
-                .map_err(|e| match e {
-                    aya::programs::ProgramError::LoadError { verifier_log, .. } => {
-                        let log = verifier_log.to_string();
-                        if std::env::var_os("OBSERVER_DEBUG").is_some() {
-                            eprintln!("{log}");
-                        }
-                        anyhow!("{}", rejection(name, &crate::features::release(), &log))
-                    }
-                    e => privilege_hint(e),
-                })?;
+                .map_err(|e| load_error(name, e))?;
             prog_fds.push(program.fd()?.try_clone()?);
         }
+        let sockets: HashMap<MapData, u64, Conn> = take(&mut ebpf, maps::SOCKETS)?;
+        let doomed: HashMap<MapData, u64, Doomed> = take(&mut ebpf, maps::DOOMED)?;
+        let mut iterators = Vec::new();
+        for (name, map) in [(SWEEP_PROGRAM, sockets.map()), (REAP_PROGRAM, doomed.map())] {
+            let program: &mut Iter = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+                .try_into()?;
+            program
+                .load("bpf_map_elem", &vmlinux)
+                .map_err(|e| load_error(name, e))?;
+            iterators.push(MapIterator::attach(
+                program.fd()?.as_fd(),
+                map.fd().as_fd(),
+            )?);
+        }
+        let reap = iterators.pop().expect("two iterators");
+        let sweep = iterators.pop().expect("two iterators");
         drop(vmlinux);
         let backup_fd = prog_fds.pop().expect("two programs");
         let prog_fd = prog_fds.pop().expect("two programs");
@@ -197,6 +219,9 @@ impl Kernel {
             seen: take(&mut ebpf, maps::SEEN)?,
             control: take(&mut ebpf, maps::CONTROL)?,
             events,
+            doomed,
+            sweep,
+            reap,
             _ebpf: ebpf,
         })
     }
@@ -308,6 +333,33 @@ impl Kernel {
         out
     }
 
+    /// One sweep (see `observer_common::sweep`): the watched sockets whose memory says CLOSE
+    /// while their entry does not.
+    pub fn sweep(&self) -> Result<Vec<Doomed>> {
+        let out = self.sweep.run().context("sweeping the watched sockets")?;
+        Ok(out
+            .chunks_exact(Doomed::SIZE)
+            // SAFETY: the sweep writes whole `Doomed`s; read_unaligned copies one out.
+            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr() as *const Doomed) })
+            .collect())
+    }
+
+    /// Retires in the kernel the sockets found dead in two sweeps (at most `MAX_DOOMED` at a
+    /// time): each is counted closed once, if its entry is still the one the sweeps found.
+    pub fn reap(&mut self, dead: &[Doomed]) -> Result<()> {
+        let dead = &dead[..dead.len().min(MAX_DOOMED as usize)];
+        for d in dead {
+            self.doomed
+                .insert(d.sk, d, 0)
+                .context("handing the kernel a dead socket")?;
+        }
+        let result = self.reap.run().context("retiring dead sockets");
+        for d in dead {
+            let _ = self.doomed.remove(&d.sk);
+        }
+        result.map(drop)
+    }
+
     pub fn health(&self) -> Health {
         let sum = |i: u32| -> u64 {
             self.counters
@@ -330,7 +382,22 @@ impl Kernel {
             skipped_backup: misses(&self.backup_fd),
             cgroup_unknown: sum(counters::CGROUP_UNKNOWN),
             nested_runs: sum(counters::NESTED_RUNS),
+            late_opens: sum(counters::LATE_OPENS),
         }
+    }
+}
+
+/// A program the kernel would not load: the verifier's verdict, or what privilege is missing.
+fn load_error(name: &str, e: aya::programs::ProgramError) -> anyhow::Error {
+    match e {
+        aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+            let log = verifier_log.to_string();
+            if std::env::var_os("OBSERVER_DEBUG").is_some() {
+                eprintln!("{log}");
+            }
+            anyhow!("{}", rejection(name, &crate::features::release(), &log))
+        }
+        e => privilege_hint(e),
     }
 }
 
@@ -404,10 +471,9 @@ fn rejection(program: &str, release: &str, log: &str) -> String {
 /// Lines of the verifier's log shown on a rejection.
 const VERIFIER_LINES: usize = 6;
 
-/// Turns a permission error into the one thing a user must know.
+/// Turns a permission error (EPERM anywhere in its chain) into the one thing a user must know.
 fn privilege_hint<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
-    let text = format!("{e:?} {e}");
-    if text.contains("EPERM") || text.contains("Operation not permitted") {
+    if is_eperm(&e) {
         anyhow!(
             "permission denied: observer needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs"
         )
@@ -416,9 +482,38 @@ fn privilege_hint<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow:
     }
 }
 
+/// Whether an error, or one it came from, is the system's EPERM.
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{recursion_misses, rejection};
+    use super::{is_eperm, recursion_misses, rejection};
+
+    #[test]
+    fn a_permission_error_is_told_by_its_errno_wherever_it_is_in_the_chain() {
+        let eperm = || std::io::Error::from_raw_os_error(libc::EPERM);
+        assert!(is_eperm(&eperm()));
+        let wrapped = aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error: eperm(),
+        });
+        assert!(is_eperm(&wrapped));
+        let other = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert!(!is_eperm(&other));
+        // A message that merely mentions it is not one.
+        assert!(!is_eperm(&std::io::Error::other("EPERM")));
+    }
 
     #[test]
     fn a_rejection_shows_the_verifiers_last_words_not_a_permission_error() {

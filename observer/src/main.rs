@@ -1,42 +1,47 @@
 //! observer: watches the TCP connections of a running server from the kernel, with eBPF.
 //!
-//! The start-up sequence (each step can fail with one clear line, and nothing stays loaded):
-//! targets are resolved, the metrics port is bound, the program is loaded and attached, the
-//! targets' listening ports are found, the connections that already exist are counted (see
-//! `snapshot`), then metrics are served and events streamed until SIGINT/SIGTERM.
+//! The start-up sequence, `run` (each step can fail with one clear line, and nothing stays
+//! loaded): the targets are resolved (`targets`), the metrics port is bound, the kernel's layout
+//! is read (`btf`, `features`), the programs are loaded and attached, what is watched is found
+//! on the system (`watched`), the connections that already exist are counted (`snapshot`); then
+//! `serve` serves the metrics, streams the events and sweeps until SIGINT/SIGTERM.
 mod btf;
 mod cli;
 mod config;
 mod diag;
+mod endpoints;
 mod events;
 mod features;
 mod http;
+mod iterator;
 mod kernel;
 mod metrics;
 mod netns;
 mod output;
 mod process;
 mod snapshot;
+mod sweep;
 mod targets;
+mod watched;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::BTreeMap,
     process::ExitCode,
     sync::{Arc, Mutex},
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser as _;
-use observer_common::{DIR_INBOUND, DIR_OUTBOUND, filter::Owner, stats::StatsKey, tcp};
+use observer_common::{DIR_INBOUND, DIR_OUTBOUND, filter::Owner, stats::StatsKey};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::Cli,
     config::Config,
     kernel::{Kernel, Settings},
-    netns::Namespace,
     output::Clock,
-    targets::{Cgroup, Process},
+    targets::Targets,
+    watched::Watched,
 };
 
 fn main() -> ExitCode {
@@ -66,62 +71,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// observer's life, phase by phase: each one in the module it belongs to.
 async fn run(config: Config) -> Result<()> {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("observer needs root to load eBPF programs (run it with sudo)");
     }
-    let processes: Vec<Process> = config
-        .pids
-        .iter()
-        .map(|p| targets::resolve_pid(*p))
-        .collect::<Result<_, _>>()?;
-    let cgroups: Vec<Cgroup> = config
-        .cgroups
-        .iter()
-        .map(|p| targets::resolve_cgroup(p))
-        .collect::<Result<_, _>>()?;
+    let targets = Targets::resolve(&config.pids, &config.cgroups)?;
     let listener = match config.metrics_addr {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
+    let layout = btf::Layout::read(!targets.cgroups.is_empty())?;
+    let mut kernel = load_and_attach(&config, &targets, &layout)?;
+    // From here on the kernel sees every transition; now find what already exists.
+    let own_endpoint = listener.as_ref().and_then(socket_inode);
+    let watched = Watched::discover(
+        &mut kernel,
+        &config,
+        &targets,
+        layout.netns.is_some(),
+        own_endpoint,
+    )?;
+    let baseline = snapshot::take(&mut kernel, &watched.namespaces, &|ns, s| {
+        watched.classify(ns, s)
+    })
+    .context("counting the connections that already exist")?;
+    serve(config, targets, kernel, baseline, listener).await
+}
 
-    // The kernel's BTF is large: read the offsets, and let it go before anything else loads.
-    let (netns, sock, cgroup_offsets) = {
-        let vmlinux = btf::vmlinux();
-        // What the kernel lacks is named before anything is loaded.
-        let probed = features::probe(vmlinux.as_ref().ok())?;
-        if let Some(missing) = probed.missing() {
-            bail!("{}", missing.message(&features::release()));
-        }
-        let vmlinux = vmlinux.map_err(|e| {
-            anyhow::anyhow!(
-                "observer needs the kernel's BTF type information (CONFIG_DEBUG_INFO_BTF): {e}"
-            )
-        })?;
-        let sock = btf::sock_offsets(&vmlinux).context("finding struct sock's fields")?;
-        let netns = optional(
-            btf::netns_offsets(&vmlinux).map_err(anyhow::Error::from),
-            "network namespaces will not be told apart",
-        );
-        let cgroup_offsets = if cgroups.is_empty() {
-            Default::default()
-        } else {
-            btf::cgroup_offsets(&vmlinux)
-                .context("finding where the kernel keeps a socket's cgroup, for --cgroup")?
-        };
-        (netns, sock, cgroup_offsets)
-    };
-    let process_targets = !processes.is_empty() || !cgroups.is_empty();
+/// Loads the programs with their settings, hands them the static targets, and attaches them.
+fn load_and_attach(config: &Config, targets: &Targets, layout: &btf::Layout) -> Result<Kernel> {
     let mut kernel = Kernel::load(&Settings {
         emit_events: config.events.is_some(),
         all_listeners: config.all_listeners(),
-        process_targets,
-        netns,
-        sock,
+        process_targets: targets.any(),
+        netns: layout.netns,
+        sock: layout.sock,
         bucket_bounds_ns: config.bucket_bounds_ns(),
-        cgroups: cgroups.iter().map(|c| c.target).collect(),
-        cgroup_offsets,
+        cgroups: targets.cgroups.iter().map(|c| c.target).collect(),
+        cgroup_offsets: layout.cgroup,
         ring_bytes: config.ring_bytes,
     })?;
     // Loading parsed the kernel's BTF once more (aya does, for relocations this program does not
@@ -134,73 +123,23 @@ async fn run(config: Config) -> Result<()> {
     for port in &config.remote_ports {
         kernel.watch_remote_port(*port)?;
     }
-    for p in &processes {
+    for p in &targets.processes {
         kernel.watch_pid(p.pid)?;
     }
     kernel.attach()?;
+    Ok(kernel)
+}
 
-    // From here on the kernel sees every transition; now find what already exists.
-    let target_pids: Vec<u32> = processes
-        .iter()
-        .map(|p| p.pid)
-        .chain(cgroups.iter().flat_map(|c| targets::cgroup_pids(&c.path)))
-        .collect();
-    let namespaces = if netns.is_none() {
-        vec![Namespace {
-            inode: 0,
-            ..Namespace::own()
-        }]
-    } else if config.all_listeners() || !config.ports.is_empty() || !config.remote_ports.is_empty()
-    {
-        netns::all()
-    } else {
-        targets::namespaces_of(&target_pids)
-    };
-    let owners = if config.all_listeners() {
-        targets::socket_owners(targets::all_pids())
-    } else {
-        targets::socket_owners(target_pids.iter().copied())
-    };
-    let target_inodes: HashSet<u32> = if process_targets {
-        owners.keys().copied().collect()
-    } else {
-        HashSet::new()
-    };
-    // With no target every listener counts, but observer's own endpoint (and Prometheus's
-    // scrapes of it) is not the server's traffic; `--port` still names it when wanted.
-    let own_endpoint = listener.as_ref().and_then(socket_inode);
-    watch_listeners(
-        &mut kernel,
-        &namespaces,
-        &owners,
-        config.all_listeners(),
-        &target_inodes,
-        own_endpoint,
-    )?;
-    let local: HashMap<(u32, u16), Owner> = kernel
-        .local_ports()
-        .into_iter()
-        .map(|(k, o)| ((k.netns, k.port), o))
-        .collect();
-    let remote: HashSet<u16> = config.remote_ports.iter().copied().collect();
-    let classify = |ns: u32, s: &diag::DiagSocket| {
-        if let Some(o) = local
-            .get(&(ns, s.sport))
-            .or_else(|| local.get(&(0, s.sport)))
-        {
-            return Some((DIR_INBOUND, s.sport, *o));
-        }
-        let owner = owners.get(&s.inode).copied();
-        if remote.contains(&s.dport) {
-            return Some((DIR_OUTBOUND, s.dport, owner.unwrap_or(Owner::UNKNOWN)));
-        }
-        target_inodes
-            .contains(&s.inode)
-            .then(|| (DIR_OUTBOUND, s.dport, owner.unwrap_or(Owner::UNKNOWN)))
-    };
-    let baseline = snapshot::take(&mut kernel, &namespaces, &classify)
-        .context("counting the connections that already exist")?;
-
+/// Serves the metrics, streams the events, sweeps, and waits for the end: a signal, or stdout
+/// closed under `--events`.
+async fn serve(
+    config: Config,
+    targets: Targets,
+    kernel: Kernel,
+    baseline: snapshot::Baseline,
+    listener: Option<tokio::net::TcpListener>,
+) -> Result<()> {
+    let mut kernel = kernel;
     let events = kernel.take_events();
     let kernel = Arc::new(Mutex::new(kernel));
     let static_keys: Vec<StatsKey> = config
@@ -235,9 +174,10 @@ async fn run(config: Config) -> Result<()> {
         }
         _ => None,
     };
-    for p in &processes {
+    for p in &targets.processes {
         tokio::spawn(watch_exit(p.pid));
     }
+    let sweeper = tokio::spawn(sweep::run(kernel.clone(), config.sweep_interval));
     if baseline.unseeded > 0 {
         eprintln!(
             "observer: warning: {} existing connections did not fit in the kernel's snapshot map; \
@@ -253,7 +193,7 @@ async fn run(config: Config) -> Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     eprintln!(
         "observer: ready: watching {}; {} existing connections counted{}",
-        describe(&config, &processes, &cgroups),
+        describe(&config, &targets),
         baseline
             .gauges
             .values()
@@ -284,53 +224,20 @@ async fn run(config: Config) -> Result<()> {
     if let Some(s) = stream {
         s.abort();
     }
+    sweeper.abort();
+    let _ = sweeper.await;
     // The last reference: dropping it detaches the program and frees its maps.
     drop(kernel);
     result
 }
 
-/// A feature observer can run without: a warning on stderr says what is missing and why.
-fn optional<T>(found: Result<T>, consequence: &str) -> Option<T> {
-    found
-        .map_err(|e| eprintln!("observer: warning: {consequence} ({e:#})"))
-        .ok()
-}
-
-/// Adds the listening ports of the targets (or of every process) to the watched set.
-fn watch_listeners(
-    kernel: &mut Kernel,
-    namespaces: &[Namespace],
-    owners: &HashMap<u32, Owner>,
-    all: bool,
-    target_inodes: &HashSet<u32>,
-    own_endpoint: Option<u32>,
-) -> Result<()> {
-    if !all && target_inodes.is_empty() {
-        return Ok(());
-    }
-    let mask = diag::state_mask(&[tcp::LISTEN]);
-    for ns in namespaces {
-        for s in ns
-            .dump(mask)
-            .with_context(|| format!("listing the listening sockets of {ns}"))?
-        {
-            if all && own_endpoint == Some(s.inode) {
-                continue;
-            }
-            if all || target_inodes.contains(&s.inode) {
-                let owner = owners.get(&s.inode).copied().unwrap_or(Owner::UNKNOWN);
-                kernel.watch_local_port(ns.inode, s.sport, &owner)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The inode of a socket, as sock_diag reports it.
 fn socket_inode(socket: &impl std::os::fd::AsRawFd) -> Option<u32> {
-    // SAFETY: fstat on a descriptor the caller holds open, into a zeroed struct.
+    // SAFETY: stat is plain data, for which all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    (unsafe { libc::fstat(socket.as_raw_fd(), &mut st) } == 0).then_some(st.st_ino as u32)
+    // SAFETY: fstat on a descriptor the caller holds open, into a writable struct.
+    let ok = unsafe { libc::fstat(socket.as_raw_fd(), &mut st) } == 0;
+    ok.then_some(st.st_ino as u32)
 }
 
 /// Says on stderr when a target process exits; its ports stay watched.
@@ -355,7 +262,7 @@ async fn watch_exit(pid: u32) {
     }
 }
 
-fn describe(config: &Config, processes: &[Process], cgroups: &[Cgroup]) -> String {
+fn describe(config: &Config, targets: &Targets) -> String {
     if config.all_listeners() {
         return "inbound connections on every listening port".into();
     }
@@ -367,13 +274,13 @@ fn describe(config: &Config, processes: &[Process], cgroups: &[Cgroup]) -> Strin
             .or_default()
             .push(format!("inbound port {}", list(&config.ports)));
     }
-    for p in processes {
+    for p in &targets.processes {
         parts
             .entry(1)
             .or_default()
             .push(format!("process {}", p.pid));
     }
-    for c in cgroups {
+    for c in &targets.cgroups {
         parts
             .entry(2)
             .or_default()

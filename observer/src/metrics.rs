@@ -22,15 +22,6 @@ use tokio::net::TcpListener;
 
 use crate::{kernel::Kernel, snapshot::Baseline};
 
-/// Default histogram buckets for connection lifetimes, in seconds: 100 µs to 1 h.
-/// A steady 1-2.5-5 progression from 100 µs to 1000 s, then the hour: a lifetime anywhere in
-/// that range lands in a bucket at most 2.5 times as wide as its lower bound (a 3 s connection
-/// reads as 2.5-5 s, where bounds of 1, 10 and 60 s made it 5.5 s at the median).
-pub const DEFAULT_BUCKETS: [f64; 24] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 3600.0,
-];
-
 /// Reads the kernel's counters at each scrape.
 pub struct ConnCollector {
     kernel: Arc<Mutex<Kernel>>,
@@ -219,6 +210,7 @@ impl Collector for ConnCollector {
             ("snapshot_map_full", Some(health.seen_full)),
             ("listeners_map_full", Some(health.local_ports_full)),
             ("stale_socket_retired", Some(health.stale_sockets)),
+            ("late_open_counted", Some(health.late_opens)),
             ("cgroup_unknown", Some(health.cgroup_unknown)),
             // Only where the kernel counts skipped runs: lost is derived from that count.
             ("lost_transition", health.lost),

@@ -8,7 +8,7 @@ use std::{
 use observer_common::{
     DIR_INBOUND,
     conn::{EVENT_CLOSE, EVENT_FAILED, EVENT_OPEN},
-    record::{RECORD_HAS_DURATION, Record},
+    record::{RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, Record},
     tracepoint::AF_INET,
 };
 use serde::Serialize;
@@ -103,8 +103,8 @@ impl Event {
                 Direction::Outbound
             },
             port: r.port,
-            local: SocketAddr::new(ip(r.family, &r.saddr), r.sport).to_string(),
-            remote: SocketAddr::new(ip(r.family, &r.daddr), r.dport).to_string(),
+            local: endpoint(r, &r.saddr, r.sport),
+            remote: endpoint(r, &r.daddr, r.dport),
             duration_seconds,
             pid,
             comm,
@@ -150,6 +150,15 @@ impl Event {
     }
 }
 
+/// `address:port`, or `unknown` for a close whose addresses the kernel no longer had and whose
+/// open was not seen (see `endpoints`).
+fn endpoint(r: &Record, addr: &[u8; 16], port: u16) -> String {
+    if r.flags & RECORD_ADDRESSES_GONE != 0 {
+        return "unknown".into();
+    }
+    SocketAddr::new(ip(r.family, addr), port).to_string()
+}
+
 fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
     if family == AF_INET {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
@@ -163,33 +172,12 @@ fn comm(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
-/// RFC 3339 in UTC with microseconds, from nanoseconds since the Unix epoch.
+/// RFC 3339 in UTC with microseconds, from nanoseconds since the Unix epoch (clamped to the
+/// epoch: the kernel's clock never gives an earlier time).
 pub fn rfc3339(ns: i128) -> String {
-    let secs = ns.div_euclid(1_000_000_000) as i64;
-    let micros = (ns.rem_euclid(1_000_000_000) / 1_000) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let ns = u64::try_from(ns).unwrap_or(0);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+    humantime::format_rfc3339_micros(t).to_string()
 }
 
 #[cfg(test)]

@@ -26,6 +26,41 @@ pub enum TargetError {
     CgroupIo(PathBuf, std::io::Error),
 }
 
+/// `--pid` and `--cgroup`, resolved: each one checked to exist before anything is loaded.
+pub struct Targets {
+    pub processes: Vec<Process>,
+    pub cgroups: Vec<Cgroup>,
+}
+
+impl Targets {
+    pub fn resolve(pids: &[u32], cgroups: &[PathBuf]) -> Result<Targets, TargetError> {
+        Ok(Targets {
+            processes: pids
+                .iter()
+                .map(|p| resolve_pid(*p))
+                .collect::<Result<_, _>>()?,
+            cgroups: cgroups
+                .iter()
+                .map(|p| resolve_cgroup(p))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Whether there is a process target at all (`--pid` or `--cgroup`).
+    pub fn any(&self) -> bool {
+        !self.processes.is_empty() || !self.cgroups.is_empty()
+    }
+
+    /// The target processes now: each `--pid`, and every process of each `--cgroup`.
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes
+            .iter()
+            .map(|p| p.pid)
+            .chain(self.cgroups.iter().flat_map(|c| cgroup_pids(&c.path)))
+            .collect()
+    }
+}
+
 /// A target process.
 #[derive(Clone, Debug)]
 pub struct Process {
@@ -103,9 +138,11 @@ fn is_cgroup2(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
-    // SAFETY: a valid path and a zeroed out-struct.
+    // SAFETY: statfs is plain data, for which all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC }
+    // SAFETY: a valid NUL-terminated path and a writable out-struct.
+    let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+    ok && st.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 
 /// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on

@@ -26,9 +26,9 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 /// Skips nothing: these tests need root, and say so plainly when they do not have it.
 pub fn require_root() {
     // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "the integration tests load eBPF programs and must run as root"
     );
 }

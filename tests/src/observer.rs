@@ -13,7 +13,8 @@ use std::{
 
 use crate::scrape::{Scrape, http_get};
 
-/// The observer binary `cargo xtask test` builds (override with OBSERVER_BIN).
+/// The observer binary to test: the one `cargo xtask test` built and names in OBSERVER_BIN (the
+/// VM test and a dist build can name another), else the workspace's debug build.
 pub fn binary() -> PathBuf {
     let path = std::env::var_os("OBSERVER_BIN")
         .map(PathBuf::from)

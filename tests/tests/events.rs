@@ -160,8 +160,8 @@ fn sigterm_and_sigint_detach_everything_and_exit_zero() {
         let ids = observer.program_ids();
         assert_eq!(
             ids.len(),
-            2,
-            "observer loads its program and the backup: {ids:?}"
+            4,
+            "observer loads its program, the backup and the sweep's two iterators: {ids:?}"
         );
         assert!(ids.iter().all(|id| program_loaded(*id)));
         observer.signal(sig);

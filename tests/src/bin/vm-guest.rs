@@ -32,8 +32,13 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(20);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 const CGROUP: &str = "/sys/fs/cgroup/vmt";
-/// The names observer's two programs have in the kernel.
-const PROGRAM_NAMES: [&str; 2] = ["observer_main", "observer_backup"];
+/// The names observer's programs have in the kernel: two on the tracepoint, two iterators.
+const PROGRAM_NAMES: [&str; 4] = [
+    "observer_main",
+    "observer_backup",
+    "observer_sweep",
+    "observer_reap",
+];
 
 type Outcome = Result<String, String>;
 type Test = (&'static str, fn() -> Outcome);
@@ -58,6 +63,7 @@ fn main() {
         ("skipped_runs_series", skipped_runs_series),
     ];
     std::panic::set_hook(Box::new(|info| println!("vm-guest: panic: {info}")));
+    warm_up();
     let (mut passed, mut failed) = (0, 0);
     // A name that is no test would leave a test out without a word.
     for name in only.iter().flatten() {
@@ -106,6 +112,19 @@ fn cmdline_tests() -> Option<Vec<String>> {
 
 fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " | ")
+}
+
+/// One connect() alone, and a second to let the kernel settle, before any test. The first
+/// connect() after boot seeds the port-hash secret and then rewrites that code (a static key,
+/// turned off from a workqueue); under qemu's emulation a second CPU in that code while it is
+/// rewritten crashed 6.12.95 once ("Oops: int3" in __inet_hash_connect), observer or not.
+fn warm_up() {
+    if let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0")
+        && let Ok(addr) = l.local_addr()
+    {
+        let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+    }
+    std::thread::sleep(Duration::from_secs(1));
 }
 
 fn uname_release() -> String {
@@ -235,10 +254,11 @@ fn churn_two_observers() -> Outcome {
                 })
                 .collect();
             format!(
-                "backup_transitions={} skipped_runs=[{}] nested_runs={}",
+                "backup_transitions={} skipped_runs=[{}] nested_runs={} healed=[{}]",
                 sum("observer_kernel_backup_transitions_total"),
                 skipped.join(" "),
-                sum("observer_kernel_nested_runs_total")
+                sum("observer_kernel_nested_runs_total"),
+                healed_report(&m)
             )
         })
         .collect();
@@ -365,11 +385,13 @@ fn timeouts_nest() -> Outcome {
         ));
         for (labels, v) in m.samples("observer_kernel_errors_total") {
             let reason = labels.get("reason").cloned().unwrap_or_default();
-            c.push(Cmp {
-                what: format!("errors{{{reason}}}"),
-                got: Some(v),
-                want: 0.0,
-            });
+            if !healed(&reason) {
+                c.push(Cmp {
+                    what: format!("errors{{{reason}}}"),
+                    got: Some(v),
+                    want: 0.0,
+                });
+            }
         }
         c
     };
@@ -385,10 +407,11 @@ fn timeouts_nest() -> Outcome {
         let total = |name: &str| m.samples(name).iter().map(|(_, v)| v).sum::<f64>();
         any_caught |= caught(&m) > 0.0;
         report.push(format!(
-            "{}: {detail} nested_runs={} backup_transitions={}",
+            "{}: {detail} nested_runs={} backup_transitions={} healed=[{}]",
             obs.label,
             total("observer_kernel_nested_runs_total"),
-            total("observer_kernel_backup_transitions_total")
+            total("observer_kernel_backup_transitions_total"),
+            healed_report(&m)
         ));
     }
     let detail = report.join("; ");
@@ -618,7 +641,7 @@ fn sigterm_unloads() -> Outcome {
     let before = observer_programs()?;
     if before.len() < PROGRAM_NAMES.len() {
         return Err(o.failure(&format!(
-            "while running, the kernel lists {before:?}, not both of {PROGRAM_NAMES:?}"
+            "while running, the kernel lists {before:?}, not all of {PROGRAM_NAMES:?}"
         )));
     }
     let t0 = Instant::now();
@@ -746,11 +769,41 @@ fn opened_closed(m: &Metrics, direction: &str, port: u16, n: usize) -> Vec<Cmp> 
     ]
 }
 
-/// Every kernel error series is 0 and no event was dropped.
+/// Whether a kernel error series counts transitions the kernel did not deliver and observer
+/// healed: from Linux 7.0 tracepoint programs are preemptible and lose deliveries (both held by
+/// preempted runs), so these move there while every count and event stays exact, which the
+/// tests check. Before 7.0 nothing is lost, and every error series must stay 0.
+fn healed(reason: &str) -> bool {
+    let major: u32 = uname_release()
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    major >= 7
+        && matches!(
+            reason,
+            "lost_transition" | "stale_socket_retired" | "late_open_counted"
+        )
+}
+
+/// The error series that `healed` allows, with their values: `lost_transition=3 ...`.
+fn healed_report(m: &Metrics) -> String {
+    m.samples("observer_kernel_errors_total")
+        .into_iter()
+        .filter_map(|(labels, v)| {
+            let reason = labels.get("reason")?;
+            healed(reason).then(|| format!("{reason}={v}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Every kernel error series is 0 (but those `healed` allows) and no event was dropped.
 fn common_health(m: &Metrics) -> Vec<Cmp> {
     let errors: Vec<Cmp> = m
         .samples("observer_kernel_errors_total")
         .into_iter()
+        .filter(|(labels, _)| !healed(labels.get("reason").map_or("", |r| r.as_str())))
         .map(|(labels, v)| {
             let reason = labels.get("reason").cloned().unwrap_or_default();
             Cmp {
