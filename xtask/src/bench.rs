@@ -82,13 +82,8 @@ fn mount_tracefs() -> Result<()> {
     Ok(())
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    if let Some((first, rest)) = args.split_first()
-        && first == HOLD_ARG
-    {
-        return hold(rest);
-    }
-    let plan = Plan::parse(args)?;
+pub fn run(quick: bool) -> Result<()> {
+    let plan = Plan::new(quick);
     let started = Instant::now();
     say(format_args!(
         "building observer; then {} pairs per tool, {} s of load per run, {} connections held",
@@ -99,12 +94,12 @@ pub fn run(args: &[String]) -> Result<()> {
     catch_signals();
     let machine = Machine::read()?;
     let results = measure(&plan)?;
-    let command = ["cargo", "xtask", "bench"]
-        .into_iter()
-        .chain(args.iter().map(String::as_str))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let report = render(&command, &plan, &machine, &results, started.elapsed());
+    let command = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let report = render(command, &plan, &machine, &results, started.elapsed());
     println!("{report}");
     if plan.quick {
         eprintln!("bench: a --quick run; BENCHMARKS.md is left as it is");
@@ -134,9 +129,9 @@ struct Plan {
 }
 
 impl Plan {
-    fn parse(args: &[String]) -> Result<Plan> {
-        match args {
-            [] => Ok(Plan {
+    fn new(quick: bool) -> Plan {
+        match quick {
+            false => Plan {
                 quick: false,
                 pairs: 7,
                 load_secs: 3.0,
@@ -144,8 +139,8 @@ impl Plan {
                 profiles: 3,
                 held: 100_000,
                 reading_pairs: 9,
-            }),
-            [q] if q == "--quick" => Ok(Plan {
+            },
+            true => Plan {
                 quick: true,
                 pairs: 2,
                 load_secs: 1.0,
@@ -153,8 +148,7 @@ impl Plan {
                 profiles: 1,
                 held: 5_000,
                 reading_pairs: 5,
-            }),
-            _ => bail!("usage: cargo xtask bench [--quick]"),
+            },
         }
     }
 }
@@ -1884,7 +1878,7 @@ impl Drop for Holder {
 
 /// The holder process: opens N connections from SRC to DST, says `holding <count>`, and keeps
 /// them until its stdin closes (or the bench dies, which PR_SET_PDEATHSIG turns into SIGTERM).
-fn hold(args: &[String]) -> Result<()> {
+pub fn hold(args: &[String]) -> Result<()> {
     let [dst, src, n] = args else {
         bail!("usage: cargo xtask bench {HOLD_ARG} DST SRC N");
     };

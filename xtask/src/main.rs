@@ -4,25 +4,64 @@ mod bench;
 mod setup;
 mod vm;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
 
-const USAGE: &str = "\
-usage: cargo xtask <command> [args]
+/// The project's developer commands. Each one first runs `setup`, which installs only what is
+/// missing.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Xtask {
+    #[command(subcommand)]
+    command: Command,
+}
 
-commands:
-  setup              install what the build and the tests need (idempotent)
-  build              set up, then build observer (release)
-  run [-- ARGS]      set up, build, then run observer with ARGS (as root)
-  test [ARGS]        set up, then run every test (unit and integration, as root)
-  bench              set up, then measure observer against its peers; writes BENCHMARKS.md
-  vm-test [KERNEL..] set up, then boot Debian's kernels under qemu and run the guest tests
-                     against static builds; KERNEL: 5.10 6.1 6.12 6.12-trixie 7 (default: all),
-                     a Debian package name, or a .deb";
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what the build and the tests need (idempotent).
+    Setup,
+    /// Set up, then build observer (release).
+    Build,
+    /// Set up, build, then run observer with ARGS (as root).
+    Run {
+        /// observer's own arguments, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test, unit and integration (as root).
+    Test {
+        /// Passed on to `cargo test` as written (`--test soak -- --ignored`, `-- --nocapture`).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CARGO_TEST_ARGS"
+        )]
+        _args: Vec<String>,
+    },
+    /// The gates CI runs first: rustfmt, and clippy with warnings as errors on every crate, the
+    /// eBPF one included.
+    Lint,
+    /// Set up, then measure observer against its peers; writes BENCHMARKS.md.
+    Bench {
+        /// A short run for trying changes; BENCHMARKS.md is left as it is.
+        #[arg(long)]
+        quick: bool,
+        /// (internal) Hold N connections to DST from SRC: the bench's connection holder.
+        #[arg(long, num_args = 3, value_names = ["DST", "SRC", "N"], hide = true)]
+        hold: Option<Vec<String>>,
+    },
+    /// Set up, then boot Debian's kernels under qemu and run the guest tests against static
+    /// builds.
+    VmTest {
+        /// 5.10 6.1 6.12 6.12-trixie 7 (default: all), a Debian package name, or a .deb.
+        kernels: Vec<String>,
+    },
+}
 
 fn main() -> ExitCode {
-    match run() {
+    match run(Xtask::parse().command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("xtask: {e:#}");
@@ -31,60 +70,92 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<ExitCode> {
-    let mut args = std::env::args().skip(1);
-    let cmd = args.next().unwrap_or_default();
-    let rest: Vec<String> = args.collect();
-    match cmd.as_str() {
-        "setup" => setup::all().map(|_| ExitCode::SUCCESS),
-        "build" => {
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Setup => setup::all().map(|_| ExitCode::SUCCESS),
+        Command::Build => {
             setup::all()?;
             cargo(&["build", "--release", "--package", "observer"])?;
             Ok(ExitCode::SUCCESS)
         }
-        "run" => {
+        Command::Run { args } => {
             setup::all()?;
             cargo(&["build", "--release", "--package", "observer"])?;
-            let args = rest.iter().skip_while(|a| *a == "--");
+            let args = args.iter().skip_while(|a| *a == "--");
             // Become observer, so that signals (a supervisor's SIGTERM too) reach it directly.
             use std::os::unix::process::CommandExt as _;
-            let err = Command::new(setup::workspace().join("target/release/observer"))
-                .args(args)
-                .exec();
+            let err =
+                std::process::Command::new(setup::workspace().join("target/release/observer"))
+                    .args(args)
+                    .exec();
             Err(err).context("starting observer")
         }
-        "test" => {
+        Command::Test { .. } => {
             setup::all()?;
-            // The integration tests run the observer binary itself.
-            cargo(&["build", "--package", "observer"])?;
-            let mut args = vec!["test", "--workspace", "--exclude", "observer-ebpf"];
-            args.extend(rest.iter().map(String::as_str));
-            test(&args)
+            // The integration tests run the observer binary itself: this build's, named to them.
+            let observer = build_observer()?;
+            // What follows `test` goes to cargo test as written: clap drops a `--` that comes
+            // first, which `cargo xtask test -- --nocapture` needs kept.
+            let rest: Vec<String> = std::env::args()
+                .skip_while(|a| a != "test")
+                .skip(1)
+                .collect();
+            let mut all = vec!["test", "--workspace", "--exclude", "observer-ebpf"];
+            all.extend(rest.iter().map(String::as_str));
+            test(&all, &observer)
         }
-        "bench" => {
+        Command::Lint => {
             setup::all()?;
-            bench::run(&rest)?;
+            lint()?;
             Ok(ExitCode::SUCCESS)
         }
-        "vm-test" => {
+        // The holder is this binary again, started by the bench: everything is set up already.
+        Command::Bench {
+            hold: Some(args), ..
+        } => bench::hold(&args).map(|_| ExitCode::SUCCESS),
+        Command::Bench { quick, hold: None } => {
             setup::all()?;
-            vm::run(&rest)
-        }
-        "" | "help" | "-h" | "--help" => {
-            println!("{USAGE}");
+            bench::run(quick)?;
             Ok(ExitCode::SUCCESS)
         }
-        other => bail!("unknown command `{other}`\n{USAGE}"),
+        Command::VmTest { kernels } => {
+            setup::all()?;
+            vm::run(&kernels)
+        }
     }
+}
+
+/// rustfmt and clippy, warnings as errors. The eBPF crate is left out of the workspace's
+/// default members (it builds for bpfel-unknown-none, from observer/build.rs), so clippy checks
+/// it on its own, for the host: the toolchain that builds it for the kernel is Debian's rustc
+/// linked into rustup, which has no clippy. It is `no_std`, so it needs panic=abort there, and a
+/// target directory of its own so that the flag does not rebuild everything else.
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo_bin)
+        .args(["clippy", "--package", "observer-ebpf", "--target-dir"])
+        .arg(setup::workspace().join("target/clippy-ebpf"))
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_PROFILE_DEV_PANIC", "abort")
+        .current_dir(setup::workspace())
+        .status()
+        .context("starting clippy on the eBPF crate")?;
+    if !status.success() {
+        bail!("clippy on the eBPF crate failed ({status})");
+    }
+    Ok(())
 }
 
 /// Runs `cargo test`, passing its output through, and ends with one line that sums every test
 /// binary's results (cargo's own last line is often a doc-test run of 0 tests).
-fn test(args: &[&str]) -> Result<ExitCode> {
+fn test(args: &[&str], observer: &std::path::Path) -> Result<ExitCode> {
     use std::io::{BufRead as _, BufReader};
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut child = Command::new(cargo)
+    let mut child = std::process::Command::new(cargo)
         .args(args)
+        .env("OBSERVER_BIN", observer)
         .current_dir(setup::workspace())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -121,10 +192,46 @@ fn count_before(summary: &str, word: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Builds observer (debug) and returns its binary's path, from cargo's own report of what it
+/// built rather than a guess at the target directory.
+fn build_observer() -> Result<std::path::PathBuf> {
+    use std::io::{BufRead as _, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--package",
+            "observer",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(setup::workspace())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo build")?;
+    let mut exe = None;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.context("reading cargo build's output")?;
+        exe = executable(&line, "observer").or(exe);
+    }
+    let status = child.wait().context("waiting for cargo build")?;
+    if !status.success() {
+        bail!("cargo build --package observer failed ({status})");
+    }
+    exe.context("cargo built no observer binary")
+}
+
+/// The executable of binary target `name` in one line of cargo's JSON messages.
+fn executable(line: &str, name: &str) -> Option<std::path::PathBuf> {
+    let m: serde_json::Value = serde_json::from_str(line).ok()?;
+    (m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .then(|| m["executable"].as_str().map(Into::into))
+        .flatten()
+}
+
 /// Runs cargo (the one that runs xtask) in the workspace.
 pub fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let status = std::process::Command::new(cargo)
         .args(args)
         .current_dir(setup::workspace())
         .status()
@@ -138,6 +245,24 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::count_before;
+
+    #[test]
+    fn finds_the_binary_in_cargos_messages() {
+        let built = r#"{"reason":"compiler-artifact","target":{"name":"observer","kind":["bin"]},"executable":"/w/target/debug/observer"}"#;
+        assert_eq!(
+            super::executable(built, "observer"),
+            Some("/w/target/debug/observer".into())
+        );
+        let lib = r#"{"reason":"compiler-artifact","target":{"name":"observer-common","kind":["lib"]},"executable":null}"#;
+        assert_eq!(super::executable(lib, "observer"), None);
+        assert_eq!(super::executable("not json", "observer"), None);
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Xtask::command().debug_assert();
+    }
 
     #[test]
     fn reads_cargo_test_summaries() {
