@@ -1,0 +1,93 @@
+//! Records for the daemon, through the ring buffer.
+use crate::maps::{EVENTS, FLAGS, WAKEUP_BYTES, count, now};
+use crate::sock::Sock;
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use observer_common::conn::{Conn, EVENT_NONE, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step};
+use observer_common::filter::flags;
+use observer_common::record::{
+    RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_PREEXISTING, Record,
+};
+use observer_common::{counters, tcp};
+
+#[inline(always)]
+pub(crate) fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
+    let (family, saddr, daddr) = tp.addrs();
+    submit(&Record {
+        ts_ns: step.now_ns,
+        sock: sk,
+        duration_ns: step.duration_ns,
+        pid: conn.pid,
+        netns,
+        sport: tp.sport,
+        dport: tp.dport,
+        port: conn.port,
+        family,
+        oldstate: tp.old,
+        newstate: tp.new,
+        direction: conn.direction,
+        event: step.event,
+        flags: record_flags(conn, step),
+        _pad: [0; 3],
+        saddr,
+        daddr,
+        comm: conn.comm,
+    });
+}
+
+#[inline(always)]
+pub(crate) fn record_flags(conn: &Conn, step: &Step) -> u8 {
+    let mut rflags = 0;
+    if step.timed {
+        rflags |= RECORD_HAS_DURATION;
+    }
+    if conn.flags & FLAG_PREEXISTING != 0 && conn.flags & FLAG_OPEN_SEEN == 0 {
+        rflags |= RECORD_PREEXISTING;
+    }
+    rflags
+}
+
+/// Sends a record to the daemon, or counts it dropped when the ring is full.
+#[inline(always)]
+pub(crate) fn submit(record: &Record) {
+    let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
+        count(counters::RING_FULL);
+        return;
+    };
+    entry.write(*record);
+    let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= WAKEUP_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup.into());
+}
+
+/// The close of an entry retired at its address's reuse: its socket's addresses are the new
+/// socket's now, so the record carries none (`RECORD_ADDRESSES_GONE`).
+#[inline(always)]
+pub(crate) fn emit_retired(sk: u64, conn: &Conn) {
+    let step = conn.retire();
+    if step.event == EVENT_NONE || FLAGS.load() & flags::EMIT_EVENTS == 0 {
+        return;
+    }
+    submit(&Record {
+        ts_ns: now(),
+        sock: sk,
+        duration_ns: step.duration_ns,
+        pid: conn.pid,
+        netns: 0,
+        sport: 0,
+        dport: 0,
+        port: conn.port,
+        family: 0,
+        oldstate: conn.state,
+        newstate: tcp::CLOSE,
+        direction: conn.direction,
+        event: step.event,
+        flags: record_flags(conn, &step) | RECORD_ADDRESSES_GONE,
+        _pad: [0; 3],
+        saddr: [0; 16],
+        daddr: [0; 16],
+        comm: conn.comm,
+    });
+}

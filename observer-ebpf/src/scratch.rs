@@ -1,0 +1,112 @@
+//! Per-CPU scratch: the depth of each program's runs, a word per nesting level, and the
+//! main program's notes for the backup (see the crate's doc).
+
+pub(crate) const RECENT_LEN: usize = 8;
+/// Address words per program: one per nesting level. 5.10 nests a program in itself: a
+/// softirq's transition in a process's run, two levels; TCP changes state in no other context.
+pub(crate) const LEVELS: usize = 4;
+pub(crate) const MAIN: usize = 0;
+pub(crate) const BACKUP: usize = 1;
+
+/// Each field is written by one program (the notes: put by the main one, cleared by the backup
+/// for the transition it runs for). The kernel never runs a program
+/// twice at once on a CPU, except 5.10, which nests it in itself, and a nested run ends before
+/// the run it interrupted goes on; from 7.0 a run can be preempted by another task, but the
+/// other task's runs of that program are then skipped, not run. So a per-program depth, put
+/// back by every run before it returns, tells each run a word of its own.
+#[repr(C)]
+pub(crate) struct Scratch {
+    /// The transitions the main program took and the backup program has not yet come to, for
+    /// the backup (see `put_note`); 0 marks a free slot.
+    pub(crate) notes: [u64; RECENT_LEN],
+    /// Notes written so far: where the next one goes when no slot is free.
+    pub(crate) written: u64,
+    /// Runs of each program under way on the CPU.
+    pub(crate) depth: [u64; 2],
+    /// Per program and nesting level: a word to turn the socket pointer into its address.
+    pub(crate) address: [[u64; LEVELS]; 2],
+}
+
+/// One transition of one socket: a kernel pointer's top 16 bits are all ones, so the states can
+/// go there without two transitions sharing a key.
+#[inline(always)]
+pub(crate) fn transition_key(sk: u64, old: u8, new: u8) -> u64 {
+    sk ^ ((old as u64) << 56) ^ ((new as u64) << 48)
+}
+
+/// One more run of a program on this CPU: returns how many were under way.
+///
+/// # Safety
+/// `depth` is this CPU's depth of the calling program.
+#[inline(always)]
+pub(crate) unsafe fn enter(depth: *mut u64) -> u64 {
+    // SAFETY: as the caller promises.
+    unsafe {
+        let d = core::ptr::read_volatile(depth);
+        core::ptr::write_volatile(depth, d + 1);
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        d
+    }
+}
+
+/// The run that `enter` returned `d` for ends.
+///
+/// # Safety
+/// As for `enter`.
+#[inline(always)]
+pub(crate) unsafe fn leave(depth: *mut u64, d: u64) {
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: as the caller promises.
+    unsafe { core::ptr::write_volatile(depth, d) };
+}
+
+/// Notes the transition `key` for the backup program, in a free slot: the backup clears the
+/// notes it takes, so runs nested in this one (5.10), which note and take theirs before this
+/// run goes on, leave this run's note alone however many they are. With no slot free (notes
+/// the backup never took: its run was skipped, or preempted from 7.0) the oldest is
+/// overwritten, and the backup then handles that transition again, which changes nothing.
+///
+/// # Safety
+/// `s` is this CPU's scratch, and the caller is the main program.
+#[inline(always)]
+pub(crate) unsafe fn put_note(s: *mut Scratch, key: u64) {
+    // SAFETY: as the caller promises; every index is masked into range.
+    unsafe {
+        let written = core::ptr::read_volatile(&(*s).written);
+        let mut slot = written as usize & (RECENT_LEN - 1);
+        let mut i = 0;
+        while i < RECENT_LEN {
+            if core::ptr::read_volatile(&(*s).notes[i]) == 0 {
+                slot = i;
+                break;
+            }
+            i += 1;
+        }
+        // The slot is taken (a key written) before anything else: a run nested in this one
+        // after this write sees it taken, and one that came before it is done with the slot
+        // (and cleared it) before this run writes it.
+        core::ptr::write_volatile(&mut (*s).notes[slot & (RECENT_LEN - 1)], key);
+        core::ptr::write_volatile(&mut (*s).written, written.wrapping_add(1));
+    }
+}
+
+/// Whether the main program noted the transition `key` (the note is cleared).
+///
+/// # Safety
+/// `notes` is this CPU's ring of notes.
+#[inline(always)]
+pub(crate) unsafe fn take_note(notes: *mut [u64; RECENT_LEN], key: u64) -> bool {
+    let mut i = 0;
+    while i < RECENT_LEN {
+        // SAFETY: as the caller promises; i < RECENT_LEN.
+        unsafe {
+            let note = &mut (*notes)[i];
+            if core::ptr::read_volatile(note) == key {
+                core::ptr::write_volatile(note, 0);
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}

@@ -1,0 +1,140 @@
+//! The sweep's two iterators (see `observer_common::sweep`).
+use crate::emit::{record_flags, submit};
+use crate::maps::{FLAGS, SOCK_OFFSETS, SOCKETS, count, now};
+use crate::sock::{netns_of, read_kernel};
+use crate::track::count_step;
+use aya_ebpf::helpers::bpf_seq_write;
+use observer_common::conn::{Conn, EVENT_NONE};
+use observer_common::filter::flags;
+use observer_common::record::Record;
+use observer_common::sweep::Doomed;
+use observer_common::tracepoint::AF_INET;
+use observer_common::{counters, tcp};
+
+/// The context of an iterator over a map's elements (`struct bpf_iter__bpf_map_elem`): the
+/// element is null on the last call, which marks the end.
+#[repr(C)]
+pub struct MapElem<K, V> {
+    pub(crate) meta: *const IterMeta,
+    pub(crate) map: *const u8,
+    pub(crate) key: *const K,
+    pub(crate) value: *const V,
+}
+
+/// `struct bpf_iter_meta`: the output file comes first.
+#[repr(C)]
+pub(crate) struct IterMeta {
+    pub(crate) seq: *mut aya_ebpf::bindings::seq_file,
+}
+
+/// The element of a map-element iterator run, or None at the end.
+///
+/// # Safety
+/// `ctx` is the context the kernel gave a map-element iterator over a map of `K` to `V`.
+#[inline(always)]
+pub(crate) unsafe fn element<K: Copy, V: Copy>(ctx: *const MapElem<K, V>) -> Option<(K, V)> {
+    // SAFETY: as the caller promises; the kernel checks each load against the context's type.
+    unsafe {
+        let key = core::ptr::read_volatile(&(*ctx).key);
+        let value = core::ptr::read_volatile(&(*ctx).value);
+        if key.is_null() || value.is_null() {
+            return None;
+        }
+        Some((*key, *value))
+    }
+}
+
+/// The sweep (see `observer_common::sweep`): writes out every watched socket whose memory says
+/// CLOSE while its entry does not, with what its close event needs. Read-only: the daemon
+/// decides, from two sweeps, which are dead.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/bpf_map_elem")]
+extern "C" fn observer_sweep(ctx: *mut MapElem<u64, Conn>) -> i32 {
+    // SAFETY: the kernel runs this iterator over SOCKETS (the daemon attaches it so).
+    let Some((sk, conn)) = (unsafe { element(ctx) }) else {
+        return 0;
+    };
+    let o = SOCK_OFFSETS.load();
+    // A freed TCP socket's memory stays a TCP socket's (type-stable slab): its state is CLOSE
+    // then, or a new socket's at that address, whose birth retires this entry.
+    let state: u8 = read_kernel(sk + o.state as u64);
+    if state != tcp::CLOSE || conn.state == tcp::CLOSE {
+        return 0;
+    }
+    let family: u16 = read_kernel(sk + o.family as u64);
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        saddr[..4].copy_from_slice(&read_kernel::<u32>(sk + o.saddr as u64).to_ne_bytes());
+        daddr[..4].copy_from_slice(&read_kernel::<u32>(sk + o.daddr as u64).to_ne_bytes());
+    } else {
+        saddr = read_kernel(sk + o.saddr_v6 as u64);
+        daddr = read_kernel(sk + o.daddr_v6 as u64);
+    }
+    let doomed = Doomed {
+        sk,
+        conn,
+        netns: netns_of(sk),
+        family,
+        sport: u16::from_be(read_kernel(sk + o.sport as u64)),
+        dport: u16::from_be(read_kernel(sk + o.dport as u64)),
+        _pad: [0; 6],
+        saddr,
+        daddr,
+    };
+    // SAFETY: the output file of this run, and a whole `Doomed` on the stack.
+    unsafe {
+        let seq = core::ptr::read_volatile(&(*(*ctx).meta).seq);
+        bpf_seq_write(
+            seq,
+            &doomed as *const Doomed as *const core::ffi::c_void,
+            Doomed::SIZE as u32,
+        );
+    }
+    0
+}
+
+/// Retires the sockets the daemon confirmed dead, each once and only if its entry is still the
+/// one the sweeps found: its removal claims it (a birth at its address may be retiring it too).
+/// Its close is counted and sent like any other, with the lifetime up to the start of its close.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/bpf_map_elem")]
+extern "C" fn observer_reap(ctx: *mut MapElem<u64, Doomed>) -> i32 {
+    // SAFETY: the kernel runs this iterator over DOOMED (the daemon attaches it so).
+    let Some((sk, d)) = (unsafe { element(ctx) }) else {
+        return 0;
+    };
+    // SAFETY: a plain read of a map value.
+    let Some(conn) = (unsafe { SOCKETS.get(sk) }).copied() else {
+        return 0;
+    };
+    if conn != d.conn || SOCKETS.remove(sk).is_err() {
+        return 0;
+    }
+    let step = conn.lost_close();
+    count_step(&conn, &step);
+    count(counters::STALE_SOCKETS);
+    if step.event != EVENT_NONE && FLAGS.load() & flags::EMIT_EVENTS != 0 {
+        submit(&Record {
+            ts_ns: now(),
+            sock: sk,
+            duration_ns: step.duration_ns,
+            pid: conn.pid,
+            netns: d.netns,
+            sport: d.sport,
+            dport: d.dport,
+            port: conn.port,
+            family: d.family,
+            oldstate: conn.state,
+            newstate: tcp::CLOSE,
+            direction: conn.direction,
+            event: step.event,
+            flags: record_flags(&conn, &step),
+            _pad: [0; 3],
+            saddr: d.saddr,
+            daddr: d.daddr,
+            comm: conn.comm,
+        });
+    }
+    0
+}

@@ -1,0 +1,279 @@
+//! The tracking of a connection: the filter, its first sighting, each transition, and
+//! its counters.
+use crate::emit::{emit, emit_retired};
+use crate::maps::{
+    BASELINE, DONE, FLAGS, FREE_SLOTS, N_BUCKETS, NETNS_NOT_READ, PREEMPTIBLE, SEEN, SOCK_OFFSETS,
+    SOCKETS, STATS, STATS_SLOTS, TARGET_REMOTES, baseline_active, bound, control, count, now,
+    port_flags, snapshot_open,
+};
+use crate::scratch::transition_key;
+use crate::sock::{Sock, netns_of};
+use crate::target::{current_owner, is_target, local_owner, on_listen, with_owner};
+use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use observer_common::conn::{Conn, EVENT_NONE, Step, birth_port, first_sighting, unseeded_sides};
+use observer_common::filter::{PORT_LOCAL, PORT_REMOTE, flags};
+use observer_common::snapshot::CONTROL_ADOPT_UNSEEDED;
+use observer_common::stats::{StatsKey, bucket_of};
+use observer_common::tracepoint::IPPROTO_TCP;
+use observer_common::{DIR_INBOUND, DIR_OUTBOUND, counters, tcp};
+
+/// Which program runs the shared logic: the main one, or the backup, which can meet a transition
+/// the main one already took (its note overwritten while its run was held).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Line {
+    Main,
+    Backup,
+}
+
+#[inline(always)]
+pub(crate) fn handle(tp: &Sock, line: Line) -> Option<()> {
+    if tp.protocol() != IPPROTO_TCP {
+        return None;
+    }
+    let (old, new) = (tp.old, tp.new);
+    if old == new {
+        return None;
+    }
+    let tp = &tp.with_ports();
+    let (sk, sport, dport) = (tp.sk, tp.sport, tp.dport);
+    let cfg = FLAGS.load();
+    if new == tcp::LISTEN {
+        return on_listen(cfg, sk, sport);
+    }
+    if old == tcp::LISTEN && new != tcp::SYN_RECV {
+        return None; // a listener closed
+    }
+    let sport_flags = port_flags(sport);
+    let local = sport_flags & PORT_LOCAL != 0;
+    let remote = port_flags(dport) & PORT_REMOTE != 0;
+    let connect = old == tcp::CLOSE && new == tcp::SYN_SENT;
+    // A target's outbound connection: its connect(), or a later transition of one to a remote
+    // port some target's connection was tracked to. Every seed of the snapshot passes too.
+    let targets = cfg & flags::PROCESS_TARGETS != 0;
+    let target_remote = targets && (connect || TARGET_REMOTES.get(dport as u32) == Some(&1));
+    if !local && !remote && !target_remote {
+        return None; // cannot be ours: the common case on a busy host
+    }
+    // A birth: a new inbound connection (the child socket), or connect().
+    let birth = old == tcp::LISTEN || connect;
+    if let Some(p) = SOCKETS.get_ptr_mut(sk) {
+        // SAFETY: transitions of one socket are serialised by the socket's lock.
+        let conn = unsafe { &mut *p };
+        if !birth {
+            return advance(tp, sk, conn, new, line);
+        }
+        // This birth, handled already: by the main program, where the backup could not find its
+        // note (from 7.0 a preempted run lets other tasks' transitions come between the two).
+        if conn.took_birth(new, birth_port(old, sport, dport)) {
+            return None;
+        }
+        // The address was freed and reused without a CLOSE that we saw: retire the old entry,
+        // once: its removal claims it (the reaping iterator may be retiring it too).
+        let stale = *conn;
+        if SOCKETS.remove(sk).is_ok() {
+            retire_stale(&stale);
+            emit_retired(sk, &stale);
+        }
+    }
+    if old == tcp::LISTEN {
+        if !local {
+            return None;
+        }
+        let mut netns = NETNS_NOT_READ;
+        let owner = local_owner(sk, sport, sport_flags, &mut netns)?;
+        let conn = with_owner(first_sighting(DIR_INBOUND, sport, old, false), &owner);
+        return track_new(tp, sk, conn, new, netns, true, false);
+    }
+    if birth {
+        // connect() runs in the connecting process: it is the owner for sure.
+        if !remote {
+            if !(targets && is_target(sk)) {
+                return None;
+            }
+            if let Some(p) = TARGET_REMOTES.get_ptr_mut(dport as u32) {
+                // SAFETY: an element of the map; every writer writes 1.
+                unsafe { core::ptr::write_volatile(p, 1) };
+            }
+        }
+        let owner = current_owner();
+        let conn = with_owner(first_sighting(DIR_OUTBOUND, dport, old, false), &owner);
+        return track_new(tp, sk, conn, new, NETNS_NOT_READ, true, false);
+    }
+    adopt(tp, sk, old, new, sport_flags, remote, line)
+}
+
+/// First sighting of a socket that existed before observer: counted by the start-up snapshot if
+/// the kernel holds its seed, otherwise from its new state on.
+#[inline(always)]
+pub(crate) fn adopt(
+    tp: &Sock,
+    sk: u64,
+    old: u8,
+    new: u8,
+    sport_flags: u32,
+    remote: bool,
+    line: Line,
+) -> Option<()> {
+    let local = sport_flags & PORT_LOCAL != 0;
+    let adopt_established = snapshot_open() || control(CONTROL_ADOPT_UNSEEDED) != 0;
+    let child = tp.field::<u32>(SOCK_OFFSETS.load().max_ack_backlog) != 0;
+    let mut sides = unseeded_sides(old, local, remote, adopt_established, child);
+    // A CLOSE with no entry, met by the backup, may be one the main program took already (the
+    // entry it removed; its note overwritten while this task was held between the two), not a
+    // connection whose every earlier step was lost: counting it late would count that
+    // connection twice. Where runs are not preemptible a note cannot be lost so.
+    if line == Line::Backup && new == tcp::CLOSE && sides.late && PREEMPTIBLE.load() != 0 {
+        let key = transition_key(sk, old, new);
+        // SAFETY: a plain read of a map value.
+        if unsafe { DONE.get(bpf_get_current_pid_tgid()) } == Some(&key) {
+            sides.inbound = false;
+            sides.outbound = false;
+        }
+    }
+    let seeded = baseline_active();
+    if !seeded && !sides.inbound && !sides.outbound {
+        return None;
+    }
+    let mut netns = netns_of(sk);
+    let key = tp.tuple(netns);
+    // SAFETY: a plain read of a map value.
+    if seeded && let Some(seed) = unsafe { BASELINE.get(key) } {
+        let seed = *seed;
+        let _ = BASELINE.remove(key);
+        let conn = with_owner(
+            first_sighting(seed.direction, seed.port, old, true),
+            &seed.owner,
+        );
+        return track_new(tp, sk, conn, new, netns, false, false);
+    }
+    let sport = key.sport;
+    let inbound = if sides.inbound {
+        local_owner(sk, sport, sport_flags, &mut netns)
+    } else {
+        None
+    };
+    let conn = if let Some(owner) = inbound {
+        with_owner(first_sighting(DIR_INBOUND, sport, old, false), &owner)
+    } else if sides.outbound {
+        first_sighting(DIR_OUTBOUND, key.dport, old, false)
+    } else {
+        return None;
+    };
+    track_new(tp, sk, conn, new, netns, true, sides.late)
+}
+
+#[inline(always)]
+pub(crate) fn track_new(
+    tp: &Sock,
+    sk: u64,
+    mut conn: Conn,
+    new: u8,
+    netns: u32,
+    mark_seen: bool,
+    late: bool,
+) -> Option<()> {
+    conn.slot = slot_of(StatsKey::new(conn.direction, conn.port))?;
+    // A connection whose open was lost is counted opened first (see `unseeded_sides`).
+    let open = if late {
+        conn.open_late(now())
+    } else {
+        Step::default()
+    };
+    let step = conn.advance(new, now);
+    if !step.ended && SOCKETS.insert(sk, conn, BPF_NOEXIST.into()).is_err() {
+        count(counters::SOCKETS_FULL);
+        return None; // untracked: counting its entry now would leave the gauge stuck
+    }
+    if late {
+        count(counters::LATE_OPENS);
+        finish(tp, sk, &conn, &open, netns, mark_seen);
+    }
+    finish(tp, sk, &conn, &step, netns, mark_seen)
+}
+
+#[inline(always)]
+pub(crate) fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8, line: Line) -> Option<()> {
+    let step = conn.advance(new, now);
+    let conn = *conn;
+    if step.ended {
+        let _ = SOCKETS.remove(sk);
+        if line == Line::Main && PREEMPTIBLE.load() != 0 {
+            let _ = DONE.insert(
+                bpf_get_current_pid_tgid(),
+                transition_key(sk, tp.old, new),
+                0,
+            );
+        }
+    }
+    finish(tp, sk, &conn, &step, NETNS_NOT_READ, true)
+}
+
+#[inline(always)]
+pub(crate) fn finish(
+    tp: &Sock,
+    sk: u64,
+    conn: &Conn,
+    step: &Step,
+    netns: u32,
+    mark_seen: bool,
+) -> Option<()> {
+    let seen = mark_seen && snapshot_open();
+    let emits = step.event != EVENT_NONE && FLAGS.load() & flags::EMIT_EVENTS != 0;
+    // The namespace takes two reads from the socket: only when the snapshot or a record uses it.
+    let netns = if !(seen || emits) {
+        0
+    } else if netns == NETNS_NOT_READ {
+        netns_of(sk)
+    } else {
+        netns
+    };
+    if seen && SEEN.insert(tp.tuple(netns), 0, 0).is_err() {
+        count(counters::SEEN_FULL);
+    }
+    count_step(conn, step);
+    // Records carry what a person is shown: opens and closes, not every step between them.
+    if emits {
+        emit(tp, sk, conn, step, netns);
+    }
+    Some(())
+}
+
+/// An entry whose socket died without a CLOSE that the program saw (see `Conn::retire`).
+#[inline(always)]
+pub(crate) fn retire_stale(conn: &Conn) {
+    count_step(conn, &conn.retire());
+    count(counters::STALE_SOCKETS);
+}
+
+#[inline(always)]
+pub(crate) fn count_step(conn: &Conn, step: &Step) {
+    if let Some(stats) = STATS.get_ptr_mut(conn.slot as u32) {
+        // SAFETY: this CPU's share of the counters; updates are atomic adds (a nested run).
+        unsafe { &mut *stats }.apply(step, |d| bucket_of(d, N_BUCKETS.load() as usize, bound));
+    }
+}
+
+/// The counters' slot of a (direction, port) pair, handed out on its first connection.
+#[inline(always)]
+pub(crate) fn slot_of(key: StatsKey) -> Option<u16> {
+    // SAFETY: plain reads of map values.
+    if let Some(slot) = unsafe { STATS_SLOTS.get(key) } {
+        return Some(*slot as u16);
+    }
+    if let Ok(Some(slot)) = FREE_SLOTS.pop() {
+        if STATS_SLOTS.insert(key, slot, BPF_NOEXIST.into()).is_ok() {
+            return Some(slot as u16);
+        }
+        // Another CPU gave the pair a slot first: this one goes back.
+        let _ = FREE_SLOTS.push(slot, 0);
+    }
+    // SAFETY: plain reads of map values.
+    match unsafe { STATS_SLOTS.get(key) } {
+        Some(slot) => Some(*slot as u16),
+        None => {
+            count(counters::PORTS_FULL);
+            None
+        }
+    }
+}
