@@ -19,8 +19,8 @@ pub(crate) struct Scratch {
     /// The transitions the main program took and the backup program has not yet come to, for
     /// the backup (see `put_note`); 0 marks a free slot.
     pub(crate) notes: [u64; RECENT_LEN],
-    /// Notes written so far: where the next one goes when no slot is free.
-    pub(crate) written: u64,
+    /// Where the search for a slot for the next note starts: the slot after the last note.
+    pub(crate) next: u64,
     /// Runs of each program under way on the CPU.
     pub(crate) depth: [u64; 2],
     /// Per program and nesting level: a word to turn the socket pointer into its address.
@@ -60,11 +60,15 @@ pub(crate) unsafe fn leave(depth: *mut u64, d: u64) {
     unsafe { core::ptr::write_volatile(depth, d) };
 }
 
-/// Notes the transition `key` for the backup program, in a free slot: the backup clears the
-/// notes it takes, so runs nested in this one (5.10), which note and take theirs before this
-/// run goes on, leave this run's note alone however many they are. With no slot free (notes
-/// the backup never took: its run was skipped, or preempted from 7.0) the oldest is
-/// overwritten, and the backup then handles that transition again, which changes nothing.
+/// Notes the transition `key` for the backup program, in the first free slot from the one
+/// after the last note, or, with none free (notes the backup never took: its run was skipped,
+/// or held by preemption from 7.0), in that slot. The backup clears the notes it takes, and a
+/// run nested in this one (a softirq's transition; 5.10 runs the program in itself, later
+/// kernels run only the backup) notes and takes its own before this run goes on: it starts its
+/// search after this run's slot, so it never overwrites this run's note, however full the ring.
+/// A note overwritten otherwise (by other tasks' runs while this one was preempted, from 7.0)
+/// makes the backup handle that transition again: harmless but for a CLOSE, which `DONE`
+/// guards.
 ///
 /// # Safety
 /// `s` is this CPU's scratch, and the caller is the main program.
@@ -72,21 +76,23 @@ pub(crate) unsafe fn leave(depth: *mut u64, d: u64) {
 pub(crate) unsafe fn put_note(s: *mut Scratch, key: u64) {
     // SAFETY: as the caller promises; every index is masked into range.
     unsafe {
-        let written = core::ptr::read_volatile(&(*s).written);
-        let mut slot = written as usize & (RECENT_LEN - 1);
+        let start = core::ptr::read_volatile(&(*s).next) as usize;
+        let mut slot = start & (RECENT_LEN - 1);
         let mut i = 0;
         while i < RECENT_LEN {
-            if core::ptr::read_volatile(&(*s).notes[i]) == 0 {
-                slot = i;
+            let j = (start + i) & (RECENT_LEN - 1);
+            if core::ptr::read_volatile(&(*s).notes[j]) == 0 {
+                slot = j;
                 break;
             }
             i += 1;
         }
-        // The slot is taken (a key written) before anything else: a run nested in this one
-        // after this write sees it taken, and one that came before it is done with the slot
-        // (and cleared it) before this run writes it.
+        // Where the next note goes is moved past this slot first: a run nested in this one
+        // from here on starts after it. One nested before this write found the slot as this
+        // run did, and took it and cleared it again before this run goes on.
+        core::ptr::write_volatile(&mut (*s).next, (slot + 1) as u64);
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
         core::ptr::write_volatile(&mut (*s).notes[slot & (RECENT_LEN - 1)], key);
-        core::ptr::write_volatile(&mut (*s).written, written.wrapping_add(1));
     }
 }
 

@@ -1,13 +1,31 @@
 //! Helpers for the integration tests: the real observer binary (loading the real eBPF program
 //! into this kernel), real TCP servers and clients, scrapes of its metrics, and the kernel's own
 //! view (`bpftool`, `ss`) as independent oracles. Everything started here is stopped on drop.
+pub mod bpftool;
 pub mod net;
 pub mod observer;
 pub mod process;
 pub mod sandbox;
 pub mod scrape;
 
-use std::time::{Duration, Instant};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+/// Runs `program` with `args`, and returns its stdout; panics with its stderr if it fails.
+pub fn output_of(program: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
 
 /// Polls `f` until it returns Some or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {

@@ -17,15 +17,7 @@ fn unique(prefix: &str) -> String {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::output_of("ip", args);
 }
 
 /// A network namespace (`ip netns add`), with loopback up.

@@ -5,100 +5,17 @@
 use std::{
     io::Write as _,
     net::{Shutdown, TcpListener, TcpStream},
-    process::Command,
     sync::mpsc::Receiver,
     time::{Duration, Instant},
 };
 
 use observer_tests::{
+    bpftool::{map_entries, map_of, set_u32},
     net::hold,
-    observer::{Observer, programs_of},
+    observer::Observer,
     require_root, wait_for,
 };
 use serde_json::Value;
-
-fn bpftool_json(args: &[&str]) -> Value {
-    let out = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
-}
-
-fn bpftool(args: &[String]) {
-    let out = Command::new("bpftool")
-        .args(args)
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The ID of the map called `name` of the observer running as `pid`.
-fn map_of(pid: u32, name: &str) -> u64 {
-    for prog in programs_of(pid) {
-        let info = bpftool_json(&["prog", "show", "id", &prog.to_string()]);
-        for id in info["map_ids"].as_array().into_iter().flatten() {
-            let id = id.as_u64().unwrap();
-            if bpftool_json(&["map", "show", "id", &id.to_string()])["name"] == name {
-                return id;
-            }
-        }
-    }
-    panic!("observer {pid} has no {name} map");
-}
-
-fn sockets_map(pid: u32) -> u64 {
-    map_of(pid, "SOCKETS")
-}
-
-/// Sets element `index` of the u32 array map `map`; returns what it held.
-fn set_u32(map: u64, index: u32, value: u32) -> u32 {
-    let bytes = |v: u32| v.to_le_bytes().map(|b| format!("0x{b:02x}")).to_vec();
-    let id = map.to_string();
-    let key = bytes(index);
-    let mut lookup = vec!["map", "lookup", "id", &id, "key"];
-    lookup.extend(key.iter().map(|s| s.as_str()));
-    let old: Vec<u8> = bpftool_json(&lookup)["value"]
-        .as_array()
-        .expect("value bytes")
-        .iter()
-        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-        .collect();
-    let mut update: Vec<String> = vec!["map".into(), "update".into(), "id".into(), id.clone()];
-    update.push("key".into());
-    update.extend(key);
-    update.push("value".into());
-    update.extend(bytes(value));
-    bpftool(&update);
-    u32::from_le_bytes(old.try_into().expect("a u32"))
-}
-
-/// The map's entries as (key, value), each as bytes written `0xNN` for bpftool.
-fn entries(map: u64) -> Vec<(Vec<String>, Vec<String>)> {
-    let bytes = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .expect("bytes")
-            .iter()
-            .map(|b| b.as_str().unwrap().to_string())
-            .collect()
-    };
-    bpftool_json(&["map", "dump", "id", &map.to_string()])
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
-        .collect()
-}
 
 /// The first `n` JSON events, or those that came within 10 s.
 fn json_events(rx: &Receiver<String>, n: usize) -> Vec<Value> {
@@ -131,8 +48,8 @@ fn a_connection_whose_close_was_not_seen_is_closed_by_the_sweep() {
         s.established("inbound", port) == Some(1.0)
     });
 
-    let map = sockets_map(observer.pid());
-    let watched = entries(map);
+    let map = map_of(observer.pid(), "SOCKETS");
+    let watched = map_entries(map);
     assert_eq!(watched.len(), 1, "one watched socket: {watched:?}");
 
     // The port filter drops the port's transitions while it closes: none reaches the counters.
@@ -151,7 +68,7 @@ fn a_connection_whose_close_was_not_seen_is_closed_by_the_sweep() {
     std::thread::sleep(Duration::from_millis(200));
     set_u32(port_flags, u32::from(port), flags);
     assert_eq!(
-        entries(map),
+        map_entries(map),
         watched,
         "its entry, as a lost CLOSE leaves it"
     );
@@ -187,7 +104,7 @@ fn a_connection_whose_close_was_not_seen_is_closed_by_the_sweep() {
         format!("127.0.0.1:{port}"),
         "{events:?}"
     );
-    assert!(entries(map).is_empty(), "the entry is gone");
+    assert!(map_entries(map).is_empty(), "the entry is gone");
     drop(server);
 }
 
@@ -219,7 +136,7 @@ fn live_connections_survive_every_sweep() {
         ),
         Some(0.0)
     );
-    assert_eq!(entries(sockets_map(observer.pid())).len(), 20);
+    assert_eq!(map_entries(map_of(observer.pid(), "SOCKETS")).len(), 20);
     drop((clients, servers));
     observer.settle("20 connections closed", |s| {
         s.established("inbound", port) == Some(0.0)
