@@ -17,7 +17,7 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:18090";
     long_about = "Watch the TCP connections of a running server from the kernel (eBPF), with no change \
 to the server: no restart, no code, no sidecar. observer counts connections per port and state, \
 serves them to Prometheus, and can print every open/close as it happens. Connections that were \
-already open when observer started are counted too. Needs root.",
+already open when observer started are counted too. Needs CAP_BPF and CAP_PERFMON (and, by target, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN: the README says which), not root.",
     after_help = "\
 Targets (combine and repeat them; the watched set is their union):
   --port 8080            inbound connections to local port 8080, in every network namespace

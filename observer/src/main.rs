@@ -18,6 +18,7 @@ mod kernel;
 mod metrics;
 mod netns;
 mod output;
+mod privilege;
 mod process;
 mod snapshot;
 mod sweep;
@@ -30,7 +31,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use observer_common::{DIR_INBOUND, DIR_OUTBOUND, filter::Owner, stats::StatsKey};
 use tokio::signal::unix::{SignalKind, signal};
@@ -73,11 +74,8 @@ fn main() -> ExitCode {
 
 /// observer's life, phase by phase: each one in the module it belongs to.
 async fn run(config: Config) -> Result<()> {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("observer needs root to load eBPF programs (run it with sudo)");
-    }
     let targets = Targets::resolve(&config.pids, &config.cgroups)?;
+    privilege::check(&needs(&config, &targets))?;
     let listener = match config.metrics_addr {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
@@ -97,7 +95,35 @@ async fn run(config: Config) -> Result<()> {
         watched.classify(ns, s)
     })
     .context("counting the connections that already exist")?;
+    // Start-up is done: all that is left needs no capability but CAP_BPF (see `privilege`).
+    privilege::drop_after_start().context("dropping capabilities")?;
     serve(config, targets, kernel, baseline, listener).await
+}
+
+/// The capabilities start-up needs for this configuration (see `privilege::needs`).
+fn needs(config: &Config, targets: &Targets) -> Vec<privilege::Need> {
+    let every_namespace =
+        config.all_listeners() || !config.ports.is_empty() || !config.remote_ports.is_empty();
+    let (others, hidden) = netns::survey();
+    let own = netns::Namespace::own().inode;
+    let targets_elsewhere = targets
+        .pids()
+        .into_iter()
+        .any(|p| netns::Namespace::of_pid(p).is_some_and(|ns| ns.inode != own));
+    let low_port = config
+        .metrics_addr
+        .is_some_and(|a| a.port() != 0 && a.port() < 1024);
+    privilege::needs(
+        targets.any() || config.all_listeners(),
+        every_namespace,
+        if every_namespace {
+            others
+        } else {
+            targets_elsewhere
+        },
+        every_namespace && hidden,
+        low_port,
+    )
 }
 
 /// Loads the programs with their settings, hands them the static targets, and attaches them.

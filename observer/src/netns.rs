@@ -87,6 +87,35 @@ pub fn all() -> Vec<Namespace> {
         .collect()
 }
 
+/// What observer can see of the host's network namespaces before it starts: whether any other
+/// than its own exists, and whether some process's could not be read (another user's, without
+/// CAP_SYS_PTRACE), so that others may exist unseen.
+pub fn survey() -> (bool, bool) {
+    let own = Namespace::own().inode;
+    let (mut others, mut hidden) = (false, false);
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        match std::fs::metadata(e.path().join("ns/net")) {
+            Ok(m) => others |= m.ino() as u32 != own,
+            // A process that exited meanwhile hides nothing.
+            Err(err) => hidden |= err.kind() == std::io::ErrorKind::PermissionDenied,
+        }
+    }
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten();
+    others |= named.filter_map(|e| inode(&e.path())).any(|ino| ino != own);
+    (others, hidden)
+}
+
 fn inode(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.ino() as u32)
 }

@@ -24,6 +24,11 @@ pub enum TargetError {
     NotCgroup2 { path: PathBuf, hint: String },
     #[error("--cgroup {0}: {1}")]
     CgroupIo(PathBuf, std::io::Error),
+    #[error(
+        "cannot read the open files of process {0} ({1}): its sockets would go uncounted \
+         (CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE are needed for other users' processes)"
+    )]
+    Unreadable(u32, String),
 }
 
 /// `--pid` and `--cgroup`, resolved: each one checked to exist before anything is loaded.
@@ -174,8 +179,12 @@ pub fn cgroup_pids(dir: &Path) -> Vec<u32> {
 }
 
 /// Socket inode -> the process that holds it, for the given processes (the lowest PID wins
-/// when several share a socket: the parent of a pre-forked server).
-pub fn socket_owners(pids: impl IntoIterator<Item = u32>) -> HashMap<u32, Owner> {
+/// when several share a socket: the parent of a pre-forked server). A process whose open files
+/// cannot be read (another user's, without the capabilities `privilege` asks for) is an error:
+/// its sockets would silently go uncounted. One that exited meanwhile is skipped.
+pub fn socket_owners(
+    pids: impl IntoIterator<Item = u32>,
+) -> Result<HashMap<u32, Owner>, TargetError> {
     let mut sorted: Vec<u32> = pids.into_iter().collect();
     sorted.sort_unstable();
     sorted.dedup();
@@ -185,14 +194,20 @@ pub fn socket_owners(pids: impl IntoIterator<Item = u32>) -> HashMap<u32, Owner>
             continue;
         };
         let comm = proc.stat().map(|s| s.comm).unwrap_or_default();
-        let Ok(fds) = proc.fd() else { continue };
+        let fds = match proc.fd() {
+            Ok(fds) => fds,
+            Err(procfs::ProcError::PermissionDenied(_)) => {
+                return Err(TargetError::Unreadable(pid, comm));
+            }
+            Err(_) => continue,
+        };
         for fd in fds.flatten() {
             if let procfs::process::FDTarget::Socket(inode) = fd.target {
                 out.entry(inode as u32).or_insert_with(|| owner(pid, &comm));
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Every process on the host.
@@ -257,7 +272,7 @@ mod tests {
                 .unwrap()
                 .ino() as u32
         };
-        let owners = socket_owners([std::process::id()]);
+        let owners = socket_owners([std::process::id()]).unwrap();
         assert_eq!(owners.get(&ino).map(|o| o.pid), Some(std::process::id()));
     }
 }

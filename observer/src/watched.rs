@@ -55,7 +55,7 @@ impl Watched {
             targets::socket_owners(targets::all_pids())
         } else {
             targets::socket_owners(target_pids.iter().copied())
-        };
+        }?;
         let target_inodes: HashSet<u32> = if targets.any() {
             owners.keys().copied().collect()
         } else {

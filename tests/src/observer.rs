@@ -63,8 +63,21 @@ impl Observer {
     }
 
     pub fn spawn(args: &[&str], stdout: Stdout) -> (Observer, Option<Receiver<String>>) {
+        Self::spawn_as(None, args, stdout)
+    }
+
+    /// Runs as user nobody with only the capabilities `caps` (`["bpf", "perfmon"]`), ambient.
+    pub fn start_with_caps(caps: &[&str], args: &[&str]) -> Observer {
+        Self::spawn_as(Some(caps), args, Stdout::Null).0
+    }
+
+    fn spawn_as(
+        caps: Option<&[&str]>,
+        args: &[&str],
+        stdout: Stdout,
+    ) -> (Observer, Option<Receiver<String>>) {
         let read_lines = matches!(stdout, Stdout::Lines);
-        let (mut child, stderr, ready) = Self::launch(args, stdout);
+        let (mut child, stderr, ready) = Self::launch(caps, args, stdout);
         let lines = read_lines
             .then(|| child.stdout.take())
             .flatten()
@@ -105,7 +118,11 @@ impl Observer {
     }
 
     /// Spawns with stdout kept as a raw pipe when asked (`Stuck` keeps it unread).
-    fn launch(args: &[&str], stdout: Stdout) -> (Child, Arc<Mutex<Vec<String>>>, Receiver<String>) {
+    fn launch(
+        caps: Option<&[&str]>,
+        args: &[&str],
+        stdout: Stdout,
+    ) -> (Child, Arc<Mutex<Vec<String>>>, Receiver<String>) {
         let mut all: Vec<&str> = args.to_vec();
         if !args
             .iter()
@@ -113,7 +130,19 @@ impl Observer {
         {
             all.extend(["--metrics-addr", "127.0.0.1:0"]);
         }
-        let mut child = Command::new(binary())
+        let mut command = match caps {
+            None => Command::new(binary()),
+            Some(caps) => {
+                let set: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                    .arg(format!("--inh-caps={}", set.join(",")))
+                    .arg(format!("--ambient-caps={}", set.join(",")))
+                    .arg(binary());
+                c
+            }
+        };
+        let mut child = command
             .args(&all)
             .stdin(Stdio::null())
             .stdout(match stdout {

@@ -370,7 +370,10 @@ fn without_root_observer_says_so_and_exits_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("needs root"), "{err}");
+    assert!(
+        err.contains("CAP_BPF (to load") && err.contains("CAP_PERFMON (to attach"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 /// Debian packages: the eBPF toolchain, the kernel tools the tests use as oracles, the real
 /// servers, clients and Prometheus that tests and benchmarks talk to, perf for the bench, and
 /// what `vm-test` boots Debian's kernels with (qemu, a static busybox for the guest, the tools
-/// that unpack kernel modules and pack the initramfs).
+/// that unpack kernel modules and pack the initramfs), and what the least-privilege tests run.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
@@ -31,6 +31,10 @@ const PACKAGES: &[&str] = &[
     "cpio",
     "xz-utils",
     "zstd",
+    // The least-privilege tests: setpriv runs observer as another user with ambient
+    // capabilities; systemd-analyze verifies the systemd unit.
+    "util-linux",
+    "systemd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
