@@ -281,6 +281,14 @@ impl Kernel {
         Ok(())
     }
 
+    /// A target process exited: its PID leaves the filter (connect()s and listen()s of a later
+    /// process with that PID are not its).
+    pub fn unwatch_pid(&mut self, pid: u32) -> Result<()> {
+        self.pids
+            .remove(&pid)
+            .with_context(|| format!("removing PID {pid} from the targets"))
+    }
+
     pub fn watch_pid(&mut self, pid: u32) -> Result<()> {
         self.pids
             .insert(pid, 1, 0)

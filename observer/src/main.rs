@@ -201,7 +201,7 @@ async fn serve(
         _ => None,
     };
     for p in &targets.processes {
-        tokio::spawn(watch_exit(p.pid));
+        tokio::spawn(watch_exit(p.clone(), kernel.clone()));
     }
     let sweeper = tokio::spawn(sweep::run(kernel.clone(), config.sweep_interval));
     if baseline.unseeded > 0 {
@@ -266,25 +266,39 @@ fn socket_inode(socket: &impl std::os::fd::AsRawFd) -> Option<u32> {
     ok.then_some(st.st_ino as u32)
 }
 
-/// Says on stderr when a target process exits; its ports stay watched.
-async fn watch_exit(pid: u32) {
-    // SAFETY: plain syscall; a pidfd becomes readable when the process exits.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-    if fd < 0 {
-        return;
-    }
-    // SAFETY: a fresh fd that we own.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    use std::os::fd::FromRawFd as _;
-    // SAFETY: the OwnedFd stays open and the same while the AsyncFd owns it.
+/// When a `--pid` target exits (its pidfd, taken when it was named, turns readable), its PID
+/// leaves the kernel's filter, so that a later process given the same PID is not watched; its
+/// listening ports stay watched while they are open (its children may hold them). Says so on
+/// stderr.
+async fn watch_exit(target: targets::Process, kernel: Arc<Mutex<Kernel>>) {
+    let pid = target.pid;
+    // SAFETY: the pidfd stays open and the same while the AsyncFd watches it (it holds an Arc).
     let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        tokio::io::unix::AsyncFd::register_with_interest(
+            PidFd(target.pidfd.clone()),
+            tokio::io::Interest::READABLE,
+        )
     };
     let Ok(afd) = registered else {
         return;
     };
     if afd.readable().await.is_ok() {
-        eprintln!("observer: process {pid} exited; still watching its ports");
+        let removed = kernel.lock().expect("kernel lock").unwatch_pid(pid);
+        match removed {
+            Ok(()) => eprintln!(
+                "observer: process {pid} exited; its PID is no longer watched, its listening ports are"
+            ),
+            Err(e) => eprintln!("observer: process {pid} exited; {e:#}"),
+        }
+    }
+}
+
+/// A pidfd shared with the target it stands for, as AsyncFd takes it.
+struct PidFd(Arc<std::os::fd::OwnedFd>);
+
+impl std::os::fd::AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
     }
 }
 

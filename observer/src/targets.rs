@@ -2,8 +2,10 @@
 //! cgroup v2 filesystem, and finds the listening sockets and connections that the targets hold.
 use std::{
     collections::{BTreeMap, HashMap},
+    os::fd::{FromRawFd as _, OwnedFd},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use observer_common::filter::{CgroupTarget, Owner};
@@ -66,10 +68,12 @@ impl Targets {
     }
 }
 
-/// A target process.
+/// A target process, with a pidfd that stands for that very process: it reports its exit, and
+/// a later process given the same PID is not it.
 #[derive(Clone, Debug)]
 pub struct Process {
     pub pid: u32,
+    pub pidfd: Arc<OwnedFd>,
 }
 
 const PF_KTHREAD: u32 = 0x0020_0000;
@@ -85,7 +89,14 @@ pub fn resolve_pid(pid: u32) -> Result<Process, TargetError> {
     if stat.state == 'Z' || stat.state == 'X' {
         return Err(TargetError::Zombie(pid, stat.comm));
     }
-    Ok(Process { pid })
+    // SAFETY: a plain system call; the fd it returns is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        return Err(TargetError::NoSuchPid(pid));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let pidfd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(Process { pid, pidfd })
 }
 
 pub fn owner(pid: u32, comm: &str) -> Owner {

@@ -33,6 +33,21 @@ impl Helper {
         Self::spawn(Command::new(binary()))
     }
 
+    /// Starts a helper that gets PID `pid` (free now): the kernel hands out the PID after
+    /// `ns_last_pid`, unless another process on the host forks first, so it tries again a few
+    /// times. None if every try lost that race.
+    pub fn start_with_pid(pid: u32) -> Option<Helper> {
+        for _ in 0..100 {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+                .expect("writing ns_last_pid (root)");
+            let h = Self::start();
+            if h.pid() == pid {
+                return Some(h);
+            }
+        }
+        None
+    }
+
     /// Starts a helper inside network namespace `ns` (made with `ip netns add`).
     pub fn start_in(ns: &str) -> Helper {
         let mut c = Command::new("ip");

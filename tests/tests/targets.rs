@@ -377,6 +377,49 @@ fn without_root_observer_says_so_and_exits_1() {
 }
 
 #[test]
+fn a_new_process_given_an_exited_targets_pid_is_not_watched() {
+    require_root();
+    let mut target = Helper::start();
+    let pid = target.pid();
+    let port = target.listen("127.0.0.1:0");
+    let elsewhere = Server::start(&["127.0.0.1"], Mode::Hold);
+    let o = Observer::start(&["--pid", &pid.to_string()]);
+    let mut client = Helper::start();
+    assert_eq!(client.connect(&format!("127.0.0.1:{port}"), 5), (5, 0));
+    o.settle("the target's 5 closed", |s| {
+        count(s, CLOSED, "inbound", port) == 5.0
+    });
+    target.kill();
+    wait_for(Duration::from_secs(5), || {
+        o.stderr()
+            .contains(&format!("process {pid} exited"))
+            .then_some(())
+    })
+    .expect("observer says the target exited");
+
+    // Another process with the same PID listens and connects: none of it is the target's.
+    let mut reborn = Helper::start_with_pid(pid).expect("a process with the target's PID");
+    let p2 = reborn.listen("127.0.0.1:0");
+    assert_eq!(client.connect(&format!("127.0.0.1:{p2}"), 5), (5, 0));
+    let out = elsewhere.addrs[0].to_string();
+    assert_eq!(reborn.connect(&out, 5), (5, 0));
+    std::thread::sleep(Duration::from_millis(500));
+    let s = o.scrape();
+    assert!(
+        s.conn(OPENED, "inbound", p2).is_none(),
+        "the new process's port is not watched:\n{}",
+        s.text
+    );
+    let dport = elsewhere.port();
+    assert!(
+        s.conn(OPENED, "outbound", dport).is_none(),
+        "the new process's connections are not the target's:\n{}",
+        s.text
+    );
+    assert_eq!(count(&s, OPENED, "inbound", port), 5.0);
+}
+
+#[test]
 fn a_connect_that_times_out_is_failed() {
     require_root();
     let (a, b) = (Netns::new(), Netns::new());
