@@ -131,10 +131,12 @@ fn ss_count(args: &[&str]) -> usize {
         .args(args)
         .output()
         .expect("ss");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count()
+    count_lines(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The sockets in `ss -H` output: one a line, blank lines aside.
+fn count_lines(ss: &str) -> usize {
+    ss.lines().filter(|l| !l.trim().is_empty()).count()
 }
 
 /// Opens and closes `n` connections one after the other, the client closing first; returns the
@@ -176,4 +178,14 @@ pub fn ss_established(port: u16) -> usize {
         "established",
         &format!("( sport = :{port} )"),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_the_sockets_ss_lists() {
+        let out = "ESTAB 0 0 127.0.0.1:8080 127.0.0.1:40000\nESTAB 0 0 [::1]:8080 [::1]:40001\n\n";
+        assert_eq!(super::count_lines(out), 2);
+        assert_eq!(super::count_lines(""), 0);
+    }
 }

@@ -288,15 +288,19 @@ pub fn programs_of(pid: u32) -> Vec<u64> {
         .flatten()
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
+        .filter_map(|info| prog_id(&info))
         .collect();
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+/// The program an fd's fdinfo describes, if it is a BPF program's.
+fn prog_id(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("prog_id:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Whether a program with this ID is still loaded.
@@ -327,4 +331,15 @@ pub fn loaded_programs() -> usize {
     String::from_utf8_lossy(&out.stdout)
         .matches("name observer_main")
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_program_of_an_fdinfo() {
+        let prog = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\nprog_type:\t26\nprog_jited:\t1\nprog_tag:\t6f0c5b7b0b3e1c2a\nmemlock:\t8192\nprog_id:\t3109\n";
+        assert_eq!(super::prog_id(prog), Some(3109));
+        let map = "pos:\t0\nflags:\t02000002\nmap_type:\t1\nmap_id:\t10538\n";
+        assert_eq!(super::prog_id(map), None);
+    }
 }

@@ -91,3 +91,33 @@ impl Scrape {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "\
+# HELP observer_tcp_connections Watched sockets.
+# TYPE observer_tcp_connections gauge
+observer_tcp_connections{direction=\"inbound\",port=\"8080\",state=\"established\"} 3
+observer_tcp_connections{direction=\"inbound\",port=\"8080\",state=\"close_wait\"} 0
+observer_tcp_connections_opened_total{direction=\"outbound\",port=\"5432\"} 12
+observer_build_info{version=\"0.1.0\"} 1
+process_open_fds 9
+";
+
+    #[test]
+    fn reads_samples_by_name_and_labels() {
+        let s = Scrape { text: TEXT.into() };
+        assert_eq!(s.established("inbound", 8080), Some(3.0));
+        assert_eq!(
+            s.conn("observer_tcp_connections_opened_total", "outbound", 5432),
+            Some(12.0)
+        );
+        assert_eq!(s.value("process_open_fds", &[]), Some(9.0));
+        assert_eq!(s.samples("observer_tcp_connections").len(), 2);
+        // A name is matched whole, not as a prefix.
+        assert!(s.samples("observer_tcp").is_empty());
+        assert_eq!(s.established("inbound", 9090), None);
+    }
+}
