@@ -7,6 +7,7 @@ use observer_common::filter::flags;
 use observer_common::record::{
     RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_PREEXISTING, Record,
 };
+use observer_common::sweep::Doomed;
 use observer_common::{counters, tcp};
 
 #[inline(always)]
@@ -62,15 +63,15 @@ pub(crate) fn submit(record: &Record) {
     entry.submit(wakeup.into());
 }
 
-/// The close of an entry retired at its address's reuse: its socket's addresses are the new
-/// socket's now, so the record carries none (`RECORD_ADDRESSES_GONE`).
+/// The close of a connection whose CLOSE the programs never saw, with the addresses the sweep
+/// read from its socket, or none when its address already belongs to a new socket
+/// (`RECORD_ADDRESSES_GONE`: the daemon takes them from the connection's open record).
 #[inline(always)]
-pub(crate) fn emit_retired(sk: u64, conn: &Conn) {
-    let step = conn.retire();
+pub(crate) fn emit_unseen_close(sk: u64, conn: &Conn, step: &Step, ends: Option<&Doomed>) {
     if step.event == EVENT_NONE || FLAGS.load() & flags::EMIT_EVENTS == 0 {
         return;
     }
-    submit(&Record {
+    let mut record = Record {
         ts_ns: now(),
         sock: sk,
         duration_ns: step.duration_ns,
@@ -84,10 +85,20 @@ pub(crate) fn emit_retired(sk: u64, conn: &Conn) {
         newstate: tcp::CLOSE,
         direction: conn.direction,
         event: step.event,
-        flags: record_flags(conn, &step) | RECORD_ADDRESSES_GONE,
+        flags: record_flags(conn, step) | RECORD_ADDRESSES_GONE,
         _pad: [0; 3],
         saddr: [0; 16],
         daddr: [0; 16],
         comm: conn.comm,
-    });
+    };
+    if let Some(d) = ends {
+        record.netns = d.netns;
+        record.family = d.family;
+        record.sport = d.sport;
+        record.dport = d.dport;
+        record.saddr = d.saddr;
+        record.daddr = d.daddr;
+        record.flags &= !RECORD_ADDRESSES_GONE;
+    }
+    submit(&record);
 }

@@ -1,15 +1,12 @@
 //! The sweep's two iterators (see `observer_common::sweep`).
-use crate::emit::{record_flags, submit};
-use crate::maps::{FLAGS, SOCK_OFFSETS, SOCKETS, count, now};
+use crate::maps::{SOCK_OFFSETS, SOCKETS};
 use crate::sock::{netns_of, read_kernel};
-use crate::track::count_step;
+use crate::track::close_unseen;
 use aya_ebpf::helpers::bpf_seq_write;
-use observer_common::conn::{Conn, EVENT_NONE};
-use observer_common::filter::flags;
-use observer_common::record::Record;
+use observer_common::conn::Conn;
 use observer_common::sweep::Doomed;
+use observer_common::tcp;
 use observer_common::tracepoint::AF_INET;
-use observer_common::{counters, tcp};
 
 /// The context of an iterator over a map's elements (`struct bpf_iter__bpf_map_elem`): the
 /// element is null on the last call, which marks the end.
@@ -111,30 +108,6 @@ extern "C" fn observer_reap(ctx: *mut MapElem<u64, Doomed>) -> i32 {
     if conn != d.conn || SOCKETS.remove(sk).is_err() {
         return 0;
     }
-    let step = conn.lost_close();
-    count_step(&conn, &step);
-    count(counters::STALE_SOCKETS);
-    if step.event != EVENT_NONE && FLAGS.load() & flags::EMIT_EVENTS != 0 {
-        submit(&Record {
-            ts_ns: now(),
-            sock: sk,
-            duration_ns: step.duration_ns,
-            pid: conn.pid,
-            netns: d.netns,
-            sport: d.sport,
-            dport: d.dport,
-            port: conn.port,
-            family: d.family,
-            oldstate: conn.state,
-            newstate: tcp::CLOSE,
-            direction: conn.direction,
-            event: step.event,
-            flags: record_flags(&conn, &step),
-            _pad: [0; 3],
-            saddr: d.saddr,
-            daddr: d.daddr,
-            comm: conn.comm,
-        });
-    }
+    close_unseen(sk, &conn, &conn.lost_close(), Some(&d));
     0
 }

@@ -1,6 +1,6 @@
 //! The tracking of a connection: the filter, its first sighting, each transition, and
 //! its counters.
-use crate::emit::{emit, emit_retired};
+use crate::emit::{emit, emit_unseen_close};
 use crate::maps::{
     BASELINE, DONE, FLAGS, FREE_SLOTS, N_BUCKETS, NETNS_NOT_READ, PREEMPTIBLE, SEEN, SOCK_OFFSETS,
     SOCKETS, STATS, STATS_SLOTS, TARGET_REMOTES, baseline_active, bound, control, count, now,
@@ -15,6 +15,7 @@ use observer_common::conn::{Conn, EVENT_NONE, Step, birth_port, first_sighting, 
 use observer_common::filter::{PORT_LOCAL, PORT_REMOTE, flags};
 use observer_common::snapshot::CONTROL_ADOPT_UNSEEDED;
 use observer_common::stats::{StatsKey, bucket_of};
+use observer_common::sweep::Doomed;
 use observer_common::tracepoint::IPPROTO_TCP;
 use observer_common::{DIR_INBOUND, DIR_OUTBOUND, counters, tcp};
 
@@ -72,8 +73,7 @@ pub(crate) fn handle(tp: &Sock, line: Line) -> Option<()> {
         // once: its removal claims it (the reaping iterator may be retiring it too).
         let stale = *conn;
         if SOCKETS.remove(sk).is_ok() {
-            retire_stale(&stale);
-            emit_retired(sk, &stale);
+            close_unseen(sk, &stale, &stale.retire(), None);
         }
     }
     if old == tcp::LISTEN {
@@ -239,11 +239,14 @@ pub(crate) fn finish(
     Some(())
 }
 
-/// An entry whose socket died without a CLOSE that the program saw (see `Conn::retire`).
+/// Counts, once, the close of an entry whose CLOSE the programs never saw (the caller removed
+/// it from the map): `step` is `Conn::retire` at its address's reuse, `Conn::lost_close` when the
+/// sweep found its socket dead (with the addresses it read there, `ends`). Its record follows.
 #[inline(always)]
-pub(crate) fn retire_stale(conn: &Conn) {
-    count_step(conn, &conn.retire());
+pub(crate) fn close_unseen(sk: u64, conn: &Conn, step: &Step, ends: Option<&Doomed>) {
+    count_step(conn, step);
     count(counters::STALE_SOCKETS);
+    emit_unseen_close(sk, conn, step, ends);
 }
 
 #[inline(always)]
