@@ -10,6 +10,10 @@ use observer_tests::{
     sandbox::Cgroup,
 };
 
+/// The tests here that start observers run one at a time: one of them counts the programs
+/// loaded on the machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 const OPENED: &str = "observer_tcp_connections_opened_total";
 const CLOSED: &str = "observer_tcp_connections_closed_total";
 /// Bit 39 of a capability set: CAP_BPF.
@@ -36,6 +40,7 @@ const CAPS: [&str; 4] = ["bpf", "perfmon", "sys_ptrace", "dac_read_search"];
 #[test]
 fn with_only_the_documented_capabilities_each_target_counts_exactly() {
     require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut server = Helper::start();
     let port = server.listen("127.0.0.1:0");
     let cgroup = Cgroup::new();
@@ -74,6 +79,7 @@ fn with_only_the_documented_capabilities_each_target_counts_exactly() {
 #[test]
 fn a_missing_capability_is_named_at_start_and_nothing_is_loaded() {
     require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let before = loaded_programs();
     let out = std::process::Command::new("setpriv")
         .args([
