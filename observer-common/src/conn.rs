@@ -245,7 +245,8 @@ pub fn first_sighting(direction: u8, port: u16, old: u8, baselined: bool) -> Con
 /// - after that, an entry missing there means its birth and its move to ESTABLISHED were both
 ///   lost (from Linux 7.0 both programs can be held at once by preempted runs), or it had no
 ///   room then: adopted as a `late` open, on the side the socket itself tells, a listener's
-///   child inbound and any other outbound. A socket whose birth was declined (a connect() from a
+///   child inbound and any other outbound. The program does so only where runs are preemptible
+///   (Linux 7.0 on), where opens get lost. A socket whose birth was declined (a connect() from a
 ///   watched port number, a child of an unwatched listener) stays declined.
 pub fn unseeded_sides(
     old: u8,

@@ -119,6 +119,14 @@ pub(crate) fn adopt(
     let adopt_established = snapshot_open() || control(CONTROL_ADOPT_UNSEEDED) != 0;
     let child = tp.field::<u32>(SOCK_OFFSETS.load().max_ack_backlog) != 0;
     let mut sides = unseeded_sides(old, local, remote, adopt_established, child);
+    // Only where runs are preemptible does a connection lose its open to held programs. Elsewhere
+    // an unknown socket met past ESTABLISHED stays what it was before late opens: not counted
+    // (6.12 counted one connection twice with them, 2 runs in 8 of the timer test, no transition
+    // lost: a path not found yet).
+    if sides.late && PREEMPTIBLE.load() == 0 {
+        sides.inbound = false;
+        sides.outbound = false;
+    }
     // A CLOSE with no entry, met by the backup, may be one the main program took already (the
     // entry it removed; its note overwritten while this task was held between the two), not a
     // connection whose every earlier step was lost: counting it late would count that

@@ -63,21 +63,28 @@ impl Observer {
     }
 
     pub fn spawn(args: &[&str], stdout: Stdout) -> (Observer, Option<Receiver<String>>) {
-        Self::spawn_as(None, args, stdout)
+        Self::spawn_as(None, &[], args, stdout)
+    }
+
+    /// `start_with_events`, with variables added to observer's environment.
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> (Observer, Receiver<String>) {
+        let (o, rx) = Self::spawn_as(None, env, args, Stdout::Lines);
+        (o, rx.expect("lines"))
     }
 
     /// Runs as user nobody with only the capabilities `caps` (`["bpf", "perfmon"]`), ambient.
     pub fn start_with_caps(caps: &[&str], args: &[&str]) -> Observer {
-        Self::spawn_as(Some(caps), args, Stdout::Null).0
+        Self::spawn_as(Some(caps), &[], args, Stdout::Null).0
     }
 
     fn spawn_as(
         caps: Option<&[&str]>,
+        env: &[(&str, &str)],
         args: &[&str],
         stdout: Stdout,
     ) -> (Observer, Option<Receiver<String>>) {
         let read_lines = matches!(stdout, Stdout::Lines);
-        let (mut child, stderr, ready) = Self::launch(caps, args, stdout);
+        let (mut child, stderr, ready) = Self::launch(caps, env, args, stdout);
         let lines = read_lines
             .then(|| child.stdout.take())
             .flatten()
@@ -120,6 +127,7 @@ impl Observer {
     /// Spawns with stdout kept as a raw pipe when asked (`Stuck` keeps it unread).
     fn launch(
         caps: Option<&[&str]>,
+        env: &[(&str, &str)],
         args: &[&str],
         stdout: Stdout,
     ) -> (Child, Arc<Mutex<Vec<String>>>, Receiver<String>) {
@@ -144,6 +152,7 @@ impl Observer {
         };
         let mut child = command
             .args(&all)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(match stdout {
                 Stdout::Null => Stdio::null(),

@@ -109,6 +109,48 @@ fn a_connection_whose_close_was_not_seen_is_closed_by_the_sweep() {
 }
 
 #[test]
+fn where_runs_are_not_preemptible_a_connection_met_past_its_open_is_not_counted() {
+    require_root();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (observer, _rx) = Observer::start_with_env(
+        &[("OBSERVER_PREEMPTIBLE", "0")],
+        &["--port", &port.to_string(), "--events", "json"],
+    );
+    let port_flags = map_of(observer.pid(), "PORT_FLAGS");
+    let flags = set_u32(port_flags, u32::from(port), 0);
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    set_u32(port_flags, u32::from(port), flags);
+    client.write_all(b"bye").unwrap();
+    drop(client);
+    drop(server);
+    wait_for(Duration::from_secs(5), || {
+        (observer_tests::net::ss_established(port) == 0).then_some(())
+    })
+    .expect("closed");
+    std::thread::sleep(Duration::from_millis(300));
+    let s = observer.scrape();
+    assert_eq!(
+        s.conn("observer_tcp_connections_opened_total", "inbound", port),
+        Some(0.0),
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        s.conn("observer_tcp_connections_closed_total", "inbound", port),
+        Some(0.0)
+    );
+    assert_eq!(
+        s.value(
+            "observer_kernel_errors_total",
+            &[("reason", "late_open_counted")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[test]
 fn live_connections_survive_every_sweep() {
     require_root();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -149,8 +191,12 @@ fn a_connection_whose_open_was_not_seen_is_counted_opened_when_first_met() {
     require_root();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (observer, rx) =
-        Observer::start_with_events(&["--port", &port.to_string(), "--events", "json"]);
+    // Late opens are counted where runs are preemptible (7.0 on), where opens get lost: this
+    // kernel is told to act as one.
+    let (observer, rx) = Observer::start_with_env(
+        &[("OBSERVER_PREEMPTIBLE", "1")],
+        &["--port", &port.to_string(), "--events", "json"],
+    );
     let port_flags = map_of(observer.pid(), "PORT_FLAGS");
     // Its birth and its move to ESTABLISHED never reach the counters.
     let flags = set_u32(port_flags, u32::from(port), 0);
