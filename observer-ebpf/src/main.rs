@@ -66,8 +66,10 @@ pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
     let cell = unsafe { &mut (*s).address[MAIN][depth as usize & (LEVELS - 1)] };
     if let Some(sock) = Sock::of(&ctx, cell) {
         let key = transition_key(sock.sk, sock.old, sock.new);
+        // SAFETY: as above: the backup's depth is only read.
+        let outermost = depth == 0 && unsafe { core::ptr::read_volatile(&(*s).depth[BACKUP]) } == 0;
         // SAFETY: as above.
-        unsafe { put_note(s, key) };
+        unsafe { put_note(s, key, outermost) };
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
         let _ = handle(&sock, Line::Main);
     }

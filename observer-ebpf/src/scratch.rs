@@ -60,22 +60,38 @@ pub(crate) unsafe fn leave(depth: *mut u64, d: u64) {
     unsafe { core::ptr::write_volatile(depth, d) };
 }
 
-/// Notes the transition `key` for the backup program, in the first free slot from the one
-/// after the last note, or, with none free (notes the backup never took: its run was skipped,
-/// or held by preemption from 7.0), in that slot. The backup clears the notes it takes, and a
-/// run nested in this one (a softirq's transition; 5.10 runs the program in itself, later
-/// kernels run only the backup) notes and takes its own before this run goes on: it starts its
-/// search after this run's slot, so it never overwrites this run's note, however full the ring.
-/// A note overwritten otherwise (by other tasks' runs while this one was preempted, from 7.0)
-/// makes the backup handle that transition again: harmless but for a CLOSE, which `DONE`
-/// guards.
+/// Notes the transition `key` for the backup program.
+///
+/// An outermost run (`outermost`: no run of either program under way on this CPU) empties the
+/// ring: every note left in it is one whose backup run was skipped (a softirq's transition that
+/// came while the backup ran), and a later transition of a socket at the same address with the
+/// same states would find it and be taken for handled. (From 7.0 a task held between the two
+/// programs can lose its note so: the backup then handles that transition again, which changes
+/// nothing, and `DONE` guards a CLOSE.)
+///
+/// A nested run (a softirq's transition in this run; 5.10 runs the program in itself, later
+/// kernels only the backup) uses the first free slot from the one after the last note, or that
+/// slot with none free, so it never overwrites the note of the run it interrupted.
 ///
 /// # Safety
 /// `s` is this CPU's scratch, and the caller is the main program.
 #[inline(always)]
-pub(crate) unsafe fn put_note(s: *mut Scratch, key: u64) {
+pub(crate) unsafe fn put_note(s: *mut Scratch, key: u64, outermost: bool) {
     // SAFETY: as the caller promises; every index is masked into range.
     unsafe {
+        if outermost {
+            // The note first: a run nested in this one from here on sees its slot taken, and
+            // finishes (its note put and taken) before this run clears the rest.
+            core::ptr::write_volatile(&mut (*s).notes[0], key);
+            core::ptr::write_volatile(&mut (*s).next, 1);
+            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+            let mut i = 1;
+            while i < RECENT_LEN {
+                core::ptr::write_volatile(&mut (*s).notes[i], 0);
+                i += 1;
+            }
+            return;
+        }
         let start = core::ptr::read_volatile(&(*s).next) as usize;
         let mut slot = start & (RECENT_LEN - 1);
         let mut i = 0;
