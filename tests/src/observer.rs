@@ -331,6 +331,24 @@ pub fn programs_released(ids: &[u64]) -> bool {
     .is_some()
 }
 
+/// The IDs of the observer main programs loaded on this machine (any instance), from bpftool.
+/// A set, not a count: one that an exited observer leaves to be released (asynchronously) can
+/// be told from one a new observer loaded.
+pub fn loaded_program_ids() -> std::collections::BTreeSet<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool");
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == "observer_main")
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
 /// How many observer programs are loaded on this machine (any instance), from bpftool.
 pub fn loaded_programs() -> usize {
     let out = Command::new("bpftool")
