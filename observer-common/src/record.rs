@@ -42,4 +42,44 @@ crate::pod!(Record);
 
 impl Record {
     pub const SIZE: usize = core::mem::size_of::<Record>();
+
+    /// Where its connection runs.
+    pub fn ends(&self) -> Ends {
+        Ends {
+            netns: self.netns,
+            family: self.family,
+            sport: self.sport,
+            dport: self.dport,
+            _pad: [0; 6],
+            saddr: self.saddr,
+            daddr: self.daddr,
+        }
+    }
+
+    /// Gives a record that came without them (`RECORD_ADDRESSES_GONE`) its connection's
+    /// addresses, from the sweep or from the connection's open record.
+    pub fn set_ends(&mut self, e: &Ends) {
+        self.netns = e.netns;
+        self.family = e.family;
+        self.sport = e.sport;
+        self.dport = e.dport;
+        self.saddr = e.saddr;
+        self.daddr = e.daddr;
+        self.flags &= !RECORD_ADDRESSES_GONE;
+    }
 }
+
+/// Where a connection runs: its network namespace, addresses and ports (IPv4 fills the first 4
+/// bytes of an address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ends {
+    pub netns: u32,
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: [u8; 6],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+crate::pod!(Ends);

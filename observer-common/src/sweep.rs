@@ -16,7 +16,7 @@
 //! found so in two sweeps a second apart, unchanged, is retired (`Doomed`), by a second iterator
 //! that counts its close like any other, through the same code and into the same counters.
 
-use crate::conn::Conn;
+use crate::{conn::Conn, record::Ends};
 
 /// A watched socket whose memory says CLOSE while its entry does not, as the sweep reports it,
 /// with what its close event needs (read from the socket's memory).
@@ -27,13 +27,7 @@ pub struct Doomed {
     pub sk: u64,
     /// The entry as the sweep found it: retired only if it is still exactly this.
     pub conn: Conn,
-    pub netns: u32,
-    pub family: u16,
-    pub sport: u16,
-    pub dport: u16,
-    pub _pad: [u8; 6],
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
+    pub ends: Ends,
 }
 crate::pod!(Doomed);
 

@@ -5,9 +5,8 @@ use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEU
 use observer_common::conn::{Conn, EVENT_NONE, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step};
 use observer_common::filter::flags;
 use observer_common::record::{
-    RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_PREEXISTING, Record,
+    Ends, RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_PREEXISTING, Record,
 };
-use observer_common::sweep::Doomed;
 use observer_common::{counters, tcp};
 
 #[inline(always)]
@@ -67,7 +66,7 @@ pub(crate) fn submit(record: &Record) {
 /// read from its socket, or none when its address already belongs to a new socket
 /// (`RECORD_ADDRESSES_GONE`: the daemon takes them from the connection's open record).
 #[inline(always)]
-pub(crate) fn emit_unseen_close(sk: u64, conn: &Conn, step: &Step, ends: Option<&Doomed>) {
+pub(crate) fn emit_unseen_close(sk: u64, conn: &Conn, step: &Step, ends: Option<&Ends>) {
     if step.event == EVENT_NONE || FLAGS.load() & flags::EMIT_EVENTS == 0 {
         return;
     }
@@ -91,14 +90,8 @@ pub(crate) fn emit_unseen_close(sk: u64, conn: &Conn, step: &Step, ends: Option<
         daddr: [0; 16],
         comm: conn.comm,
     };
-    if let Some(d) = ends {
-        record.netns = d.netns;
-        record.family = d.family;
-        record.sport = d.sport;
-        record.dport = d.dport;
-        record.saddr = d.saddr;
-        record.daddr = d.daddr;
-        record.flags &= !RECORD_ADDRESSES_GONE;
+    if let Some(e) = ends {
+        record.set_ends(e);
     }
     submit(&record);
 }

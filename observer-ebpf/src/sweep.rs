@@ -4,6 +4,7 @@ use crate::sock::{netns_of, read_kernel};
 use crate::track::close_unseen;
 use aya_ebpf::helpers::bpf_seq_write;
 use observer_common::conn::Conn;
+use observer_common::record::Ends;
 use observer_common::sweep::Doomed;
 use observer_common::tcp;
 use observer_common::tracepoint::AF_INET;
@@ -71,13 +72,15 @@ extern "C" fn observer_sweep(ctx: *mut MapElem<u64, Conn>) -> i32 {
     let doomed = Doomed {
         sk,
         conn,
-        netns: netns_of(sk),
-        family,
-        sport: u16::from_be(read_kernel(sk + o.sport as u64)),
-        dport: u16::from_be(read_kernel(sk + o.dport as u64)),
-        _pad: [0; 6],
-        saddr,
-        daddr,
+        ends: Ends {
+            netns: netns_of(sk),
+            family,
+            sport: u16::from_be(read_kernel(sk + o.sport as u64)),
+            dport: u16::from_be(read_kernel(sk + o.dport as u64)),
+            _pad: [0; 6],
+            saddr,
+            daddr,
+        },
     };
     // SAFETY: the output file of this run, and a whole `Doomed` on the stack.
     unsafe {
@@ -108,6 +111,6 @@ extern "C" fn observer_reap(ctx: *mut MapElem<u64, Doomed>) -> i32 {
     if conn != d.conn || SOCKETS.remove(sk).is_err() {
         return 0;
     }
-    close_unseen(sk, &conn, &conn.lost_close(), Some(&d));
+    close_unseen(sk, &conn, &conn.lost_close(), Some(&d.ends));
     0
 }

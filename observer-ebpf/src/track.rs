@@ -13,9 +13,9 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use observer_common::conn::{Conn, EVENT_NONE, Step, birth_port, first_sighting, unseeded_sides};
 use observer_common::filter::{PORT_LOCAL, PORT_REMOTE, flags};
+use observer_common::record::Ends;
 use observer_common::snapshot::CONTROL_ADOPT_UNSEEDED;
 use observer_common::stats::{StatsKey, bucket_of};
-use observer_common::sweep::Doomed;
 use observer_common::tracepoint::IPPROTO_TCP;
 use observer_common::{DIR_INBOUND, DIR_OUTBOUND, counters, tcp};
 
@@ -251,7 +251,7 @@ pub(crate) fn finish(
 /// it from the map): `step` is `Conn::retire` at its address's reuse, `Conn::lost_close` when the
 /// sweep found its socket dead (with the addresses it read there, `ends`). Its record follows.
 #[inline(always)]
-pub(crate) fn close_unseen(sk: u64, conn: &Conn, step: &Step, ends: Option<&Doomed>) {
+pub(crate) fn close_unseen(sk: u64, conn: &Conn, step: &Step, ends: Option<&Ends>) {
     count_step(conn, step);
     count(counters::STALE_SOCKETS);
     emit_unseen_close(sk, conn, step, ends);

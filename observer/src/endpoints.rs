@@ -6,19 +6,8 @@ use std::collections::HashMap;
 use observer_common::{
     conn::{EVENT_CLOSE, EVENT_FAILED, EVENT_OPEN},
     limits::MAX_SOCKETS,
-    record::{RECORD_ADDRESSES_GONE, Record},
+    record::{Ends, RECORD_ADDRESSES_GONE, Record},
 };
-
-/// What a record says of where a connection runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Ends {
-    netns: u32,
-    family: u16,
-    sport: u16,
-    dport: u16,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
-}
 
 /// The open connections' addresses, by socket address; never more entries than the kernel
 /// tracks connections (a close record dropped in a full ring leaves its entry until the address
@@ -37,30 +26,14 @@ impl Endpoints {
             EVENT_OPEN
                 if self.open.len() < MAX_SOCKETS as usize || self.open.contains_key(&r.sock) =>
             {
-                self.open.insert(
-                    r.sock,
-                    Ends {
-                        netns: r.netns,
-                        family: r.family,
-                        sport: r.sport,
-                        dport: r.dport,
-                        saddr: r.saddr,
-                        daddr: r.daddr,
-                    },
-                );
+                self.open.insert(r.sock, r.ends());
             }
             EVENT_CLOSE | EVENT_FAILED => {
                 let ends = self.open.remove(&r.sock);
                 if r.flags & RECORD_ADDRESSES_GONE != 0
                     && let Some(e) = ends
                 {
-                    r.netns = e.netns;
-                    r.family = e.family;
-                    r.sport = e.sport;
-                    r.dport = e.dport;
-                    r.saddr = e.saddr;
-                    r.daddr = e.daddr;
-                    r.flags &= !RECORD_ADDRESSES_GONE;
+                    r.set_ends(&e);
                 }
             }
             _ => {}

@@ -81,7 +81,7 @@ pub fn confirm(
 
 #[cfg(test)]
 mod tests {
-    use observer_common::{DIR_OUTBOUND, conn::Conn, tcp};
+    use observer_common::{DIR_OUTBOUND, conn::Conn, record::Ends, tcp};
 
     use super::*;
 
@@ -89,13 +89,15 @@ mod tests {
         Doomed {
             sk,
             conn: Conn::new(DIR_OUTBOUND, 443, state, true),
-            netns: 1,
-            family: 2,
-            sport: 40_000,
-            dport: 443,
-            _pad: [0; 6],
-            saddr: [0; 16],
-            daddr: [0; 16],
+            ends: Ends {
+                netns: 1,
+                family: 2,
+                sport: 40_000,
+                dport: 443,
+                _pad: [0; 6],
+                saddr: [0; 16],
+                daddr: [0; 16],
+            },
         }
     }
 
