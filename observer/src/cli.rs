@@ -77,6 +77,19 @@ pub struct Cli {
     /// (they are swept for at once when it reports a lost transition): 1s to 1h, as 30s, 5m.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = sweep_interval)]
     pub sweep_interval: Duration,
+
+    /// (for packagers) Print the man page or a shell's completion script, then exit.
+    #[arg(long, value_name = "KIND", hide = true)]
+    pub generate: Option<Generate>,
+}
+
+/// What `--generate` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generate {
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
 }
 
 fn sweep_interval(s: &str) -> Result<Duration, String> {

@@ -12,6 +12,7 @@ mod diag;
 mod endpoints;
 mod events;
 mod features;
+mod generate;
 mod http;
 mod iterator;
 mod kernel;
@@ -46,7 +47,17 @@ use crate::{
 };
 
 fn main() -> ExitCode {
-    let config = match Config::from_cli(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Some(kind) = cli.generate {
+        return match generate::write(kind, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("observer: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("observer: {e}");

@@ -3,6 +3,7 @@
 //! view (`bpftool`, `ss`) as independent oracles. Everything started here is stopped on drop.
 pub mod bpftool;
 pub mod net;
+pub mod nginx;
 pub mod observer;
 pub mod process;
 pub mod sandbox;

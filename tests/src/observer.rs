@@ -34,6 +34,20 @@ pub struct Observer {
     child: Child,
     pub metrics: Option<SocketAddr>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// The podman container it runs in, if it does: removed on drop.
+    container: Option<String>,
+}
+
+/// How observer is started.
+#[derive(Clone, Copy)]
+pub enum Launch<'a> {
+    /// The binary under test, as this (root) process.
+    Direct,
+    /// As user nobody with only these capabilities (`["bpf", "perfmon"]`), ambient.
+    AsUser(&'a [&'a str]),
+    /// In a podman container of `image`, in the host's network and PID namespaces, with only
+    /// these capabilities (`["BPF", "PERFMON"]`): as a Kubernetes DaemonSet runs it.
+    Container { image: &'a str, caps: &'a [&'a str] },
 }
 
 /// How to wire the child's stdout.
@@ -63,28 +77,42 @@ impl Observer {
     }
 
     pub fn spawn(args: &[&str], stdout: Stdout) -> (Observer, Option<Receiver<String>>) {
-        Self::spawn_as(None, &[], args, stdout)
+        Self::spawn_as(Launch::Direct, &[], args, stdout)
     }
 
     /// `start_with_events`, with variables added to observer's environment.
     pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> (Observer, Receiver<String>) {
-        let (o, rx) = Self::spawn_as(None, env, args, Stdout::Lines);
+        let (o, rx) = Self::spawn_as(Launch::Direct, env, args, Stdout::Lines);
         (o, rx.expect("lines"))
     }
 
     /// Runs as user nobody with only the capabilities `caps` (`["bpf", "perfmon"]`), ambient.
     pub fn start_with_caps(caps: &[&str], args: &[&str]) -> Observer {
-        Self::spawn_as(Some(caps), &[], args, Stdout::Null).0
+        Self::spawn_as(Launch::AsUser(caps), &[], args, Stdout::Null).0
+    }
+
+    /// Runs in a container (see `Launch::Container`).
+    pub fn start_in_container(image: &str, caps: &[&str], args: &[&str]) -> Observer {
+        Self::spawn_as(Launch::Container { image, caps }, &[], args, Stdout::Null).0
     }
 
     fn spawn_as(
-        caps: Option<&[&str]>,
+        launch: Launch,
         env: &[(&str, &str)],
         args: &[&str],
         stdout: Stdout,
     ) -> (Observer, Option<Receiver<String>>) {
         let read_lines = matches!(stdout, Stdout::Lines);
-        let (mut child, stderr, ready) = Self::launch(caps, env, args, stdout);
+        let container = match launch {
+            Launch::Container { .. } => Some(format!(
+                "observer-test-{}-{}",
+                std::process::id(),
+                CONTAINERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )),
+            _ => None,
+        };
+        let (mut child, stderr, ready) =
+            Self::launch(launch, container.as_deref(), env, args, stdout);
         let lines = read_lines
             .then(|| child.stdout.take())
             .flatten()
@@ -108,6 +136,9 @@ impl Observer {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                if let Some(name) = &container {
+                    remove_container(name);
+                }
                 panic!(
                     "observer {args:?} did not become ready:\n{}",
                     stderr.lock().unwrap().join("\n")
@@ -119,6 +150,7 @@ impl Observer {
                 child,
                 metrics,
                 stderr,
+                container,
             },
             lines,
         )
@@ -126,7 +158,8 @@ impl Observer {
 
     /// Spawns with stdout kept as a raw pipe when asked (`Stuck` keeps it unread).
     fn launch(
-        caps: Option<&[&str]>,
+        launch: Launch,
+        container: Option<&str>,
         env: &[(&str, &str)],
         args: &[&str],
         stdout: Stdout,
@@ -138,9 +171,26 @@ impl Observer {
         {
             all.extend(["--metrics-addr", "127.0.0.1:0"]);
         }
-        let mut command = match caps {
-            None => Command::new(binary()),
-            Some(caps) => {
+        let mut command = match launch {
+            Launch::Direct => Command::new(binary()),
+            Launch::Container { image, caps } => {
+                let mut c = Command::new("podman");
+                // runc: podman's default crun fails on this host's cgroups. Root here cannot
+                // raise rlimits, so the container asks for what it already has.
+                c.args(["--runtime", "runc", "run", "--rm", "--name"])
+                    .arg(container.expect("a container name"))
+                    .args(["--network=host", "--pid=host", "--cap-drop=all"])
+                    .arg(format!("--cap-add={}", caps.join(",")))
+                    .args([
+                        "--ulimit",
+                        "nofile=1024:1024",
+                        "--ulimit",
+                        "nproc=1024:1024",
+                    ])
+                    .arg(image);
+                c
+            }
+            Launch::AsUser(caps) => {
                 let set: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
                 let mut c = Command::new("setpriv");
                 c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -274,7 +324,21 @@ impl Drop for Observer {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // Killing podman's client leaves the container running.
+        if let Some(name) = &self.container {
+            remove_container(name);
+        }
     }
+}
+
+static CONTAINERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn remove_container(name: &str) {
+    let _ = Command::new("podman")
+        .args(["rm", "--force", "--time", "0", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Runs observer to completion (for bad-input cases): (exit code, stderr).

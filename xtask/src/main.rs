@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's developer commands. Every command first runs `setup`,
 //! which installs what is missing and does nothing when everything is there.
 mod bench;
+mod dist;
 mod setup;
 mod vm;
 
@@ -30,7 +31,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test, unit and integration (as root).
+    /// Set up, then build what users install into target/dist: the static binary, the .deb
+    /// and the OCI image.
+    Dist,
+    /// Set up, build the dist, then run every test, unit and integration (as root).
     Test {
         /// Passed on to `cargo test` as written (`--test soak -- --ignored`, `-- --nocapture`).
         #[arg(
@@ -90,10 +94,16 @@ fn run(command: Command) -> Result<ExitCode> {
                     .exec();
             Err(err).context("starting observer")
         }
+        Command::Dist => {
+            setup::all()?;
+            dist::run().map(|_| ExitCode::SUCCESS)
+        }
         Command::Test { .. } => {
             setup::all()?;
-            // The integration tests run the observer binary itself: this build's, named to them.
+            // The integration tests run the observer binary itself: this build's, named to them;
+            // the dist tests run what users install.
             let observer = build_observer()?;
+            let dist = dist::run()?;
             // What follows `test` goes to cargo test as written: clap drops a `--` that comes
             // first, which `cargo xtask test -- --nocapture` needs kept.
             let rest: Vec<String> = std::env::args()
@@ -102,7 +112,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 .collect();
             let mut all = vec!["test", "--workspace", "--exclude", "observer-ebpf"];
             all.extend(rest.iter().map(String::as_str));
-            test(&all, &observer)
+            test(&all, &observer, &dist.dir)
         }
         Command::Lint => {
             setup::all()?;
@@ -150,12 +160,13 @@ fn lint() -> Result<()> {
 
 /// Runs `cargo test`, passing its output through, and ends with one line that sums every test
 /// binary's results (cargo's own last line is often a doc-test run of 0 tests).
-fn test(args: &[&str], observer: &std::path::Path) -> Result<ExitCode> {
+fn test(args: &[&str], observer: &std::path::Path, dist: &std::path::Path) -> Result<ExitCode> {
     use std::io::{BufRead as _, BufReader};
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = std::process::Command::new(cargo)
         .args(args)
         .env("OBSERVER_BIN", observer)
+        .env("OBSERVER_DIST", dist)
         .current_dir(setup::workspace())
         .stdout(std::process::Stdio::piped())
         .spawn()

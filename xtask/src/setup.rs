@@ -35,8 +35,16 @@ const PACKAGES: &[&str] = &[
     // capabilities; systemd-analyze verifies the systemd unit.
     "util-linux",
     "systemd",
+    // `cargo xtask dist` and its tests: the OCI image (podman, with runc: crun fails on this
+    // host's cgroups), the man page (gzip, man-db).
+    "podman",
+    "runc",
+    "gzip",
+    "man-db",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Makes the .deb of `cargo xtask dist`.
+const CARGO_DEB_VERSION: &str = "3.6.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Name of the linked toolchain; observer/build.rs looks for it.
 const TOOLCHAIN: &str = "observer-bpf";
@@ -51,6 +59,7 @@ pub fn workspace() -> PathBuf {
 pub fn all() -> Result<()> {
     packages()?;
     bpf_linker()?;
+    cargo_deb()?;
     toolchain()?;
     Ok(())
 }
@@ -99,6 +108,25 @@ fn bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", LLVM_PREFIX))
 }
 
+fn cargo_deb() -> Result<()> {
+    let ok = Command::new("cargo-deb")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DEB_VERSION))
+        .unwrap_or(false);
+    if ok {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-deb {CARGO_DEB_VERSION}");
+    run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
+}
+
 fn toolchain() -> Result<()> {
     let works = Command::new("rustup")
         .args(["run", TOOLCHAIN, "rustc", "--version"])
@@ -134,7 +162,7 @@ fn toolchain() -> Result<()> {
         .arg(&dir))
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");

@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::setup;
+use crate::{dist, setup};
 
 /// The guest's `/init`.
 const INIT: &str = include_str!("vm-init.sh");
@@ -34,7 +34,6 @@ const DEFAULT_CACHE: &str = "/var/cache/observer-vm-test";
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
 /// How old the private package lists may get before `apt-get update`.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-const TARGET: &str = "x86_64-unknown-linux-gnu";
 const BUSYBOX: &str = "/bin/busybox";
 /// The suites of the private apt configuration, and the security suites beside them.
 const SUITES: &[&str] = &[
@@ -550,10 +549,7 @@ struct Row {
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
     let t0 = Instant::now();
-    let ws = setup::workspace();
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("target"));
+    let target_dir = dist::target_dir();
     let settings = Settings {
         cache: std::env::var_os("OBSERVER_VM_CACHE")
             .map(PathBuf::from)
@@ -586,7 +582,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         );
     }
 
-    let bins = build(&target_dir)?;
+    let bins = build()?;
     let busybox = fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX}"))?;
     if let Some(i) = elf_interpreter(&busybox)? {
         bail!("{BUSYBOX} is dynamically linked ({i}): install busybox-static");
@@ -690,9 +686,9 @@ struct Binaries {
 
 /// Builds observer, tcp-helper and vm-guest statically (as users get them), and checks that
 /// they are.
-fn build(target_dir: &Path) -> Result<Binaries> {
+fn build() -> Result<Binaries> {
     let other = std::env::var_os("OBSERVER_VM_BIN").map(PathBuf::from);
-    let mut args = vec!["build", "--release", "--target", TARGET];
+    let mut args = vec![];
     if other.is_none() {
         args.extend(["-p", "observer", "--bin", "observer"]);
     }
@@ -705,37 +701,15 @@ fn build(target_dir: &Path) -> Result<Binaries> {
         "vm-guest",
     ]);
     let t = Instant::now();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // The target-specific variable keeps the flag away from the nested eBPF build.
-    let status = Command::new(cargo)
-        .args(&args)
-        .current_dir(setup::workspace())
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
-        )
-        .status()
-        .context("starting cargo build")?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    let dir = target_dir.join(TARGET).join("release");
+    let dir = dist::static_build(&args)?;
     let bins = Binaries {
         observer: other.unwrap_or_else(|| dir.join("observer")),
         tcp_helper: dir.join("tcp-helper"),
         vm_guest: dir.join("vm-guest"),
     };
     for b in [&bins.observer, &bins.tcp_helper, &bins.vm_guest] {
-        let bytes = fs::read(b).with_context(|| format!("reading {}", b.display()))?;
-        if let Some(interp) =
-            elf_interpreter(&bytes).with_context(|| format!("reading {}", b.display()))?
-        {
-            bail!(
-                "{} is dynamically linked (interpreter {interp}); the guest has no libraries: \
-                 build it with RUSTFLAGS=\"-C target-feature=+crt-static\" --target {TARGET}",
-                b.display()
-            );
-        }
+        // The guest has no libraries.
+        dist::check_static(b)?;
     }
     println!(
         "vm-test: built static observer ({} MB), tcp-helper, vm-guest in {} s",
