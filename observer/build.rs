@@ -30,6 +30,12 @@ fn main() -> anyhow::Result<()> {
         root_dir: root,
         ..Default::default()
     };
+    // aya-build watches the eBPF crate; the rules it shares with the daemon live in
+    // observer-common, and a change there must rebuild the program too.
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../observer-common")
+    );
     aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&toolchain)).context(
         "building the eBPF program (run `cargo xtask setup` once if the toolchain is missing)",
     )

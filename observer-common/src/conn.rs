@@ -1,7 +1,7 @@
 //! One watched connection as the kernel keeps it, and the rules of its life. These rules run in
 //! the eBPF program (every counter comes from them) and are unit-tested here on plain data.
 
-use crate::tcp;
+use crate::{ending::Ending, tcp};
 
 /// The connection reached ESTABLISHED (now, or before observer started).
 pub const FLAG_ESTABLISHED: u8 = 1;
@@ -61,6 +61,9 @@ pub struct Step {
     pub duration_ns: u64,
     /// The time of the transition when it was read (0: not needed, so not read).
     pub now_ns: u64,
+    /// How a failed handshake or a close ended (see `ending`): set where the socket's error is
+    /// read, at CLOSE.
+    pub ending: Ending,
 }
 
 /// The port a birth is counted under: the local one for a listener's child (`old` is LISTEN),
@@ -210,6 +213,7 @@ impl Conn {
                 0
             },
             now_ns: 0,
+            ending: Ending::default(),
         }
     }
 }

@@ -121,6 +121,20 @@ pub struct SockOffsets {
     /// `sock.sk_max_ack_backlog` (u32): a listener's child inherits it, a connect()ed socket
     /// has 0 (see `conn::unseeded_sides`).
     pub max_ack_backlog: u32,
+    /// `sock.sk_err` (int): why the kernel ended the connection, read at CLOSE (see `ending`).
+    pub err: u32,
+    /// `sock.sk_shutdown` (u8): RCV_SHUTDOWN once the peer's FIN came, which the kernel counts
+    /// as one byte received.
+    pub shutdown: u32,
+    /// What a close record carries, from `struct tcp_sock` (beyond `struct sock`: read with a
+    /// helper): `bytes_sent` and `bytes_retrans` (u64: data bytes sent, retransmissions
+    /// included, and those retransmitted), `bytes_received` (u64, the peer's FIN counted),
+    /// `srtt_us` (u32, the smoothed RTT in 1/8 µs) and `total_retrans` (u32, segments).
+    pub bytes_sent: u32,
+    pub bytes_retrans: u32,
+    pub bytes_received: u32,
+    pub srtt_us: u32,
+    pub total_retrans: u32,
 }
 crate::pod!(SockOffsets);
 

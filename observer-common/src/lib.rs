@@ -13,6 +13,7 @@
 
 pub mod conn;
 pub mod counters;
+pub mod ending;
 pub mod filter;
 pub mod limits;
 pub mod record;

@@ -9,6 +9,8 @@ pub const RECORD_PREEXISTING: u8 = 2;
 /// was never delivered; see `sweep`): the kernel no longer knows its addresses and ports, the
 /// daemon takes them from the connection's open record.
 pub const RECORD_ADDRESSES_GONE: u8 = 4;
+/// A close whose socket was read at CLOSE: `bytes_*`, `srtt_us` and `retransmits` are valid.
+pub const RECORD_HAS_TCP: u8 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,16 +34,55 @@ pub struct Record {
     /// `conn::EVENT_*`.
     pub event: u8,
     pub flags: u8,
-    pub _pad: [u8; 3],
+    /// `ending::REASON_*` of a failed handshake or a close.
+    pub reason: u8,
+    /// `ending::BY_*` of a close.
+    pub closed_by: u8,
+    pub _pad: u8,
     /// Local and remote address; IPv4 fills the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub comm: [u8; 16],
+    /// Data bytes sent (each once, retransmissions left out) and received, with
+    /// `RECORD_HAS_TCP`.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Smoothed round-trip time (µs) and retransmitted segments, with `RECORD_HAS_TCP`.
+    pub srtt_us: u32,
+    pub retransmits: u32,
 }
 crate::pod!(Record);
 
 impl Record {
     pub const SIZE: usize = core::mem::size_of::<Record>();
+
+    /// Every field zero: what a record is built from.
+    pub const EMPTY: Record = Record {
+        ts_ns: 0,
+        sock: 0,
+        duration_ns: 0,
+        pid: 0,
+        netns: 0,
+        sport: 0,
+        dport: 0,
+        port: 0,
+        family: 0,
+        oldstate: 0,
+        newstate: 0,
+        direction: 0,
+        event: 0,
+        flags: 0,
+        reason: 0,
+        closed_by: 0,
+        _pad: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        comm: [0; 16],
+        bytes_sent: 0,
+        bytes_received: 0,
+        srtt_us: 0,
+        retransmits: 0,
+    };
 
     /// Where its connection runs.
     pub fn ends(&self) -> Ends {

@@ -2,6 +2,7 @@
 
 use crate::{
     conn::{EVENT_CLOSE, EVENT_FAILED, EVENT_OPEN, Step},
+    ending::{NUM_BY, NUM_REASONS},
     limits::MAX_BUCKETS,
     tcp::NUM_STATES,
 };
@@ -39,6 +40,12 @@ pub struct PortStats {
     pub duration_sum_ns: u64,
     /// Closed connections per bucket (not cumulative); index `n_bounds` is the +Inf bucket.
     pub buckets: [u64; MAX_BUCKETS + 1],
+    /// Failed handshakes by reason (`ending::REASON_*`); they sum to `failed`.
+    pub failed_by: [u64; NUM_REASONS],
+    /// Closed connections that ended with a reset.
+    pub reset: u64,
+    /// Closed connections by who closed first (`ending::BY_*`); they sum to `closed`.
+    pub closed_by: [u64; NUM_BY],
 }
 crate::pod!(PortStats);
 
@@ -51,6 +58,9 @@ impl PortStats {
         duration_count: 0,
         duration_sum_ns: 0,
         buckets: [0; MAX_BUCKETS + 1],
+        failed_by: [0; NUM_REASONS],
+        reset: 0,
+        closed_by: [0; NUM_BY],
     };
 
     /// Applies one transition. `bucket_of` maps a duration to its bucket index.
@@ -69,9 +79,19 @@ impl PortStats {
         }
         match step.event {
             EVENT_OPEN => add(&mut self.opened, 1),
-            EVENT_FAILED => add(&mut self.failed, 1),
+            EVENT_FAILED => {
+                add(&mut self.failed, 1);
+                add(
+                    &mut self.failed_by[masked(step.ending.reason, NUM_REASONS)],
+                    1,
+                );
+            }
             EVENT_CLOSE => {
                 add(&mut self.closed, 1);
+                add(&mut self.closed_by[masked(step.ending.by, NUM_BY)], 1);
+                if step.ending.reset {
+                    add(&mut self.reset, 1);
+                }
                 if step.timed {
                     let d = step.duration_ns;
                     add(&mut self.duration_count, 1);
@@ -96,12 +116,29 @@ impl PortStats {
         for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
             *a += *b;
         }
+        for (a, b) in self.failed_by.iter_mut().zip(other.failed_by.iter()) {
+            *a += *b;
+        }
+        self.reset += other.reset;
+        for (a, b) in self.closed_by.iter_mut().zip(other.closed_by.iter()) {
+            *a += *b;
+        }
     }
 
     /// The summed gauge of a state, read as the signed number it is.
     pub fn gauge(&self, state: u8) -> i64 {
         self.gauges.get(state as usize).map_or(0, |g| *g as i64)
     }
+}
+
+/// `i` masked to an index below `len` (a power of two), with a mask the compiler cannot drop:
+/// LLVM removes one it can prove redundant (the value's range is known where it was made), but
+/// the verifier, having lost that range through a stack slot, still needs it.
+#[inline(always)]
+fn masked(i: u8, len: usize) -> usize {
+    // SAFETY: a read of a local.
+    let i = unsafe { core::ptr::read_volatile(&i) };
+    i as usize & (len - 1)
 }
 
 /// Adds `delta` (wrapping) as one atomic instruction. The counters are per CPU, but the program
@@ -185,6 +222,7 @@ mod tests {
                 timed: true,
                 duration_ns: 5,
                 now_ns: 5,
+                ending: crate::ending::close(crate::tcp::ESTABLISHED, 0),
             },
             |_| 1,
         );
@@ -199,5 +237,50 @@ mod tests {
             (sum.duration_count, sum.duration_sum_ns, sum.buckets[1]),
             (1, 5, 1)
         );
+        // An abort by this host: a reset, closed by it.
+        assert_eq!(
+            (sum.reset, sum.closed_by[crate::ending::BY_LOCAL as usize]),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn failures_are_counted_by_reason_and_closes_by_side() {
+        use crate::ending::*;
+        let mut s = PortStats::ZERO;
+        let failed = |reason| Step {
+            leave: crate::tcp::SYN_SENT,
+            event: EVENT_FAILED,
+            ended: true,
+            ending: Ending {
+                reason,
+                ..Ending::default()
+            },
+            ..Step::default()
+        };
+        for r in [REASON_REFUSED, REASON_REFUSED, REASON_TIMEOUT] {
+            s.apply(&failed(r), |_| 0);
+        }
+        let closed = |left| Step {
+            leave: left,
+            event: EVENT_CLOSE,
+            ended: true,
+            ending: close(left, 0),
+            ..Step::default()
+        };
+        for left in [
+            crate::tcp::LAST_ACK,
+            crate::tcp::FIN_WAIT2,
+            crate::tcp::LAST_ACK,
+        ] {
+            s.apply(&closed(left), |_| 0);
+        }
+        assert_eq!(s.failed, 3);
+        assert_eq!(s.failed_by[REASON_REFUSED as usize], 2);
+        assert_eq!(s.failed_by[REASON_TIMEOUT as usize], 1);
+        assert_eq!(s.closed, 3);
+        assert_eq!(s.closed_by[BY_REMOTE as usize], 2);
+        assert_eq!(s.closed_by[BY_LOCAL as usize], 1);
+        assert_eq!(s.reset, 0);
     }
 }

@@ -1,18 +1,20 @@
 //! Records for the daemon, through the ring buffer.
-use crate::maps::{EVENTS, FLAGS, WAKEUP_BYTES, count, now};
-use crate::sock::Sock;
+use crate::maps::{EVENTS, FLAGS, SOCK_OFFSETS, WAKEUP_BYTES, count, now};
+use crate::sock::{Sock, read_kernel};
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use observer_common::conn::{Conn, EVENT_NONE, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step};
+use observer_common::conn::{
+    Conn, EVENT_CLOSE, EVENT_NONE, FLAG_OPEN_SEEN, FLAG_PREEXISTING, Step,
+};
 use observer_common::filter::flags;
 use observer_common::record::{
-    Ends, RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_PREEXISTING, Record,
+    Ends, RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_HAS_TCP, RECORD_PREEXISTING, Record,
 };
 use observer_common::{counters, tcp};
 
 #[inline(always)]
 pub(crate) fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
     let (family, saddr, daddr) = tp.addrs();
-    submit(&Record {
+    let mut record = Record {
         ts_ns: step.now_ns,
         sock: sk,
         duration_ns: step.duration_ns,
@@ -27,11 +29,35 @@ pub(crate) fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
         direction: conn.direction,
         event: step.event,
         flags: record_flags(conn, step),
-        _pad: [0; 3],
+        reason: step.ending.reason,
+        closed_by: step.ending.by,
         saddr,
         daddr,
         comm: conn.comm,
-    });
+        ..Record::EMPTY
+    };
+    if step.event == EVENT_CLOSE && tp.new == tcp::CLOSE {
+        carried(tp, sk, &mut record);
+    }
+    submit(&record);
+}
+
+/// What a closing connection carried, as `ss -ti` and tcplife show it, read from the socket at
+/// its CLOSE: only for a record (each read costs a helper call).
+#[inline(always)]
+fn carried(tp: &Sock, sk: u64, r: &mut Record) {
+    let o = SOCK_OFFSETS.load();
+    let sent: u64 = read_kernel(sk + o.bytes_sent as u64);
+    let retrans: u64 = read_kernel(sk + o.bytes_retrans as u64);
+    let received: u64 = read_kernel(sk + o.bytes_received as u64);
+    let srtt: u32 = read_kernel(sk + o.srtt_us as u64);
+    // RCV_SHUTDOWN: the peer's FIN came, and took one sequence number of `bytes_received`.
+    let fin = tp.field::<u8>(o.shutdown) & 1 != 0;
+    r.bytes_sent = sent.saturating_sub(retrans);
+    r.bytes_received = received.saturating_sub(fin as u64);
+    r.srtt_us = srtt >> 3;
+    r.retransmits = read_kernel(sk + o.total_retrans as u64);
+    r.flags |= RECORD_HAS_TCP;
 }
 
 #[inline(always)]
@@ -75,20 +101,16 @@ pub(crate) fn emit_unseen_close(sk: u64, conn: &Conn, step: &Step, ends: Option<
         sock: sk,
         duration_ns: step.duration_ns,
         pid: conn.pid,
-        netns: 0,
-        sport: 0,
-        dport: 0,
         port: conn.port,
-        family: 0,
         oldstate: conn.state,
         newstate: tcp::CLOSE,
         direction: conn.direction,
         event: step.event,
         flags: record_flags(conn, step) | RECORD_ADDRESSES_GONE,
-        _pad: [0; 3],
-        saddr: [0; 16],
-        daddr: [0; 16],
+        reason: step.ending.reason,
+        closed_by: step.ending.by,
         comm: conn.comm,
+        ..Record::EMPTY
     };
     if let Some(e) = ends {
         record.set_ends(e);

@@ -56,6 +56,13 @@ pub(crate) static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
     daddr_v6: 0,
     state: 0,
     max_ack_backlog: 0,
+    err: 0,
+    shutdown: 0,
+    bytes_sent: 0,
+    bytes_retrans: 0,
+    bytes_received: 0,
+    srtt_us: 0,
+    total_retrans: 0,
 });
 #[unsafe(no_mangle)]
 pub(crate) static CGROUP_OFFSETS: Global<CgroupOffsets> = Global::new(CgroupOffsets {

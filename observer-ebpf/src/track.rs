@@ -12,6 +12,7 @@ use crate::target::{current_owner, is_target, local_owner, on_listen, with_owner
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use observer_common::conn::{Conn, EVENT_NONE, Step, birth_port, first_sighting, unseeded_sides};
+use observer_common::ending;
 use observer_common::filter::{PORT_LOCAL, PORT_REMOTE, flags};
 use observer_common::record::Ends;
 use observer_common::snapshot::CONTROL_ADOPT_UNSEEDED;
@@ -239,10 +240,16 @@ pub(crate) fn finish(
     if seen && SEEN.insert(tp.tuple(netns), 0, 0).is_err() {
         count(counters::SEEN_FULL);
     }
-    count_step(conn, step);
+    // At CLOSE, how the connection ended: the socket's error is set by then (see `ending`).
+    let mut step = *step;
+    if step.ended && tp.new == tcp::CLOSE {
+        let err: i32 = tp.field(SOCK_OFFSETS.load().err);
+        step.ending = ending::at_close(step.event, conn.direction, tp.old, err);
+    }
+    count_step(conn, &step);
     // Records carry what a person is shown: opens and closes, not every step between them.
     if emits {
-        emit(tp, sk, conn, step, netns);
+        emit(tp, sk, conn, &step, netns);
     }
     Some(())
 }
@@ -252,9 +259,13 @@ pub(crate) fn finish(
 /// sweep found its socket dead (with the addresses it read there, `ends`). Its record follows.
 #[inline(always)]
 pub(crate) fn close_unseen(sk: u64, conn: &Conn, step: &Step, ends: Option<&Ends>) {
-    count_step(conn, step);
+    let step = Step {
+        ending: ending::unseen(step.event, conn.state),
+        ..*step
+    };
+    count_step(conn, &step);
     count(counters::STALE_SOCKETS);
-    emit_unseen_close(sk, conn, step, ends);
+    emit_unseen_close(sk, conn, &step, ends);
 }
 
 #[inline(always)]

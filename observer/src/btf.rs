@@ -146,6 +146,13 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         daddr_v6: common("skc_v6_daddr")?,
         state: common("skc_state")?,
         max_ack_backlog: btf.offset("sock", &["sk_max_ack_backlog"])?,
+        err: btf.offset("sock", &["sk_err"])?,
+        shutdown: btf.offset("sock", &["sk_shutdown"])?,
+        bytes_sent: btf.offset("tcp_sock", &["bytes_sent"])?,
+        bytes_retrans: btf.offset("tcp_sock", &["bytes_retrans"])?,
+        bytes_received: btf.offset("tcp_sock", &["bytes_received"])?,
+        srtt_us: btf.offset("tcp_sock", &["srtt_us"])?,
+        total_retrans: btf.offset("tcp_sock", &["total_retrans"])?,
     })
 }
 
@@ -530,6 +537,12 @@ mod tests {
             "{o:?}"
         );
         assert!(o.protocol > 64 && o.sport > o.protocol, "{o:?}");
+        // tcp_sock's own fields come after inet_sock's.
+        assert!(o.bytes_received > o.sport && o.srtt_us > o.sport, "{o:?}");
+        assert!(
+            o.err > 64 && o.err < o.sport && o.shutdown > 64 && o.shutdown < o.sport,
+            "{o:?}"
+        );
         let n = netns_offsets(&btf).unwrap();
         assert!(n.sk_net > 0 && n.net_inum > 0, "{n:?}");
         assert!(btf.has_tracepoint("inet_sock_set_state").unwrap());

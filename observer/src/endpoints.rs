@@ -65,10 +65,9 @@ mod tests {
             direction: DIR_INBOUND,
             event,
             flags: 0,
-            _pad: [0; 3],
             saddr,
             daddr: saddr,
-            comm: [0; 16],
+            ..Record::EMPTY
         }
     }
 

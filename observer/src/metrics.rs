@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use observer_common::{
     DIR_INBOUND,
+    ending::{BY_LOCAL, BY_NAMES, BY_REMOTE, BY_UNKNOWN, FAILURE_REASONS, REASON_NAMES},
     stats::{PortStats, StatsKey},
     tcp,
 };
@@ -38,7 +39,7 @@ struct Family {
     labels: &'static [&'static str],
 }
 
-const FAMILIES: [Family; 11] = [
+const FAMILIES: [Family; 13] = [
     Family {
         name: "observer_tcp_connections",
         help: "Watched sockets in each TCP state right now.",
@@ -56,8 +57,18 @@ const FAMILIES: [Family; 11] = [
     },
     Family {
         name: "observer_tcp_connections_failed_total",
-        help: "Handshakes that ended in CLOSE without reaching ESTABLISHED.",
+        help: "Handshakes that ended in CLOSE without reaching ESTABLISHED, by reason: refused (RST to the SYN), timeout (no answer), unreachable (ICMP error), reset (an inbound handshake reset or given up), abandoned (closed locally first), other.",
+        labels: &["direction", "port", "reason"],
+    },
+    Family {
+        name: "observer_tcp_connections_reset_total",
+        help: "Established connections that ended with a reset (a RST sent or received) instead of an orderly close.",
         labels: &["direction", "port"],
+    },
+    Family {
+        name: "observer_tcp_connections_closed_by_total",
+        help: "Closed connections by the side that closed first: local (this host's FIN or abort), remote (the peer's FIN or RST), unknown (a close the kernel did not deliver).",
+        labels: &["direction", "port", "by"],
     },
     Family {
         name: "observer_tcp_connection_duration_seconds",
@@ -162,6 +173,7 @@ impl Collector for ConnCollector {
         let mut gauges = Vec::new();
         let (mut opened, mut closed, mut failed, mut hists) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut reset, mut closed_by) = (Vec::new(), Vec::new());
         for key in &keys {
             let s = get(key);
             let base = self.baseline.gauges.get(key);
@@ -182,7 +194,27 @@ impl Collector for ConnCollector {
             let labels = [("direction", dir), ("port", port.as_str())];
             opened.push(counter(&labels, s.opened));
             closed.push(counter(&labels, s.closed));
-            failed.push(counter(&labels, s.failed));
+            for r in FAILURE_REASONS {
+                let labels = [
+                    ("direction", dir),
+                    ("port", port.as_str()),
+                    ("reason", REASON_NAMES[r as usize]),
+                ];
+                failed.push(counter(&labels, s.failed_by[r as usize]));
+            }
+            reset.push(counter(&labels, s.reset));
+            for by in [BY_LOCAL, BY_REMOTE, BY_UNKNOWN] {
+                let n = s.closed_by[by as usize];
+                // Unknown only where it happened: the kernel failed to deliver a close.
+                if by != BY_UNKNOWN || n != 0 {
+                    let labels = [
+                        ("direction", dir),
+                        ("port", port.as_str()),
+                        ("by", BY_NAMES[by as usize]),
+                    ];
+                    closed_by.push(counter(&labels, n));
+                }
+            }
             let mut h = proto::Histogram::default();
             h.set_sample_count(s.duration_count);
             h.set_sample_sum(s.duration_sum_ns as f64 / 1e9);
@@ -231,11 +263,13 @@ impl Collector for ConnCollector {
         .iter()
         .filter_map(|(program, n)| Some(counter(&[("program", program)], (*n)?)))
         .collect();
-        let parts: [(MetricType, Vec<proto::Metric>); 11] = [
+        let parts: [(MetricType, Vec<proto::Metric>); 13] = [
             (MetricType::GAUGE, gauges),
             (MetricType::COUNTER, opened),
             (MetricType::COUNTER, closed),
             (MetricType::COUNTER, failed),
+            (MetricType::COUNTER, reset),
+            (MetricType::COUNTER, closed_by),
             (MetricType::HISTOGRAM, hists),
             (MetricType::COUNTER, vec![counter(&[], health.ring_full)]),
             (MetricType::COUNTER, kernel_errors),

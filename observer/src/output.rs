@@ -8,7 +8,8 @@ use std::{
 use observer_common::{
     DIR_INBOUND,
     conn::{EVENT_CLOSE, EVENT_FAILED, EVENT_OPEN},
-    record::{RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, Record},
+    ending::{BY_NAMES, BY_UNKNOWN, REASON_NAMES},
+    record::{RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_HAS_TCP, Record},
     tracepoint::AF_INET,
 };
 use serde::Serialize;
@@ -49,6 +50,23 @@ pub struct Event {
     pub duration_seconds: Option<Option<f64>>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// Why a handshake failed, or how a connection closed (`normal`, `reset`, `timeout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// Close events: who closed first, `local` or `remote` (null when not known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<Option<&'static str>>,
+    /// Close events: what the connection carried, read from its socket at CLOSE, as `ss -ti`
+    /// and tcplife show it (null for a close the kernel did not deliver): data bytes sent, each
+    /// once, and received; the smoothed round-trip time (µs); segments retransmitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_sent: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<Option<u64>>,
 }
 
 /// Converts the kernel's monotonic timestamps to wall-clock time.
@@ -94,6 +112,16 @@ impl Event {
             .then(|| (r.flags & RECORD_HAS_DURATION != 0).then_some(r.duration_ns as f64 / 1e9));
         let pid = (r.pid != 0).then_some(r.pid);
         let comm = pid.map(|_| comm(&r.comm));
+        let closing = kind == Kind::Close;
+        let reason = (kind != Kind::Open)
+            .then(|| REASON_NAMES.get(r.reason as usize).copied())
+            .flatten();
+        let closed_by = closing.then(|| {
+            (r.closed_by != BY_UNKNOWN)
+                .then(|| BY_NAMES.get(r.closed_by as usize).copied())
+                .flatten()
+        });
+        let carried = |v: u64| closing.then(|| (r.flags & RECORD_HAS_TCP != 0).then_some(v));
         Some(Event {
             ts: rfc3339(clock.wall_ns(r.ts_ns)),
             kind,
@@ -108,6 +136,12 @@ impl Event {
             duration_seconds,
             pid,
             comm,
+            reason,
+            closed_by,
+            bytes_sent: carried(r.bytes_sent),
+            bytes_received: carried(r.bytes_received),
+            rtt_us: carried(r.srtt_us.into()),
+            retransmits: carried(r.retransmits.into()),
         })
     }
 
@@ -134,6 +168,20 @@ impl Event {
                 Some(d) => write!(line, " duration={d:.6}s").unwrap(),
                 None => line.push_str(" duration=unknown(opened before observer)"),
             }
+        }
+        if let Some(reason) = self.reason {
+            write!(line, " reason={reason}").unwrap();
+        }
+        if let Some(by) = self.closed_by {
+            write!(line, " by={}", by.unwrap_or("unknown")).unwrap();
+        }
+        if let (Some(Some(tx)), Some(Some(rx)), Some(Some(rtt)), Some(Some(re))) = (
+            self.bytes_sent,
+            self.bytes_received,
+            self.rtt_us,
+            self.retransmits,
+        ) {
+            write!(line, " sent={tx}B received={rx}B rtt={rtt}us retrans={re}").unwrap();
         }
         match (&self.pid, &self.comm) {
             (Some(pid), Some(comm)) => write!(line, " pid={pid} comm={comm}").unwrap(),
@@ -207,11 +255,17 @@ mod tests {
             newstate: tcp::CLOSE,
             direction: DIR_INBOUND,
             event,
-            flags: RECORD_HAS_DURATION,
-            _pad: [0; 3],
+            flags: RECORD_HAS_DURATION | RECORD_HAS_TCP,
+            reason: observer_common::ending::REASON_NORMAL,
+            closed_by: observer_common::ending::BY_LOCAL,
             saddr,
             daddr,
             comm,
+            bytes_sent: 1200,
+            bytes_received: 80,
+            srtt_us: 41,
+            retransmits: 0,
+            ..Record::EMPTY
         }
     }
 
@@ -232,6 +286,51 @@ mod tests {
         assert_eq!(v["pid"], 42);
         assert_eq!(v["comm"], "nginx");
         assert_eq!(v["ts"], "2025-11-24T16:00:00.000001Z");
+        assert_eq!(v["reason"], "normal");
+        assert_eq!(v["closed_by"], "local");
+        assert_eq!(
+            (
+                &v["bytes_sent"],
+                &v["bytes_received"],
+                &v["rtt_us"],
+                &v["retransmits"]
+            ),
+            (&1200.into(), &80.into(), &41.into(), &0.into())
+        );
+    }
+
+    #[test]
+    fn a_failure_says_why_and_nothing_of_a_close() {
+        let mut r = record(EVENT_FAILED);
+        r.reason = observer_common::ending::REASON_REFUSED;
+        r.direction = DIR_OUTBOUND;
+        let e = Event::from_record(&r, &CLOCK).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
+        assert_eq!(v["reason"], "refused");
+        for close_only in ["closed_by", "bytes_sent", "rtt_us", "duration_seconds"] {
+            assert!(v.get(close_only).is_none(), "{close_only}");
+        }
+        assert!(e.text().contains(" reason=refused "), "{}", e.text());
+        // An open has no reason.
+        let v: serde_json::Value = serde_json::from_str(
+            &Event::from_record(&record(EVENT_OPEN), &CLOCK)
+                .unwrap()
+                .json(),
+        )
+        .unwrap();
+        assert!(v.get("reason").is_none());
+    }
+
+    #[test]
+    fn a_close_the_kernel_did_not_deliver_has_null_figures() {
+        let mut r = record(EVENT_CLOSE);
+        r.flags = RECORD_ADDRESSES_GONE;
+        r.closed_by = observer_common::ending::BY_UNKNOWN;
+        r.reason = observer_common::ending::REASON_OTHER;
+        let v: serde_json::Value =
+            serde_json::from_str(&Event::from_record(&r, &CLOCK).unwrap().json()).unwrap();
+        assert!(v["closed_by"].is_null() && v["bytes_sent"].is_null(), "{v}");
+        assert_eq!(v["reason"], "other");
     }
 
     #[test]
@@ -279,7 +378,7 @@ mod tests {
         let e = Event::from_record(&record(EVENT_CLOSE), &CLOCK).unwrap();
         assert_eq!(
             e.text(),
-            "2025-11-24T16:00:00.000001Z close  inbound  port=8080 127.0.0.1:8080 <- 127.0.0.2:51234 duration=1.500000s pid=42 comm=nginx"
+            "2025-11-24T16:00:00.000001Z close  inbound  port=8080 127.0.0.1:8080 <- 127.0.0.2:51234 duration=1.500000s reason=normal by=local sent=1200B received=80B rtt=41us retrans=0 pid=42 comm=nginx"
         );
     }
 

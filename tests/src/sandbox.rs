@@ -56,6 +56,24 @@ impl Netns {
 }
 
 impl Netns {
+    /// Runs `f` on a thread of this process that has entered this namespace (sockets it opens
+    /// live there).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsRawFd as _;
+        let ns = std::fs::File::open(format!("/var/run/netns/{}", self.name))
+            .unwrap_or_else(|e| panic!("opening namespace {}: {e}", self.name));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: a namespace fd; only this thread moves, and it ends here.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("the thread in the namespace panicked")
+        })
+    }
+
     /// Sets a sysctl inside this namespace (net.* sysctls are per namespace).
     pub fn sysctl(&self, key: &str, value: &str) {
         ip(&[

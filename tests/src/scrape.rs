@@ -72,9 +72,26 @@ impl Scrape {
         out
     }
 
-    /// Shorthand for a (direction, port)-labelled sample.
+    /// The sum of the samples of `name` whose labels include all of `labels` (None when there
+    /// is none).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let matching: Vec<f64> = self
+            .samples(name)
+            .into_iter()
+            .filter(|(l, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, v)| v)
+            .collect();
+        (!matching.is_empty()).then(|| matching.iter().sum())
+    }
+
+    /// Shorthand for a (direction, port)-labelled counter, summed over its other labels (the
+    /// reasons of `observer_tcp_connections_failed_total`).
     pub fn conn(&self, name: &str, direction: &str, port: u16) -> Option<f64> {
-        self.value(
+        self.sum(
             name,
             &[("direction", direction), ("port", &port.to_string())],
         )

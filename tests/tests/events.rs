@@ -1,45 +1,15 @@
 //! The event stream, end to end: the real program in this kernel, a real server, real clients.
 use std::{
     collections::BTreeMap,
-    sync::mpsc::Receiver,
     time::{Duration, Instant},
 };
 
 use observer_tests::{
+    events::{collect, of_type},
     net::{Mode, Server, open_close},
     observer::{Observer, Stdout, program_loaded, programs_released, run_to_exit},
     require_root,
 };
-use serde_json::Value;
-
-/// Collects JSON events until `done` says so or `timeout` passes, then `settle` more.
-fn collect(
-    rx: &Receiver<String>,
-    timeout: Duration,
-    settle: Duration,
-    done: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let mut out = Vec::new();
-    let end = Instant::now() + timeout;
-    while Instant::now() < end && !done(&out) {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            out.push(
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}")),
-            );
-        }
-    }
-    let end = Instant::now() + settle;
-    while Instant::now() < end {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-            out.push(serde_json::from_str(&line).unwrap());
-        }
-    }
-    out
-}
-
-fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["type"] == t).collect()
-}
 
 #[test]
 fn every_connection_opens_and_closes_once_on_ipv4_and_ipv6() {

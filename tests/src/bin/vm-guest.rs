@@ -1203,11 +1203,21 @@ impl Metrics {
             .map(|(_, _, v)| *v)
     }
 
+    /// A (direction, port)-labelled counter, summed over its other labels (the reasons of
+    /// `observer_tcp_connections_failed_total`).
     fn conn(&self, name: &str, direction: &str, port: u16) -> Option<f64> {
-        self.value(
-            name,
-            &[("direction", direction), ("port", &port.to_string())],
-        )
+        let port = port.to_string();
+        let matching: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && l.get("direction").is_some_and(|d| d == direction)
+                    && l.get("port").is_some_and(|p| *p == port)
+            })
+            .map(|(_, _, v)| *v)
+            .collect();
+        (!matching.is_empty()).then(|| matching.iter().sum())
     }
 
     fn established(&self, direction: &str, port: u16) -> Option<f64> {
