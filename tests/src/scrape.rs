@@ -72,6 +72,30 @@ impl Scrape {
         out
     }
 
+    /// Every metric family of the exposition, by name, with its type (from the `# TYPE` lines).
+    pub fn families(&self) -> std::collections::BTreeMap<String, String> {
+        self.text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, ty)| (name.to_string(), ty.trim().to_string()))
+            .collect()
+    }
+
+    /// Whether a query can read series named `name` from this exposition: a family's own name,
+    /// or a histogram's (summary's) `_bucket`, `_sum` and `_count` series.
+    pub fn exports(&self, name: &str) -> bool {
+        let families = self.families();
+        families.contains_key(name)
+            || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                name.strip_suffix(suffix)
+                    .and_then(|family| families.get(family))
+                    .is_some_and(|ty| {
+                        ty == "histogram" || (ty == "summary" && *suffix != "_bucket")
+                    })
+            })
+    }
+
     /// The sum of the samples of `name` whose labels include all of `labels` (None when there
     /// is none).
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -136,5 +160,35 @@ process_open_fds 9
         // A name is matched whole, not as a prefix.
         assert!(s.samples("observer_tcp").is_empty());
         assert_eq!(s.established("inbound", 9090), None);
+    }
+
+    #[test]
+    fn knows_its_families_and_a_histograms_series() {
+        let s = Scrape {
+            text: format!(
+                "{TEXT}# TYPE observer_tcp_connection_duration_seconds histogram\n\
+                 observer_tcp_connection_duration_seconds_bucket{{le=\"+Inf\"}} 0\n\
+                 # TYPE rpc_seconds summary\n"
+            ),
+        };
+        assert_eq!(
+            s.families()
+                .get("observer_tcp_connections")
+                .map(String::as_str),
+            Some("gauge")
+        );
+        // A sample without a `# TYPE` line names no family.
+        assert!(!s.exports("observer_tcp_connections_opened_total"));
+        assert!(s.exports("observer_tcp_connections"));
+        assert!(s.exports("observer_tcp_connection_duration_seconds"));
+        for series in ["_bucket", "_sum", "_count"] {
+            assert!(s.exports(&format!("observer_tcp_connection_duration_seconds{series}")));
+        }
+        // A gauge has no _count series, a summary no buckets; a prefix is no family.
+        assert!(!s.exports("observer_tcp_connections_count"));
+        assert!(s.exports("rpc_seconds_count"));
+        assert!(!s.exports("rpc_seconds_bucket"));
+        assert!(!s.exports("observer_tcp"));
+        assert!(!s.exports("process_open_fds"));
     }
 }

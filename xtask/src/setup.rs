@@ -61,6 +61,7 @@ pub fn all() -> Result<()> {
     bpf_linker()?;
     cargo_deb()?;
     toolchain()?;
+    deploy_validators()?;
     Ok(())
 }
 
@@ -160,6 +161,106 @@ fn toolchain() -> Result<()> {
     run(Command::new("rustup")
         .args(["toolchain", "link", TOOLCHAIN])
         .arg(&dir))
+}
+
+/// Where the validators of deploy/ live (tests/tests/deploy.rs looks for them here): a Python
+/// venv with kubernetes-validate (it ships the Kubernetes API's JSON schemas) and
+/// check-jsonschema, and the npm package whose files hold the Prometheus Operator's PodMonitor
+/// schema.
+pub const DEPLOY_TOOLS: &str = "/var/cache/observer-tools";
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+const CHECK_JSONSCHEMA_VERSION: &str = "0.39.0";
+/// @kubernetes-models/prometheus-operator: 1.x is the last line whose files hold the CRD's
+/// schema as JSON (the PodMonitor's openAPIV3Schema in monitoring.coreos.com/v1/PodMonitor.js);
+/// from 4.0 on they hold only validators compiled from it.
+const OPERATOR_MODELS_VERSION: &str = "1.6.3";
+
+/// The offline validators of deploy/, each installed only when missing: Debian's python3-venv
+/// and npm where they are not there, a venv of pinned PyPI packages, the pinned npm package
+/// unpacked (its files are data here: no dependency and no script of it is installed or run).
+fn deploy_validators() -> Result<()> {
+    let root = Path::new(DEPLOY_TOOLS);
+    let venv = root.join("venv");
+    let pinned = [
+        ("kubernetes-validate", KUBERNETES_VALIDATE_VERSION),
+        ("check-jsonschema", CHECK_JSONSCHEMA_VERSION),
+    ];
+    let venv_ready = pinned.iter().all(|(tool, version)| {
+        Command::new(venv.join("bin").join(tool))
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(version))
+            .unwrap_or(false)
+    });
+    if !venv_ready {
+        debian(&["python3-venv"])?;
+        eprintln!(
+            "setup: installing kubernetes-validate and check-jsonschema in {}",
+            venv.display()
+        );
+        run(Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(
+                pinned
+                    .iter()
+                    .map(|(tool, version)| format!("{tool}=={version}")),
+            ))?;
+    }
+
+    let models = operator_models_dir();
+    let manifest = std::fs::read_to_string(models.join("package.json")).unwrap_or_default();
+    let unpacked = serde_json::from_str::<serde_json::Value>(&manifest)
+        .is_ok_and(|m| m["version"] == OPERATOR_MODELS_VERSION);
+    if !unpacked {
+        if Command::new("npm").arg("--version").output().is_err() {
+            debian(&["npm"])?;
+        }
+        let package = format!("@kubernetes-models/prometheus-operator@{OPERATOR_MODELS_VERSION}");
+        eprintln!("setup: unpacking {package} in {}", models.display());
+        let packs = root.join("npm");
+        std::fs::create_dir_all(&packs).with_context(|| format!("creating {}", packs.display()))?;
+        run(Command::new("npm")
+            .args(["pack", "--silent", &package, "--pack-destination"])
+            .arg(&packs)
+            .current_dir(&packs)
+            .stdout(Stdio::null()))?;
+        let tarball = packs.join(format!(
+            "kubernetes-models-prometheus-operator-{OPERATOR_MODELS_VERSION}.tgz"
+        ));
+        let _ = std::fs::remove_dir_all(&models);
+        std::fs::create_dir_all(&models)
+            .with_context(|| format!("creating {}", models.display()))?;
+        run(Command::new("tar")
+            .args(["-xzf"])
+            .arg(&tarball)
+            .args(["--strip-components=1", "-C"])
+            .arg(&models))?;
+    }
+    Ok(())
+}
+
+/// Where the npm package is unpacked.
+fn operator_models_dir() -> PathBuf {
+    Path::new(DEPLOY_TOOLS)
+        .join("npm")
+        .join(format!("prometheus-operator-{OPERATOR_MODELS_VERSION}"))
+}
+
+/// Installs those of `pkgs` that are missing from Debian's archive.
+fn debian(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {
