@@ -9,8 +9,12 @@ pub const RECORD_PREEXISTING: u8 = 2;
 /// was never delivered; see `sweep`): the kernel no longer knows its addresses and ports, the
 /// daemon takes them from the connection's open record.
 pub const RECORD_ADDRESSES_GONE: u8 = 4;
-/// A close whose socket was read at CLOSE: `bytes_*`, `srtt_us` and `retransmits` are valid.
+/// A close whose socket was read at CLOSE: `bytes_*`, `srtt_us`, `retransmits` and `err` are
+/// valid.
 pub const RECORD_HAS_TCP: u8 = 8;
+/// A close the kernel never delivered (found by the sweep, or at its address's reuse): how it
+/// ended is known from `oldstate` alone (`ending::unseen`).
+pub const RECORD_UNSEEN: u8 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,11 +38,7 @@ pub struct Record {
     /// `conn::EVENT_*`.
     pub event: u8,
     pub flags: u8,
-    /// `ending::REASON_*` of a failed handshake or a close.
-    pub reason: u8,
-    /// `ending::BY_*` of a close.
-    pub closed_by: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 3],
     /// Local and remote address; IPv4 fills the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -50,6 +50,12 @@ pub struct Record {
     /// Smoothed round-trip time (µs) and retransmitted segments, with `RECORD_HAS_TCP`.
     pub srtt_us: u32,
     pub retransmits: u32,
+    /// The socket's error (`sk_err`) at CLOSE, from which the daemon tells how it ended
+    /// (`ending::at_close`). The kernel hands the raw value: the reasons it would work out are
+    /// constants that differ per path, and older verifiers, tracking them into the record,
+    /// could no longer prune those paths (5.10 never finished).
+    pub err: i32,
+    pub _pad2: u32,
 }
 crate::pod!(Record);
 
@@ -72,9 +78,7 @@ impl Record {
         direction: 0,
         event: 0,
         flags: 0,
-        reason: 0,
-        closed_by: 0,
-        _pad: 0,
+        _pad: [0; 3],
         saddr: [0; 16],
         daddr: [0; 16],
         comm: [0; 16],
@@ -82,6 +86,8 @@ impl Record {
         bytes_received: 0,
         srtt_us: 0,
         retransmits: 0,
+        err: 0,
+        _pad2: 0,
     };
 
     /// Where its connection runs.

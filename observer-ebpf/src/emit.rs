@@ -8,7 +8,8 @@ use observer_common::conn::{
 };
 use observer_common::filter::flags;
 use observer_common::record::{
-    Ends, RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_HAS_TCP, RECORD_PREEXISTING, Record,
+    Ends, RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_HAS_TCP, RECORD_PREEXISTING,
+    RECORD_UNSEEN, Record,
 };
 use observer_common::{counters, tcp};
 
@@ -30,15 +31,16 @@ pub(crate) fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
         direction: conn.direction,
         event: step.event,
         flags: record_flags(conn, step),
-        reason: step.ending.reason,
-        closed_by: step.ending.by,
         saddr,
         daddr,
         comm: conn.comm,
         ..Record::EMPTY
     };
-    if step.event == EVENT_CLOSE && tp.new == tcp::CLOSE {
-        carried(tp, &mut record);
+    if tp.new == tcp::CLOSE {
+        record.err = tp.field(SOCK_OFFSETS.load().err);
+        if step.event == EVENT_CLOSE {
+            carried(tp, &mut record);
+        }
     }
     submit(&record);
 }
@@ -124,9 +126,7 @@ pub(crate) fn emit_unseen_close(sk: u64, conn: &Conn, step: &Step, ends: Option<
         newstate: tcp::CLOSE,
         direction: conn.direction,
         event: step.event,
-        flags: record_flags(conn, step) | RECORD_ADDRESSES_GONE,
-        reason: step.ending.reason,
-        closed_by: step.ending.by,
+        flags: record_flags(conn, step) | RECORD_ADDRESSES_GONE | RECORD_UNSEEN,
         comm: conn.comm,
         ..Record::EMPTY
     };

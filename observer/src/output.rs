@@ -8,8 +8,8 @@ use std::{
 use observer_common::{
     DIR_INBOUND,
     conn::{EVENT_CLOSE, EVENT_FAILED, EVENT_OPEN},
-    ending::{BY_NAMES, BY_UNKNOWN, REASON_NAMES},
-    record::{RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_HAS_TCP, Record},
+    ending::{self, BY_NAMES, BY_UNKNOWN, REASON_NAMES},
+    record::{RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_HAS_TCP, RECORD_UNSEEN, Record},
     tracepoint::AF_INET,
 };
 use serde::Serialize;
@@ -113,12 +113,18 @@ impl Event {
         let pid = (r.pid != 0).then_some(r.pid);
         let comm = pid.map(|_| comm(&r.comm));
         let closing = kind == Kind::Close;
+        // The same rule the kernel counted it by, from the same state and error.
+        let end = if r.flags & RECORD_UNSEEN != 0 {
+            ending::unseen(r.event, r.oldstate)
+        } else {
+            ending::at_close(r.event, r.direction, r.oldstate, r.err)
+        };
         let reason = (kind != Kind::Open)
-            .then(|| REASON_NAMES.get(r.reason as usize).copied())
+            .then(|| REASON_NAMES.get(end.reason as usize).copied())
             .flatten();
         let closed_by = closing.then(|| {
-            (r.closed_by != BY_UNKNOWN)
-                .then(|| BY_NAMES.get(r.closed_by as usize).copied())
+            (end.by != BY_UNKNOWN)
+                .then(|| BY_NAMES.get(end.by as usize).copied())
                 .flatten()
         });
         let carried = |v: u64| closing.then(|| (r.flags & RECORD_HAS_TCP != 0).then_some(v));
@@ -256,8 +262,6 @@ mod tests {
             direction: DIR_INBOUND,
             event,
             flags: RECORD_HAS_DURATION | RECORD_HAS_TCP,
-            reason: observer_common::ending::REASON_NORMAL,
-            closed_by: observer_common::ending::BY_LOCAL,
             saddr,
             daddr,
             comm,
@@ -302,7 +306,8 @@ mod tests {
     #[test]
     fn a_failure_says_why_and_nothing_of_a_close() {
         let mut r = record(EVENT_FAILED);
-        r.reason = observer_common::ending::REASON_REFUSED;
+        r.oldstate = tcp::SYN_SENT;
+        r.err = observer_common::ending::errno::ECONNREFUSED;
         r.direction = DIR_OUTBOUND;
         let e = Event::from_record(&r, &CLOCK).unwrap();
         let v: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
@@ -324,13 +329,17 @@ mod tests {
     #[test]
     fn a_close_the_kernel_did_not_deliver_has_null_figures() {
         let mut r = record(EVENT_CLOSE);
-        r.flags = RECORD_ADDRESSES_GONE;
-        r.closed_by = observer_common::ending::BY_UNKNOWN;
-        r.reason = observer_common::ending::REASON_OTHER;
+        r.flags = RECORD_ADDRESSES_GONE | RECORD_UNSEEN;
+        r.oldstate = tcp::ESTABLISHED;
         let v: serde_json::Value =
             serde_json::from_str(&Event::from_record(&r, &CLOCK).unwrap().json()).unwrap();
         assert!(v["closed_by"].is_null() && v["bytes_sent"].is_null(), "{v}");
         assert_eq!(v["reason"], "other");
+        // Found by the sweep in FIN_WAIT2: this host closed first, the state says so.
+        r.oldstate = tcp::FIN_WAIT2;
+        let v: serde_json::Value =
+            serde_json::from_str(&Event::from_record(&r, &CLOCK).unwrap().json()).unwrap();
+        assert_eq!(v["closed_by"], "local");
     }
 
     #[test]
