@@ -2,9 +2,12 @@
 //! into this kernel), real TCP servers and clients, scrapes of its metrics, and the kernel's own
 //! view (`bpftool`, `ss`) as independent oracles. Everything started here is stopped on drop.
 pub mod bpftool;
+pub mod curl;
 pub mod net;
 pub mod observer;
+pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod sandbox;
 pub mod scrape;
 
