@@ -31,7 +31,9 @@ Examples:
   observer --port 8080                          serve metrics on http://127.0.0.1:18090/metrics
   observer --port 8080 --events text            and print each open/close/failed connection
   observer --pid $(pgrep -o nginx) --events json --no-metrics | jq .
-  observer --remote-port 5432 --metrics-addr 0.0.0.0:18090"
+  observer --remote-port 5432 --metrics-addr 0.0.0.0:18090
+  observer --port 8080 --metrics-addr :18090 --web.config.file /etc/observer/web.yml
+                                                TLS and basic auth, as exporters take them"
 )]
 pub struct Cli {
     /// Watch inbound connections to this local port (repeatable).
