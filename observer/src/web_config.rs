@@ -82,13 +82,14 @@ pub struct Settings {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    #[serde(default, deserialize_with = "given_even_empty")]
     tls_server_config: Option<TlsSection>,
     http_server_config: Option<HttpSection>,
     basic_auth_users: Option<BTreeMap<String, String>>,
     rate_limit: Option<IgnoredAny>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TlsSection {
     cert: Option<String>,
@@ -113,6 +114,16 @@ struct HttpSection {
     headers: Option<BTreeMap<String, String>>,
 }
 
+/// A section given with nothing in it (`tls_server_config:`) is there all the same: asking for
+/// TLS without a certificate is an error, not plain HTTP as the toolkit has it.
+fn given_even_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
+}
+
 /// The headers the toolkit lets a file set, and the values it allows (none listed: any).
 const HEADERS: [(&str, &[&str]); 5] = [
     ("Strict-Transport-Security", &[]),
@@ -124,13 +135,13 @@ const HEADERS: [(&str, &[&str]); 5] = [
 
 /// Parses and checks the file's text; `dir` is its directory.
 pub fn parse(text: &str, dir: &Path) -> Result<Settings, WebConfigError> {
-    // A file of nothing but comments is the toolkit's "no TLS, no auth".
     let options = serde_saphyr::options! { with_snippet: false };
     let file: Option<File> = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         WebConfigError::Syntax(one_line(
             &e.render_with_formatter(&serde_saphyr::UserMessageFormatter),
         ))
     })?;
+    // A file of nothing but comments is the toolkit's "no TLS, no auth".
     let Some(file) = file else {
         return Ok(Settings::default());
     };
@@ -517,6 +528,11 @@ mod tests {
             ),
             // The toolkit's "TLS off" when all is blank: refused, not silently plain HTTP.
             ("tls_server_config: {}\n".into(), "tls_server_config"),
+            ("tls_server_config:\n".into(), "tls_server_config"),
+            (
+                "tls_server_config:\n  cert_file: ''\n".into(),
+                "tls_server_config",
+            ),
             (format!("{tls}  cert: PEM\n"), "tls_server_config.cert"),
             (format!("{tls}  client_ca_file: c\n"), "client_ca_file"),
             (
