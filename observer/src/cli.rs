@@ -31,7 +31,9 @@ Examples:
   observer --port 8080                          serve metrics on http://127.0.0.1:18090/metrics
   observer --port 8080 --events text            and print each open/close/failed connection
   observer --pid $(pgrep -o nginx) --events json --no-metrics | jq .
-  observer --remote-port 5432 --metrics-addr 0.0.0.0:18090"
+  observer --remote-port 5432 --metrics-addr 0.0.0.0:18090
+  observer --port 8080 --metrics-addr :18090 --web.config.file /etc/observer/web.yml
+                                                TLS and basic auth, as exporters take them"
 )]
 pub struct Cli {
     /// Watch inbound connections to this local port (repeatable).
@@ -60,8 +62,18 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: String,
 
+    /// Protect the metrics endpoint with TLS and basic auth, from a file in the Prometheus
+    /// exporter-toolkit's format (tls_server_config, basic_auth_users, http_server_config),
+    /// read once at start.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
+
     /// Serve no metrics (events only, so --events is required).
-    #[arg(long, conflicts_with = "metrics_addr", requires = "events")]
+    #[arg(
+        long,
+        conflicts_with_all = ["metrics_addr", "web_config_file"],
+        requires = "events"
+    )]
     pub no_metrics: bool,
 
     /// Upper bounds of the connection-duration histogram, in seconds, comma-separated and
@@ -147,6 +159,23 @@ mod tests {
             let e = Cli::try_parse_from(["observer", "--sweep-interval", bad]).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}");
         }
+    }
+
+    #[test]
+    fn web_config_file_is_spelled_as_exporters_spell_it() {
+        let c = Cli::try_parse_from(["observer", "--web.config.file", "web.yml"]).unwrap();
+        assert_eq!(c.web_config_file, Some(PathBuf::from("web.yml")));
+        // Nothing to protect without an endpoint.
+        let e = Cli::try_parse_from([
+            "observer",
+            "--no-metrics",
+            "--events",
+            "json",
+            "--web.config.file",
+            "web.yml",
+        ])
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
     }
 
     #[test]

@@ -6,9 +6,14 @@ use std::{
 
 use observer_common::limits::{MAX_BUCKETS, MAX_CGROUPS, MAX_LOCAL_PORTS, MAX_PIDS};
 
-use crate::{cli::Cli, output::Format};
+use crate::{
+    cli::Cli,
+    output::Format,
+    web_config::{self, WebConfig, WebConfigError},
+};
 
-/// A value that parses but cannot be used: one line for the user, exit code 1.
+/// A value that parses but cannot be used: one line for the user, exit code 1 (2 for the web
+/// configuration file, see `exit_code`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
@@ -21,6 +26,23 @@ pub enum ConfigError {
     Ring(u32),
     #[error("too many {what}: at most {max}")]
     TooMany { what: &'static str, max: usize },
+    /// A usage error: exit code 2, as for a flag that does not parse.
+    #[error("--web.config.file {}: {source}", path.display())]
+    WebConfig {
+        path: PathBuf,
+        source: WebConfigError,
+    },
+}
+
+impl ConfigError {
+    /// The exit code: 2 for a web configuration file that cannot be used (the exporters' usage
+    /// error), 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ConfigError::WebConfig { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Default histogram buckets for connection lifetimes, in seconds: 100 µs to 1 h.
@@ -45,6 +67,8 @@ pub struct Config {
     pub ring_bytes: u32,
     /// Longest time between two sweeps (see `sweep`).
     pub sweep_interval: std::time::Duration,
+    /// TLS, basic auth and headers of the metrics endpoint (`--web.config.file`).
+    pub web: WebConfig,
 }
 
 impl Config {
@@ -87,6 +111,14 @@ impl Config {
                 max: MAX_CGROUPS as usize,
             });
         }
+        // Read before anything is loaded, and only once: certificates are not reloaded.
+        let web = match &cli.web_config_file {
+            Some(path) => web_config::load(path).map_err(|source| ConfigError::WebConfig {
+                path: path.clone(),
+                source,
+            })?,
+            None => WebConfig::default(),
+        };
         Ok(Config {
             ports: dedup(cli.ports),
             remote_ports: dedup(cli.remote_ports),
@@ -97,6 +129,7 @@ impl Config {
             buckets,
             ring_bytes: cli.ring_kib * 1024,
             sweep_interval: cli.sweep_interval,
+            web,
         })
     }
 

@@ -10,6 +10,11 @@
 //!   moment, rather than retrying at once in a loop that takes a whole core;
 //! - one gather of the metrics at a time: scrapes that arrive while one runs wait for it and
 //!   are answered with its result (`Scrapes`), so parallel scrapes cost one body, not one each.
+//!
+//! With `--web.config.file` (`web_config`): TLS, whose handshake must end within
+//! `HEADER_TIMEOUT` as a header must; basic auth on every path (`basic_auth`), where a
+//! connection waiting its turn for a password check, or refused, can be closed to make room;
+//! and the file's headers on every response.
 use std::{
     collections::VecDeque,
     convert::Infallible,
@@ -30,7 +35,15 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Encoder as _, Registry, TextEncoder};
-use tokio::{net::TcpListener, sync::Mutex, task::AbortHandle};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Mutex,
+    task::AbortHandle,
+};
+use tokio_rustls::TlsAcceptor;
+
+use crate::web_config::WebConfig;
 
 /// Time a client has to send a request's header (also between keep-alive requests).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,8 +61,10 @@ const GRACE: Duration = Duration::from_millis(250);
 const ANSWERED: Duration = Duration::from_secs(5);
 
 /// Serves the endpoint until the task is dropped.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, web: WebConfig) {
     let scrapes = Arc::new(Scrapes::new(registry));
+    let tls = web.tls.clone().map(TlsAcceptor::from);
+    let web = Arc::new(web);
     let mut open: VecDeque<Connection> = VecDeque::new();
     loop {
         make_room(&mut open).await;
@@ -63,25 +78,48 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
             }
         };
         let kept = Arc::new(KeptUntil::from(GRACE));
-        let scrapes = scrapes.clone();
-        let flag = kept.clone();
+        let (scrapes, web, tls, flag) = (scrapes.clone(), web.clone(), tls.clone(), kept.clone());
         let task = tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let (scrapes, flag) = (scrapes.clone(), flag.clone());
-                async move { Ok::<_, Infallible>(respond(&scrapes, req, flag).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            let served = async move {
+                match tls {
+                    None => connection(stream, scrapes, web, flag).await,
+                    // A client that connects and never finishes its handshake is closed as one
+                    // that never finishes its header is.
+                    Some(tls) => {
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await
+                        {
+                            connection(stream, scrapes, web, flag).await;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
         });
         open.push_back(Connection {
             task: task.abort_handle(),
             kept,
         });
     }
+}
+
+/// HTTP/1.1 on a connection, plain or TLS, until it ends.
+async fn connection(
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    scrapes: Arc<Scrapes>,
+    web: Arc<WebConfig>,
+    kept: Arc<KeptUntil>,
+) {
+    let service = service_fn(move |req| {
+        let (scrapes, web, kept) = (scrapes.clone(), web.clone(), kept.clone());
+        async move { Ok::<_, Infallible>(respond(&scrapes, &web, req, kept).await) }
+    });
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 /// An open connection: its task, and until when it may not be closed to make room.
@@ -140,15 +178,54 @@ fn evict_one(open: &mut VecDeque<Connection>) -> bool {
 
 async fn respond(
     scrapes: &Scrapes,
+    web: &WebConfig,
     req: Request<Incoming>,
     kept: Arc<KeptUntil>,
 ) -> Response<Full<Bytes>> {
-    // Kept while the answer is made (a gather can take seconds) and written after.
-    kept.extend(Duration::from_secs(3600));
-    let response = answer(scrapes, &req).await;
-    kept.0.store(0, Ordering::Relaxed);
-    kept.extend(ANSWERED);
+    // A connection is not kept while it waits for its turn at a password check, nor once
+    // refused (but for the time to send the 401): it can be closed to make room for one that
+    // scrapes. It is kept while its check runs, so that the check's work is not thrown away.
+    let allowed = match &web.auth {
+        Some(auth) => {
+            let allowed = auth
+                .allows(req.headers(), || kept.extend(Duration::from_secs(3600)))
+                .await;
+            if !allowed {
+                kept.0.store(0, Ordering::Relaxed);
+                kept.extend(GRACE);
+            }
+            allowed
+        }
+        None => true,
+    };
+    let mut response = if allowed {
+        // Kept while the answer is made (a gather can take seconds) and written after.
+        kept.extend(Duration::from_secs(3600));
+        let response = answer(scrapes, &req).await;
+        kept.0.store(0, Ordering::Relaxed);
+        kept.extend(ANSWERED);
+        response
+    } else {
+        unauthorized()
+    };
+    response.headers_mut().extend(web.headers.clone());
     response
+}
+
+/// 401, asking for basic auth, as the exporter-toolkit answers.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(b"Unauthorized\n")));
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    let h = r.headers_mut();
+    h.insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic"),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 async fn answer(scrapes: &Scrapes, req: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -5,6 +5,7 @@
 //! is read (`btf`, `features`), the programs are loaded and attached, what is watched is found
 //! on the system (`watched`), the connections that already exist are counted (`snapshot`); then
 //! `serve` serves the metrics, streams the events and sweeps until SIGINT/SIGTERM.
+mod basic_auth;
 mod btf;
 mod cli;
 mod config;
@@ -24,7 +25,9 @@ mod process;
 mod snapshot;
 mod sweep;
 mod targets;
+mod tls;
 mod watched;
+mod web_config;
 
 use std::{
     collections::BTreeMap,
@@ -61,7 +64,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("observer: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(e.exit_code());
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -201,7 +204,7 @@ async fn serve(
                 config.buckets.clone(),
             )?;
             let registry = Arc::new(metrics::registry(collector)?);
-            Some(tokio::spawn(http::serve(l, registry)))
+            Some(tokio::spawn(http::serve(l, registry, config.web.clone())))
         }
         None => None,
     };
@@ -222,11 +225,18 @@ async fn serve(
             baseline.unseeded
         );
     }
+    if config.web.auth.is_some() && config.web.tls.is_none() {
+        eprintln!(
+            "observer: warning: --web.config.file has basic_auth_users but no tls_server_config: \
+             passwords cross the network in clear text"
+        );
+    }
     // Before the ready line: whoever reads it may signal at once, and must find them handled.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    // A supervisor's SIGHUP asks a daemon to reload; observer has nothing to reload, and the
-    // default action would kill it.
+    // A supervisor's SIGHUP asks a daemon to reload; observer reloads nothing (its flags and
+    // --web.config.file with its certificates are read once, at start), and the default action
+    // would kill it.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     eprintln!(
         "observer: ready: watching {}; {} existing connections counted{}",
@@ -237,7 +247,12 @@ async fn serve(
             .map(|g| g.iter().sum::<i64>())
             .sum::<i64>(),
         metrics_addr.map_or(String::new(), |a| format!(
-            "; metrics at http://{a}/metrics"
+            "; metrics at {}://{a}/metrics",
+            if config.web.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
         )),
     );
 
@@ -246,7 +261,7 @@ async fn serve(
             _ = term.recv() => break Ok(()),
             _ = int.recv() => break Ok(()),
             _ = hup.recv() => {
-                eprintln!("observer: SIGHUP: nothing to reload (observer has no configuration file); still running");
+                eprintln!("observer: SIGHUP: nothing reloaded (--web.config.file and its certificates are read at start only); still running");
             }
             r = async { stream.as_mut().expect("guarded").await }, if stream.is_some() => {
                 // Ok: stdout was closed, which ends observer cleanly.

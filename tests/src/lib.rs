@@ -2,12 +2,15 @@
 //! into this kernel), real TCP servers and clients, scrapes of its metrics, and the kernel's own
 //! view (`bpftool`, `ss`) as independent oracles. Everything started here is stopped on drop.
 pub mod bpftool;
+pub mod curl;
 pub mod deploy;
 pub mod events;
 pub mod net;
 pub mod nginx;
 pub mod observer;
+pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod promql;
 pub mod sandbox;
 pub mod scrape;

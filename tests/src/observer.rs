@@ -128,10 +128,12 @@ impl Observer {
                 rx
             });
         let metrics = match ready.recv_timeout(Duration::from_secs(60)) {
+            // "metrics at http://ADDR/metrics", or https:// with a web config's TLS.
             Ok(line) => line
-                .split("metrics at http://")
+                .split("metrics at ")
                 .nth(1)
-                .and_then(|s| s.split('/').next())
+                .and_then(|s| s.split_once("://"))
+                .and_then(|(_, s)| s.split('/').next())
                 .and_then(|a| a.parse().ok()),
             Err(_) => {
                 let _ = child.kill();

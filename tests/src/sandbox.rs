@@ -1,5 +1,5 @@
-//! Network namespaces and cgroup v2 directories that a test makes for itself and removes on
-//! drop, even when it fails.
+//! Network namespaces, cgroup v2 directories and temporary directories that a test makes for
+//! itself and removes on drop, even when it fails.
 use std::{
     path::PathBuf,
     process::Command,
@@ -144,5 +144,30 @@ impl Drop for Cgroup {
             }
         }
         let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique(&format!("observer-test-{prefix}")));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

@@ -8,8 +8,9 @@ use std::{
 use observer_tests::{
     net::{Mode, Server, churn, connect_from, hold, ss_established, ss_sockets_from},
     observer::{Observer, Stdout, loaded_programs, run_to_exit},
+    prometheus::Prometheus,
     require_root,
-    scrape::{Scrape, http_get},
+    scrape::Scrape,
     wait_for,
 };
 
@@ -255,49 +256,15 @@ fn a_real_prometheus_reads_37_established_connections() {
     let port = server.port();
     let o = Observer::start(&["--port", &port.to_string()]);
     let _c = hold(server.addrs[0], 37);
-    let dir = tempdir("prometheus");
-    let web = free_port();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: observer\n    static_configs:\n      - targets: ['{}']\n",
-            o.metrics.unwrap()
-        ),
-    )
-    .unwrap();
-    let prom = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus is installed by cargo xtask setup");
-    let _prom = KillOnDrop(prom);
-    let query = format!(
-        "/api/v1/query?query=observer_tcp_connections%7Bstate%3D%22established%22%2Cport%3D%22{port}%22%7D"
+    let prometheus = Prometheus::start(&format!(
+        "  - job_name: observer\n    static_configs:\n      - targets: ['{}']\n",
+        o.metrics.unwrap()
+    ));
+    let seen = prometheus.settle(
+        &format!(r#"observer_tcp_connections{{state="established",port="{port}"}}"#),
+        "37",
     );
-    let addr = format!("127.0.0.1:{web}").parse().unwrap();
-    let value = wait_for(Duration::from_secs(60), || {
-        let body = http_get(addr, &query).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let sample = v["data"]["result"].get(0)?["value"][1]
-            .as_str()?
-            .to_string();
-        (sample == "37").then_some(sample)
-    });
-    assert_eq!(
-        value.as_deref(),
-        Some("37"),
-        "Prometheus's view of observer"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(seen, Ok(()), "Prometheus's view of observer");
 }
 
 #[test]
@@ -316,30 +283,6 @@ fn a_bad_or_busy_metrics_address_is_one_clear_error() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&addr) && err.contains("in use"), "{err}");
     assert!(loaded_programs() <= before, "nothing left loaded");
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("observer-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -25,6 +25,9 @@ const PACKAGES: &[&str] = &[
     "nginx-light",
     "wrk",
     "apache2-utils",
+    // The endpoint's TLS tests: certificates made with openssl, requests made with curl.
+    "openssl",
+    "curl",
     "linux-perf",
     "qemu-system-x86",
     "busybox-static",
