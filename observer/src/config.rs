@@ -45,6 +45,10 @@ pub struct Config {
     pub ring_bytes: u32,
     /// Longest time between two sweeps (see `sweep`).
     pub sweep_interval: std::time::Duration,
+    /// Connections that moved no data for longer than this are idle (see `idle`).
+    pub idle_after: Option<std::time::Duration>,
+    /// The warning level of established connections per watched port (see `limit`).
+    pub warn_connections: Option<u32>,
 }
 
 impl Config {
@@ -97,6 +101,8 @@ impl Config {
             buckets,
             ring_bytes: cli.ring_kib * 1024,
             sweep_interval: cli.sweep_interval,
+            idle_after: cli.idle_after,
+            warn_connections: cli.warn_connections,
         })
     }
 
