@@ -274,7 +274,10 @@ mod tests {
         );
         let t = std::time::Duration::from_secs(2);
         assert_eq!(super::idle_in(out, t), 2);
-        assert_eq!(super::idle_in(out, std::time::Duration::from_millis(2400)), 1);
+        assert_eq!(
+            super::idle_in(out, std::time::Duration::from_millis(2400)),
+            1
+        );
     }
 
     #[test]

@@ -58,7 +58,11 @@ fn five_silent_connections_among_ten_busy_ones_are_idle_until_one_speaks() {
     let events = events_for(&rx, Duration::from_secs(3));
     let s = o.scrape();
     assert_eq!(s.conn(IDLE, IN, port), Some(5.0), "{}", o.stderr());
-    assert_eq!(ss_idle(port, Duration::from_secs(2)), 5, "the oracle, ss -ti");
+    assert_eq!(
+        ss_idle(port, Duration::from_secs(2)),
+        5,
+        "the oracle, ss -ti"
+    );
     assert_eq!(s.established(IN, port), Some(15.0));
     let idle = idle_events(&events);
     assert_eq!(idle.len(), 5, "{idle:#?}");
@@ -81,7 +85,11 @@ fn five_silent_connections_among_ten_busy_ones_are_idle_until_one_speaks() {
     let left = o.settle("one fewer idle", |s| s.conn(IDLE, IN, port) == Some(4.0));
     assert!(start.elapsed() < Duration::from_secs(1), "within one scan");
     assert_eq!(left.conn(IDLE, IN, port), Some(4.0));
-    assert_eq!(ss_idle(port, Duration::from_secs(2)), 4, "the oracle, ss -ti");
+    assert_eq!(
+        ss_idle(port, Duration::from_secs(2)),
+        4,
+        "the oracle, ss -ti"
+    );
     let later = events_for(&rx, Duration::from_millis(1000));
     assert!(idle_events(&later).is_empty(), "{later:#?}");
     drop(busy);

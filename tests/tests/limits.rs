@@ -43,7 +43,10 @@ fn crossing_the_limit_up_and_back_gives_one_event_each_way() {
         "json",
     ]);
     let s = o.scrape();
-    assert_eq!(s.conn("observer_tcp_connections_limit", IN, port), Some(10.0));
+    assert_eq!(
+        s.conn("observer_tcp_connections_limit", IN, port),
+        Some(10.0)
+    );
 
     // Up to 9: under the limit, no event.
     let mut conns = hold(server.addrs[0], 9);
