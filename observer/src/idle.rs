@@ -28,12 +28,20 @@ use crate::{
     watched::Watched,
 };
 
-/// Time between two scans: a quarter of the threshold, so that a connection is counted and
-/// reported at most a quarter of the threshold late, and at most 10 s late for long thresholds
-/// (a scan of 100,000 connections costs tens of milliseconds of CPU: BENCHMARKS.md). With the
-/// shortest threshold, 1 s, that is 4 scans a second.
-pub fn interval(idle_after: Duration) -> Duration {
-    (idle_after / 4).min(Duration::from_secs(10))
+/// The most of one core the scans take: after a scan, the next one waits at least this many
+/// times its CPU time. A scan of 100,000 connections costs a few hundred milliseconds of CPU
+/// (BENCHMARKS.md), most of it the kernel's, filling in each socket's `tcp_info`.
+const CPU_BUDGET_DIVISOR: u32 = 20;
+
+/// Time from one scan's start to the next: a quarter of the threshold, so that a connection is
+/// counted and reported at most a quarter of the threshold late, at least every 10 s for long
+/// thresholds; but never less than 20 times the last scan's CPU time, so that the scans take at
+/// most 5% of a core however many connections there are (then a connection is counted later).
+/// With the shortest threshold, 1 s, and a few thousand connections, that is 4 scans a second.
+pub fn interval(idle_after: Duration, last_scan_cpu: Duration) -> Duration {
+    (idle_after / 4)
+        .min(Duration::from_secs(10))
+        .max(last_scan_cpu * CPU_BUDGET_DIVISOR)
 }
 
 /// A watched established connection as a scan finds it.
@@ -129,19 +137,22 @@ impl Scanner {
         threshold: Duration,
     ) -> Result<Scanner> {
         let own = Namespace::own().inode;
-        let listers = namespaces
-            .iter()
-            .map(|ns| {
-                let lister = if ns.inode == 0 || ns.inode == own {
-                    Lister::open()
-                } else {
-                    Lister::open_in(&ns.path)
-                };
-                lister
-                    .map(|l| (ns.inode, l))
-                    .with_context(|| format!("opening sock_diag in {ns} for --idle-after"))
-            })
-            .collect::<Result<_>>()?;
+        let mut listers = Vec::new();
+        for ns in namespaces {
+            if ns.inode == 0 || ns.inode == own {
+                let l = Lister::open().context("opening sock_diag for --idle-after")?;
+                listers.push((ns.inode, l));
+                continue;
+            }
+            // A namespace gone since the snapshot listed it (its last process exited) has no
+            // connections left to scan.
+            match Lister::open_in(&ns.path) {
+                Ok(l) => listers.push((ns.inode, l)),
+                Err(e) => {
+                    eprintln!("observer: warning: {ns} is not scanned for idle connections: {e:#}")
+                }
+            }
+        }
         Ok(Scanner {
             listers,
             watched,
@@ -157,14 +168,13 @@ impl Scanner {
         self.report.clone()
     }
 
-    /// Scans at most once per `interval` on a thread of its own, until the kernel is gone.
+    /// Scans on a thread of its own, at most once per `interval`, until the kernel is gone.
     /// Events go to `events` as lines in `format`.
     pub fn spawn(
         mut self,
         kernel: Weak<Mutex<Kernel>>,
         events: Option<(mpsc::Sender<String>, Format)>,
     ) -> Result<()> {
-        let every = interval(self.threshold);
         std::thread::Builder::new()
             .name("idle-scan".into())
             .spawn(move || {
@@ -174,6 +184,8 @@ impl Scanner {
                     let Some(k) = kernel.upgrade() else { return };
                     let scanned = self.scan_once(&k, events.as_ref());
                     drop(k);
+                    let cpu = self.report.lock().expect("idle report").scan_cpu_seconds;
+                    let every = interval(self.threshold, Duration::from_secs_f64(cpu));
                     if let Err(e) = scanned
                         && !std::mem::replace(&mut warned, true)
                     {
@@ -375,8 +387,36 @@ mod tests {
 
     #[test]
     fn scans_come_at_a_quarter_of_the_threshold_and_at_least_every_10_s() {
-        assert_eq!(interval(Duration::from_secs(1)), Duration::from_millis(250));
-        assert_eq!(interval(Duration::from_secs(2)), Duration::from_millis(500));
-        assert_eq!(interval(Duration::from_secs(300)), Duration::from_secs(10));
+        let cheap = Duration::from_millis(2);
+        assert_eq!(
+            interval(Duration::from_secs(1), cheap),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            interval(Duration::from_secs(2), cheap),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            interval(Duration::from_secs(300), cheap),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn scans_take_at_most_a_twentieth_of_a_core() {
+        let costly = Duration::from_millis(300);
+        assert_eq!(
+            interval(Duration::from_secs(1), costly),
+            Duration::from_secs(6)
+        );
+        assert_eq!(
+            interval(Duration::from_secs(300), costly),
+            Duration::from_secs(10)
+        );
+        let very = Duration::from_secs(1);
+        assert_eq!(
+            interval(Duration::from_secs(300), very),
+            Duration::from_secs(20)
+        );
     }
 }

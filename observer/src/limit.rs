@@ -3,7 +3,7 @@
 //! shows, read from the kernel's counters (plus the snapshot) every `TICK`; `Crossings` turns
 //! the counts into one `limit` event per crossing, with hysteresis.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -91,23 +91,15 @@ impl Crossings {
 
 /// Established connections per (direction, port), as `observer_tcp_connections` shows them.
 pub fn established(kernel: &Kernel, baseline: &Baseline) -> Vec<(StatsKey, i64)> {
-    let stats = kernel.stats();
-    let mut keys: Vec<StatsKey> = stats.iter().map(|(k, _)| *k).collect();
-    keys.extend(
-        baseline
-            .gauges
-            .keys()
-            .filter(|k| !stats.iter().any(|(s, _)| s == *k)),
-    );
-    keys.into_iter()
-        .map(|k| {
-            let kernel = stats
-                .iter()
-                .find(|(s, _)| *s == k)
-                .map_or(0, |(_, s)| s.gauge(tcp::ESTABLISHED));
-            (k, kernel + baseline.count(&k, tcp::ESTABLISHED))
-        })
-        .collect()
+    let mut counts: HashMap<StatsKey, i64> = kernel
+        .stats()
+        .iter()
+        .map(|(k, s)| (*k, s.gauge(tcp::ESTABLISHED)))
+        .collect();
+    for k in baseline.gauges.keys() {
+        *counts.entry(*k).or_default() += baseline.count(k, tcp::ESTABLISHED);
+    }
+    counts.into_iter().collect()
 }
 
 /// Reads the counts every `TICK` and sends one `limit` event per crossing to `events` (with

@@ -2801,16 +2801,17 @@ fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Results) {
             out,
             "\nThe idle scan (`--idle-after`): an observer started with `--port PORT \
              --idle-after {IDLE_AFTER}` (the shortest threshold, so the most frequent scans: one \
-             every 250 ms) while the {} connections were held, all silent. Its \
+             every 250 ms, or 20 times the last scan's CPU time when that is longer) while the {} \
+             connections were held, all silent. Its \
              `observer_tcp_connections_idle` said {}. One scan lists every established TCP \
              socket with its `tcp_info` through sock_diag (here {} sockets: both ends of each \
              loopback connection) and keeps the watched ones; its own gauges of the last scan, \
              read {IDLE_SCANS} times a scan apart:\n\n\
              | one scan | median (min–max) |\n|---|---|\n\
              | wall time, ms | {} |\n| CPU time, ms | {} |\n\n\
-             Over {:.0} s with no scrape, that observer used {:.1}% of one core (the scans, 4 a \
-             second), and the first observer, without `--idle-after`, {:.1}%; with a threshold \
-             of 40 s or more, one scan every 10 s, the scans cost a fortieth of that.",
+             Over {:.0} s with no scrape, that observer used {:.1}% of one core, and the first \
+             observer, without `--idle-after`, {:.1}%. With a threshold of 40 s or more, a scan \
+             comes every 10 s (or 20 times its CPU time, when that is longer).",
             thousands(i.held as u64),
             thousands(i.gauge as u64),
             thousands(2 * i.held as u64),
