@@ -1840,13 +1840,15 @@ fn second_start(observer: &Path, port: u16) -> Result<Startup> {
 /// The threshold of the idle scan measured: the shortest observer takes, so the most scans a
 /// second (one per 250 ms).
 const IDLE_AFTER: &str = "1s";
-/// Scans timed one by one, and the quiet window over which observer's CPU share is taken.
-const IDLE_SCANS: usize = 9;
-const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// Scans timed one by one, and the quiet window over which observer's CPU share is taken: long
+/// enough for several scans at 100,000 connections, where one comes every few seconds.
+const IDLE_SCANS: usize = 5;
+const IDLE_WINDOW: Duration = Duration::from_secs(30);
 
 /// Starts an observer with `--idle-after 1s` while `held` silent connections are held: once
 /// its gauge counts them all idle, the wall and CPU time of single scans (its own gauges of the
-/// last scan, read a scan apart), and its CPU share over a window with no scrape.
+/// last scan, each read once a new scan has changed them), and its CPU share over a window with
+/// no scrape.
 fn idle_scan(observer: &Path, port: u16, held: usize, plain: u32) -> Result<IdleScan> {
     let obs = Observer::start_with(observer, port, None, &["--idle-after", IDLE_AFTER])?;
     let conn = [("direction", "inbound"), ("port", &port.to_string())];
@@ -1859,11 +1861,29 @@ fn idle_scan(observer: &Path, port: u16, held: usize, plain: u32) -> Result<Idle
         pause(Duration::from_millis(200))?;
     };
     let (mut wall_ms, mut cpu_ms) = (Vec::new(), Vec::new());
-    for _ in 0..IDLE_SCANS {
-        pause(Duration::from_millis(300))?;
+    let last_scan = || -> Result<(f64, f64)> {
         let m = obs.scrape()?;
-        wall_ms.push(m.value("observer_idle_scan_duration_seconds", &[]) * 1e3);
-        cpu_ms.push(m.value("observer_idle_scan_cpu_seconds", &[]) * 1e3);
+        Ok((
+            m.value("observer_idle_scan_duration_seconds", &[]) * 1e3,
+            m.value("observer_idle_scan_cpu_seconds", &[]) * 1e3,
+        ))
+    };
+    let mut seen = last_scan()?;
+    while wall_ms.len() < IDLE_SCANS {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let next = loop {
+            pause(Duration::from_millis(200))?;
+            let s = last_scan()?;
+            if s != seen || Instant::now() >= deadline {
+                break s;
+            }
+        };
+        if next == seen {
+            bail!("the idle scan's gauges did not change in 60 s");
+        }
+        wall_ms.push(next.0);
+        cpu_ms.push(next.1);
+        seen = next;
     }
     let (before, plain_before) = (cpu_secs(obs.proc.pid())?, cpu_secs(plain)?);
     pause(IDLE_WINDOW)?;
@@ -2806,7 +2826,7 @@ fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Results) {
              `observer_tcp_connections_idle` said {}. One scan lists every established TCP \
              socket with its `tcp_info` through sock_diag (here {} sockets: both ends of each \
              loopback connection) and keeps the watched ones; its own gauges of the last scan, \
-             read {IDLE_SCANS} times a scan apart:\n\n\
+             for {IDLE_SCANS} scans in a row:\n\n\
              | one scan | median (min–max) |\n|---|---|\n\
              | wall time, ms | {} |\n| CPU time, ms | {} |\n\n\
              Over {:.0} s with no scrape, that observer used {:.1}% of one core, and the first \
