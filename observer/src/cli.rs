@@ -90,6 +90,17 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = sweep_interval)]
     pub sweep_interval: Duration,
 
+    /// Count the established connections that moved no data either way for longer than this
+    /// (observer_tcp_connections_idle), and print an `idle` event for each as it crosses it:
+    /// 1s to 24h, as 30s, 5m.
+    #[arg(long, value_name = "DURATION", value_parser = idle_after)]
+    pub idle_after: Option<Duration>,
+
+    /// A warning level for the established connections of each watched port: exported as
+    /// observer_tcp_connections_limit, and a `limit` event when a port's count reaches it and
+    /// when it falls back under it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub warn_connections: Option<u32>,
     /// (for packagers) Print the man page or a shell's completion script, then exit.
     #[arg(long, value_name = "KIND", hide = true)]
     pub generate: Option<Generate>,
@@ -102,6 +113,14 @@ pub enum Generate {
     CompleteBash,
     CompleteZsh,
     CompleteFish,
+}
+
+fn idle_after(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if (Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&d) => Ok(d),
+        Ok(_) => Err(format!("`{s}` is not between 1s and 24h")),
+        Err(e) => Err(format!("`{s}` is not a duration like 30s or 5m: {e}")),
+    }
 }
 
 fn sweep_interval(s: &str) -> Result<Duration, String> {
@@ -176,6 +195,27 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn idle_after_is_a_bounded_duration() {
+        assert_eq!(Cli::try_parse_from(["observer"]).unwrap().idle_after, None);
+        let c = Cli::try_parse_from(["observer", "--idle-after", "5m"]).unwrap();
+        assert_eq!(c.idle_after, Some(Duration::from_secs(300)));
+        for bad in ["0", "0s", "500ms", "25h", "soon", "10", ""] {
+            let e = Cli::try_parse_from(["observer", "--idle-after", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn warn_connections_is_a_positive_count() {
+        let c = Cli::try_parse_from(["observer", "--warn-connections", "10"]).unwrap();
+        assert_eq!(c.warn_connections, Some(10));
+        for bad in ["0", "-1", "ten", "4294967296"] {
+            let e = Cli::try_parse_from(["observer", "--warn-connections", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
     }
 
     #[test]

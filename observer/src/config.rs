@@ -69,6 +69,10 @@ pub struct Config {
     pub sweep_interval: std::time::Duration,
     /// TLS, basic auth and headers of the metrics endpoint (`--web.config.file`).
     pub web: WebConfig,
+    /// Connections that moved no data for longer than this are idle (see `idle`).
+    pub idle_after: Option<std::time::Duration>,
+    /// The warning level of established connections per watched port (see `limit`).
+    pub warn_connections: Option<u32>,
 }
 
 impl Config {
@@ -130,6 +134,8 @@ impl Config {
             ring_bytes: cli.ring_kib * 1024,
             sweep_interval: cli.sweep_interval,
             web,
+            idle_after: cli.idle_after,
+            warn_connections: cli.warn_connections,
         })
     }
 

@@ -9,7 +9,7 @@ use netlink_packet_core::{
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -52,35 +52,159 @@ pub fn state_mask(states: &[u8]) -> u32 {
 
 /// Dumps the TCP sockets (IPv4 and IPv6) in the given states, in the current network namespace.
 pub fn dump(states: u32) -> Result<Vec<DiagSocket>> {
-    let mut out = dump_family(AF_INET, states)?;
-    out.extend(dump_family(AF_INET6, states)?);
-    Ok(out)
+    Lister::open()?.dump(states)
 }
 
 /// The same in the network namespace at `ns` (a /proc/PID/ns/net path), from a helper thread
 /// that enters it, so that the rest of observer stays where it is.
 pub fn dump_in(ns: &Path, states: u32) -> Result<Vec<DiagSocket>> {
-    let file = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: a valid namespace fd; only this short-lived thread moves.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                let e = std::io::Error::last_os_error();
-                bail!("entering network namespace {}: {e}", ns.display());
-            }
-            dump(states)
-        })
-        .join()
-        .map_err(|_| anyhow!("the sock_diag thread panicked"))?
-    })
+    Lister::open_in(ns)?.dump(states)
 }
 
 fn dump_family(family: u8, states: u32) -> Result<Vec<DiagSocket>> {
+    let mut socket = open_socket()?;
+    let mut out = Vec::new();
+    request(&mut socket, family, states, false, |r| {
+        out.push(socket_of(r))
+    })?;
+    Ok(out)
+}
+
+fn open_socket() -> Result<Socket> {
     let mut socket =
         Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
 
+fn socket_of(r: &InetResponse) -> DiagSocket {
+    let h = &r.header;
+    DiagSocket {
+        state: h.state,
+        sport: h.socket_id.source_port,
+        dport: h.socket_id.destination_port,
+        saddr: h.socket_id.source_address,
+        daddr: h.socket_id.destination_address,
+        inode: h.inode,
+    }
+}
+
+/// What the kernel keeps of a connection's traffic (its `struct tcp_info`, what `ss -i` shows
+/// as lastsnd and lastrcv): milliseconds since it last sent data, and since it last received
+/// data. The handshake counts as both, so a connection that never moved data is as old as it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activity {
+    pub last_send_ms: u32,
+    pub last_recv_ms: u32,
+}
+
+/// Offsets of `tcpi_last_data_sent` and `tcpi_last_data_recv` in `struct tcp_info`
+/// (include/uapi/linux/tcp.h): the same on every kernel, where the struct only grows at its end.
+const LAST_DATA_SENT: usize = 44;
+const LAST_DATA_RECV: usize = 52;
+
+impl Activity {
+    /// From the raw `INET_DIAG_INFO` attribute; None when it is too short to hold them.
+    pub fn parse(tcp_info: &[u8]) -> Option<Activity> {
+        let u32_at = |at: usize| {
+            let b = tcp_info.get(at..at + 4)?;
+            Some(u32::from_ne_bytes(b.try_into().ok()?))
+        };
+        Some(Activity {
+            last_send_ms: u32_at(LAST_DATA_SENT)?,
+            last_recv_ms: u32_at(LAST_DATA_RECV)?,
+        })
+    }
+}
+
+/// One connection of a dump with its traffic: the socket, its cookie (the kernel's identity
+/// for it, never reused while the system runs), and its `Activity`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub socket: DiagSocket,
+    pub cookie: u64,
+    pub activity: Option<Activity>,
+}
+
+/// A sock_diag socket opened in one network namespace and kept: a netlink socket lists the
+/// namespace it was made in, so observer can list a container's connections for its whole
+/// life, long after it gave up the capability to enter namespaces (see `privilege`).
+pub struct Lister {
+    socket: Socket,
+}
+
+impl Lister {
+    /// In the calling thread's network namespace.
+    pub fn open() -> Result<Lister> {
+        Ok(Lister {
+            socket: open_socket()?,
+        })
+    }
+
+    /// In the network namespace at `ns` (a /proc/PID/ns/net path), from a thread that enters it.
+    pub fn open_in(ns: &Path) -> Result<Lister> {
+        let file = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: a valid namespace fd; only this short-lived thread moves.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    bail!("entering network namespace {}: {e}", ns.display());
+                }
+                Lister::open()
+            })
+            .join()
+            .map_err(|_| anyhow!("the sock_diag thread panicked"))?
+        })
+    }
+
+    /// The TCP sockets (IPv4 and IPv6) of the namespace in the given states.
+    pub fn dump(&mut self, states: u32) -> Result<Vec<DiagSocket>> {
+        let mut out = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            request(&mut self.socket, family, states, false, |r| {
+                out.push(socket_of(r))
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Every established TCP connection (IPv4 and IPv6) of the namespace, with its traffic.
+    pub fn established(&mut self) -> Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            request(
+                &mut self.socket,
+                family,
+                state_mask(&[observer_common::tcp::ESTABLISHED]),
+                true,
+                |r| {
+                    let activity = r.nlas.iter().find_map(|n| match n {
+                        Nla::TcpInfo(raw) => Activity::parse(raw),
+                        _ => None,
+                    });
+                    out.push(Listed {
+                        socket: socket_of(r),
+                        cookie: u64::from_ne_bytes(r.header.socket_id.cookie),
+                        activity,
+                    });
+                },
+            )?;
+        }
+        Ok(out)
+    }
+}
+
+/// Sends one dump request on `socket` and hands each socket of the answer to `each`, until the
+/// kernel says it is done.
+fn request(
+    socket: &mut Socket,
+    family: u8,
+    states: u32,
+    info: bool,
+    mut each: impl FnMut(&InetResponse),
+) -> Result<()> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET {
@@ -93,7 +217,11 @@ fn dump_family(family: u8, states: u32) -> Result<Vec<DiagSocket>> {
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
+            extensions: if info {
+                ExtensionFlags::INFO
+            } else {
+                ExtensionFlags::empty()
+            },
             states: StateFlags::from_bits_truncate(states),
             socket_id,
         })
@@ -106,7 +234,6 @@ fn dump_family(family: u8, states: u32) -> Result<Vec<DiagSocket>> {
         .send(&buf, 0)
         .context("sending the sock_diag request")?;
 
-    let mut out = Vec::new();
     let mut rx = vec![0u8; 1 << 16];
     loop {
         let n = socket
@@ -118,18 +245,8 @@ fn dump_family(family: u8, states: u32) -> Result<Vec<DiagSocket>> {
                 .map_err(|e| anyhow!("malformed sock_diag message: {e}"))?;
             let len = msg.header.length as usize;
             match msg.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    let h = &r.header;
-                    out.push(DiagSocket {
-                        state: h.state,
-                        sport: h.socket_id.source_port,
-                        dport: h.socket_id.destination_port,
-                        saddr: h.socket_id.source_address,
-                        daddr: h.socket_id.destination_address,
-                        inode: h.inode,
-                    });
-                }
-                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => each(&r),
+                NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => {
                     return Err(NoTcpDiag.into());
                 }
@@ -141,5 +258,26 @@ fn dump_family(family: u8, states: u32) -> Result<Vec<DiagSocket>> {
             }
             offset += len;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activity_is_read_at_the_uapi_offsets() {
+        let mut info = vec![0u8; 104];
+        info[LAST_DATA_SENT..LAST_DATA_SENT + 4].copy_from_slice(&1234u32.to_ne_bytes());
+        info[48..52].copy_from_slice(&7u32.to_ne_bytes());
+        info[LAST_DATA_RECV..LAST_DATA_RECV + 4].copy_from_slice(&5678u32.to_ne_bytes());
+        assert_eq!(
+            Activity::parse(&info),
+            Some(Activity {
+                last_send_ms: 1234,
+                last_recv_ms: 5678
+            })
+        );
+        assert_eq!(Activity::parse(&info[..55]), None);
     }
 }

@@ -24,9 +24,19 @@ const BATCHES_IN_FLIGHT: usize = 64;
 /// the longest an event waits before it is printed.
 const TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Lines of the events the daemon makes itself (`idle`, `limit`) waiting for the stream; past
+/// that their makers try again at their next round (see `idle`, `limit`).
+pub const DAEMON_LINES: usize = 4096;
+
 /// Streams events until stdout is closed (then returns Ok), or writing to it or reading the
-/// ring fails.
-pub async fn stream(ring: RingBuf<MapData>, format: Format, clock: Clock) -> Result<()> {
+/// ring fails. `daemon` brings the lines of the events the daemon makes itself, already
+/// formatted, into the same stream.
+pub async fn stream(
+    ring: RingBuf<MapData>,
+    format: Format,
+    clock: Clock,
+    mut daemon: mpsc::Receiver<String>,
+) -> Result<()> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(BATCHES_IN_FLIGHT);
     // Either thread says when stdout is done with: the writer when a write failed (EPIPE or
     // worse), the watcher when the reader went away, which on a quiet port no write would show.
@@ -56,15 +66,23 @@ pub async fn stream(ring: RingBuf<MapData>, format: Format, clock: Clock) -> Res
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut batch = Vec::new();
         tokio::select! {
             guard = ring.readable_mut() => guard?.clear_ready(),
             _ = tick.tick() => {}
+            Some(line) = daemon.recv() => {
+                batch.extend_from_slice(line.as_bytes());
+                batch.push(b'\n');
+            }
             Some(why) = ended.recv() => return match why {
                 Ending::Hangup => Ok(()),
                 Ending::Writer => finish(writer),
             },
         }
-        let mut batch = Vec::new();
+        while let Ok(line) = daemon.try_recv() {
+            batch.extend_from_slice(line.as_bytes());
+            batch.push(b'\n');
+        }
         {
             let ring = ring.get_mut();
             while let Some(item) = ring.next() {

@@ -15,8 +15,10 @@ mod events;
 mod features;
 mod generate;
 mod http;
+mod idle;
 mod iterator;
 mod kernel;
+mod limit;
 mod metrics;
 mod netns;
 mod output;
@@ -109,9 +111,19 @@ async fn run(config: Config) -> Result<()> {
         watched.classify(ns, s)
     })
     .context("counting the connections that already exist")?;
+    // Its sock_diag sockets are opened in each namespace now, while observer may enter them.
+    let scanner = match config.idle_after {
+        Some(after) => Some(idle::Scanner::open(
+            &watched.namespaces.clone(),
+            watched,
+            targets.clone(),
+            after,
+        )?),
+        None => None,
+    };
     // Start-up is done: all that is left needs no capability but CAP_BPF (see `privilege`).
     privilege::drop_after_start().context("dropping capabilities")?;
-    serve(config, targets, kernel, baseline, listener).await
+    serve(config, targets, kernel, baseline, listener, scanner).await
 }
 
 /// The capabilities start-up needs for this configuration (see `privilege::needs`).
@@ -178,10 +190,17 @@ async fn serve(
     kernel: Kernel,
     baseline: snapshot::Baseline,
     listener: Option<tokio::net::TcpListener>,
+    scanner: Option<idle::Scanner>,
 ) -> Result<()> {
     let mut kernel = kernel;
     let events = kernel.take_events();
     let kernel = Arc::new(Mutex::new(kernel));
+    // The events the daemon makes itself (idle, limit) join the kernel's in the event stream.
+    let (daemon_tx, daemon_rx) = tokio::sync::mpsc::channel(events::DAEMON_LINES);
+    let daemon_events = match (&events, config.events) {
+        (Some(_), Some(format)) => Some((daemon_tx, format)),
+        _ => None,
+    };
     let static_keys: Vec<StatsKey> = config
         .ports
         .iter()
@@ -202,6 +221,8 @@ async fn serve(
                 baseline.clone(),
                 static_keys,
                 config.buckets.clone(),
+                scanner.as_ref().map(idle::Scanner::report),
+                config.warn_connections,
             )?;
             let registry = Arc::new(metrics::registry(collector)?);
             Some(tokio::spawn(http::serve(l, registry, config.web.clone())))
@@ -209,15 +230,29 @@ async fn serve(
         None => None,
     };
     let mut stream = match (events, config.events) {
-        (Some(ring), Some(format)) => {
-            Some(tokio::spawn(events::stream(ring, format, Clock::now())))
-        }
+        (Some(ring), Some(format)) => Some(tokio::spawn(events::stream(
+            ring,
+            format,
+            Clock::now(),
+            daemon_rx,
+        ))),
         _ => None,
     };
     for p in &targets.processes {
         tokio::spawn(watch_exit(p.clone(), kernel.clone()));
     }
     let sweeper = tokio::spawn(sweep::run(kernel.clone(), config.sweep_interval));
+    if let Some(s) = scanner {
+        s.spawn(Arc::downgrade(&kernel), daemon_events.clone())?;
+    }
+    let limits = config.warn_connections.map(|n| {
+        tokio::spawn(limit::run(
+            kernel.clone(),
+            baseline.clone(),
+            n,
+            daemon_events.clone(),
+        ))
+    });
     if baseline.unseeded > 0 {
         eprintln!(
             "observer: warning: {} existing connections did not fit in the kernel's snapshot map; \
@@ -278,6 +313,10 @@ async fn serve(
     }
     sweeper.abort();
     let _ = sweeper.await;
+    if let Some(l) = limits {
+        l.abort();
+        let _ = l.await;
+    }
     // The last reference: dropping it detaches the program and frees its maps.
     drop(kernel);
     result

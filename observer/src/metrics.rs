@@ -21,7 +21,7 @@ use prometheus::{
 };
 use tokio::net::TcpListener;
 
-use crate::{kernel::Kernel, snapshot::Baseline};
+use crate::{idle, kernel::Kernel, snapshot::Baseline};
 
 /// Reads the kernel's counters at each scrape.
 pub struct ConnCollector {
@@ -30,6 +30,10 @@ pub struct ConnCollector {
     /// Ports that are watched from the start (so that they show up at 0).
     static_keys: Vec<StatsKey>,
     bucket_bounds: Vec<f64>,
+    /// The idle scan's results (`--idle-after`).
+    idle: Option<Arc<Mutex<idle::Report>>>,
+    /// `--warn-connections`.
+    limit: Option<u32>,
     descs: Vec<Desc>,
 }
 
@@ -39,7 +43,7 @@ struct Family {
     labels: &'static [&'static str],
 }
 
-const FAMILIES: [Family; 13] = [
+const FAMILIES: [Family; 17] = [
     Family {
         name: "observer_tcp_connections",
         help: "Watched sockets in each TCP state right now.",
@@ -101,6 +105,26 @@ const FAMILIES: [Family; 13] = [
         labels: &[],
     },
     Family {
+        name: "observer_tcp_connections_idle",
+        help: "Established watched connections that moved no data in either direction for longer than --idle-after, at the last scan.",
+        labels: &["direction", "port"],
+    },
+    Family {
+        name: "observer_tcp_connections_limit",
+        help: "The warning level of established connections per watched port (--warn-connections).",
+        labels: &["direction", "port"],
+    },
+    Family {
+        name: "observer_idle_scan_duration_seconds",
+        help: "Wall time of the last scan for idle connections.",
+        labels: &[],
+    },
+    Family {
+        name: "observer_idle_scan_cpu_seconds",
+        help: "CPU time of the last scan for idle connections.",
+        labels: &[],
+    },
+    Family {
         name: "observer_build_info",
         help: "observer's version.",
         labels: &["version"],
@@ -113,6 +137,8 @@ impl ConnCollector {
         baseline: Baseline,
         static_keys: Vec<StatsKey>,
         bucket_bounds: Vec<f64>,
+        idle: Option<Arc<Mutex<idle::Report>>>,
+        limit: Option<u32>,
     ) -> Result<ConnCollector> {
         let descs = FAMILIES
             .iter()
@@ -130,6 +156,8 @@ impl ConnCollector {
             baseline,
             static_keys,
             bucket_bounds,
+            idle,
+            limit,
             descs,
         })
     }
@@ -174,6 +202,12 @@ impl Collector for ConnCollector {
         let (mut opened, mut closed, mut failed, mut hists) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut reset, mut closed_by) = (Vec::new(), Vec::new());
+        // Taken once: a scan that ends meanwhile does not mix two scans in one scrape.
+        let idle = self
+            .idle
+            .as_ref()
+            .map(|r| r.lock().expect("idle report").clone());
+        let (mut idle_gauges, mut limits) = (Vec::new(), Vec::new());
         for key in &keys {
             let s = get(key);
             let base = self.baseline.gauges.get(key);
@@ -192,6 +226,14 @@ impl Collector for ConnCollector {
                 gauges.push(m);
             }
             let labels = [("direction", dir), ("port", port.as_str())];
+            // The same series as the connections gauge: every watched port, even at 0.
+            if let Some(r) = &idle {
+                let n = r.idle.get(key).copied().unwrap_or(0);
+                idle_gauges.push(gauge(&labels, n as f64));
+            }
+            if let Some(n) = self.limit {
+                limits.push(gauge(&labels, n.into()));
+            }
             opened.push(counter(&labels, s.opened));
             closed.push(counter(&labels, s.closed));
             for r in FAILURE_REASONS {
@@ -263,7 +305,14 @@ impl Collector for ConnCollector {
         .iter()
         .filter_map(|(program, n)| Some(counter(&[("program", program)], (*n)?)))
         .collect();
-        let parts: [(MetricType, Vec<proto::Metric>); 13] = [
+        let (scan_wall, scan_cpu) = match &idle {
+            Some(r) => (
+                vec![gauge(&[], r.scan_seconds)],
+                vec![gauge(&[], r.scan_cpu_seconds)],
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let parts: [(MetricType, Vec<proto::Metric>); 17] = [
             (MetricType::GAUGE, gauges),
             (MetricType::COUNTER, opened),
             (MetricType::COUNTER, closed),
@@ -276,6 +325,10 @@ impl Collector for ConnCollector {
             (MetricType::COUNTER, vec![counter(&[], health.nested)]),
             (MetricType::COUNTER, skipped),
             (MetricType::COUNTER, vec![counter(&[], health.nested_runs)]),
+            (MetricType::GAUGE, idle_gauges),
+            (MetricType::GAUGE, limits),
+            (MetricType::GAUGE, scan_wall),
+            (MetricType::GAUGE, scan_cpu),
             (MetricType::GAUGE, vec![info]),
         ];
         for (fam, (ty, metrics)) in fams.iter_mut().zip(parts) {
@@ -307,6 +360,14 @@ fn metric(labels: &[(&str, &str)]) -> proto::Metric {
         .collect();
     let mut m = proto::Metric::default();
     m.set_label(pairs);
+    m
+}
+
+fn gauge(labels: &[(&str, &str)], v: f64) -> proto::Metric {
+    let mut g = proto::Gauge::default();
+    g.set_value(v);
+    let mut m = metric(labels);
+    m.set_gauge(g);
     m
 }
 

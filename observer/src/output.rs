@@ -3,13 +3,16 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
 };
 
 use observer_common::{
     DIR_INBOUND,
     conn::{EVENT_CLOSE, EVENT_FAILED, EVENT_OPEN},
     ending::{self, BY_NAMES, BY_UNKNOWN, REASON_NAMES},
+    filter::Owner,
     record::{RECORD_ADDRESSES_GONE, RECORD_HAS_DURATION, RECORD_HAS_TCP, RECORD_UNSEEN, Record},
+    stats::StatsKey,
     tracepoint::AF_INET,
 };
 use serde::Serialize;
@@ -26,6 +29,8 @@ pub enum Kind {
     Open,
     Close,
     Failed,
+    /// A watched connection that moved no data for longer than `--idle-after` (see `idle`).
+    Idle,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -48,6 +53,9 @@ pub struct Event {
     pub remote: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<Option<f64>>,
+    /// On `idle` only: how long it has moved no data, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_seconds: Option<f64>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     /// Why a handshake failed, or how a connection closed (`normal`, `reset`, `timeout`).
@@ -131,15 +139,12 @@ impl Event {
         Some(Event {
             ts: rfc3339(clock.wall_ns(r.ts_ns)),
             kind,
-            direction: if r.direction == DIR_INBOUND {
-                Direction::Inbound
-            } else {
-                Direction::Outbound
-            },
+            direction: Direction::of(r.direction),
             port: r.port,
             local: endpoint(r, &r.saddr, r.sport),
             remote: endpoint(r, &r.daddr, r.dport),
             duration_seconds,
+            idle_seconds: None,
             pid,
             comm,
             reason,
@@ -151,6 +156,37 @@ impl Event {
         })
     }
 
+    /// An `idle` event, at wall-clock `ts_ns`: the connection of `key` between `local` and
+    /// `remote`, silent for `idle`, whose owner (if known) is `owner`.
+    pub fn idle(
+        ts_ns: i128,
+        key: StatsKey,
+        local: SocketAddr,
+        remote: SocketAddr,
+        idle: Duration,
+        owner: &Owner,
+    ) -> Event {
+        let pid = (owner.pid != 0).then_some(owner.pid);
+        Event {
+            ts: rfc3339(ts_ns),
+            kind: Kind::Idle,
+            direction: Direction::of(key.direction),
+            port: key.port,
+            local: local.to_string(),
+            remote: remote.to_string(),
+            duration_seconds: None,
+            idle_seconds: Some(idle.as_secs_f64()),
+            pid,
+            comm: pid.map(|_| comm(&owner.comm)),
+            reason: None,
+            closed_by: None,
+            bytes_sent: None,
+            bytes_received: None,
+            rtt_us: None,
+            retransmits: None,
+        }
+    }
+
     pub fn json(&self) -> String {
         serde_json::to_string(self).expect("an Event always serialises")
     }
@@ -160,6 +196,7 @@ impl Event {
             Kind::Open => "open",
             Kind::Close => "close",
             Kind::Failed => "failed",
+            Kind::Idle => "idle",
         };
         let (dir, arrow) = match self.direction {
             Direction::Inbound => ("inbound", "<-"),
@@ -189,6 +226,9 @@ impl Event {
         ) {
             write!(line, " sent={tx}B received={rx}B rtt={rtt}us retrans={re}").unwrap();
         }
+        if let Some(i) = self.idle_seconds {
+            write!(line, " idle={i:.3}s").unwrap();
+        }
         match (&self.pid, &self.comm) {
             (Some(pid), Some(comm)) => write!(line, " pid={pid} comm={comm}").unwrap(),
             _ => line.push_str(" pid=- comm=-"),
@@ -202,6 +242,78 @@ impl Event {
             Format::Json => self.json(),
         }
     }
+}
+
+impl Direction {
+    fn of(direction: u8) -> Direction {
+        if direction == DIR_INBOUND {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// A `limit` event (`--warn-connections`): the established connections of a watched port
+/// reached the limit (`over`), or fell back under it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LimitEvent {
+    pub ts: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub direction: Direction,
+    pub port: u16,
+    /// Established connections of the port when the crossing was seen.
+    pub connections: i64,
+    pub limit: u32,
+    pub over: bool,
+}
+
+impl LimitEvent {
+    pub fn new(ts_ns: i128, key: StatsKey, connections: i64, limit: u32, over: bool) -> Self {
+        LimitEvent {
+            ts: rfc3339(ts_ns),
+            kind: "limit",
+            direction: Direction::of(key.direction),
+            port: key.port,
+            connections,
+            limit,
+            over,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "{} limit  {:<8} port={} connections={} limit={} {}",
+            self.ts,
+            self.direction.name(),
+            self.port,
+            self.connections,
+            self.limit,
+            if self.over { "over" } else { "under" }
+        )
+    }
+
+    pub fn format(&self, f: Format) -> String {
+        match f {
+            Format::Text => self.text(),
+            Format::Json => serde_json::to_string(self).expect("a LimitEvent always serialises"),
+        }
+    }
+}
+
+/// Wall-clock time now, in nanoseconds since the Unix epoch.
+pub fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
 }
 
 /// `address:port`, or `unknown` for a close whose addresses the kernel no longer had and whose
@@ -388,6 +500,62 @@ mod tests {
         assert_eq!(
             e.text(),
             "2025-11-24T16:00:00.000001Z close  inbound  port=8080 127.0.0.1:8080 <- 127.0.0.2:51234 duration=1.500000s reason=normal by=local sent=1200B received=80B rtt=41us retrans=0 pid=42 comm=nginx"
+        );
+    }
+
+    #[test]
+    fn idle_as_json_and_text() {
+        let key = StatsKey::new(DIR_INBOUND, 8080);
+        let local = "127.0.0.1:8080".parse().unwrap();
+        let remote = "127.0.0.1:40000".parse().unwrap();
+        let ts = 1_764_000_000_000_001_000;
+        let e = Event::idle(
+            ts,
+            key,
+            local,
+            remote,
+            Duration::from_millis(2345),
+            &Owner::UNKNOWN,
+        );
+        let v: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
+        assert_eq!(v["type"], "idle");
+        assert_eq!(v["direction"], "inbound");
+        assert_eq!(v["port"], 8080);
+        assert_eq!(v["local"], "127.0.0.1:8080");
+        assert_eq!(v["remote"], "127.0.0.1:40000");
+        assert_eq!(v["idle_seconds"], 2.345);
+        assert!(v.get("duration_seconds").is_none());
+        assert!(v["pid"].is_null());
+        assert_eq!(
+            e.text(),
+            "2025-11-24T16:00:00.000001Z idle   inbound  port=8080 127.0.0.1:8080 <- 127.0.0.1:40000 idle=2.345s pid=- comm=-"
+        );
+        let nginx = crate::targets::owner(42, "nginx");
+        let e = Event::idle(ts, key, local, remote, Duration::from_secs(3), &nginx);
+        assert!(
+            e.text().ends_with("idle=3.000s pid=42 comm=nginx"),
+            "{}",
+            e.text()
+        );
+        // Connection events keep their fields as they were: no idle_seconds.
+        let close = Event::from_record(&record(EVENT_CLOSE), &CLOCK).unwrap();
+        assert!(!close.json().contains("idle_seconds"));
+    }
+
+    #[test]
+    fn limit_as_json_and_text() {
+        let key = StatsKey::new(DIR_OUTBOUND, 5432);
+        let e = LimitEvent::new(1_764_000_000_000_001_000, key, 10, 10, true);
+        let v: serde_json::Value = serde_json::from_str(&e.format(Format::Json)).unwrap();
+        assert_eq!(v["type"], "limit");
+        assert_eq!(v["direction"], "outbound");
+        assert_eq!(v["port"], 5432);
+        assert_eq!(v["connections"], 10);
+        assert_eq!(v["limit"], 10);
+        assert_eq!(v["over"], true);
+        assert_eq!(
+            LimitEvent::new(1_764_000_000_000_001_000, key, 8, 10, false).text(),
+            "2025-11-24T16:00:00.000001Z limit  outbound port=5432 connections=8 limit=10 under"
         );
     }
 

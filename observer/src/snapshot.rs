@@ -56,6 +56,13 @@ pub struct Baseline {
     pub unseeded: usize,
 }
 
+impl Baseline {
+    /// The connections of `key` the snapshot counted in `state`.
+    pub fn count(&self, key: &StatsKey, state: u8) -> i64 {
+        self.gauges.get(key).map_or(0, |g| g[state as usize])
+    }
+}
+
 /// Who the kernel would count a socket as: (direction, port, owner), or None if unwatched.
 pub type Classify<'a> = dyn Fn(u32, &DiagSocket) -> Option<(u8, u16, Owner)> + 'a;
 

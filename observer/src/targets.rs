@@ -34,6 +34,7 @@ pub enum TargetError {
 }
 
 /// `--pid` and `--cgroup`, resolved: each one checked to exist before anything is loaded.
+#[derive(Clone)]
 pub struct Targets {
     pub processes: Vec<Process>,
     pub cgroups: Vec<Cgroup>,

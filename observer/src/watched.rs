@@ -4,7 +4,11 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context as _, Result};
-use observer_common::{DIR_INBOUND, DIR_OUTBOUND, filter::Owner, tcp};
+use observer_common::{
+    DIR_INBOUND, DIR_OUTBOUND,
+    filter::{LocalPortKey, Owner},
+    tcp,
+};
 
 use crate::{
     config::Config,
@@ -14,6 +18,7 @@ use crate::{
     targets::{self, Targets},
 };
 
+#[derive(Clone)]
 pub struct Watched {
     /// The namespaces whose connections the snapshot lists.
     pub namespaces: Vec<Namespace>,
@@ -80,19 +85,40 @@ impl Watched {
                 }
             }
         }
-        // The kernel's set: `--port`s, the listeners above, and those a target opened since.
-        let local = kernel
-            .local_ports()
-            .into_iter()
-            .map(|(k, o)| ((k.netns, k.port), o))
-            .collect();
-        Ok(Watched {
+        let mut watched = Watched {
             namespaces,
             owners,
             target_inodes,
-            local,
+            local: HashMap::new(),
             remote: config.remote_ports.iter().copied().collect(),
-        })
+        };
+        // The kernel's set: `--port`s, the listeners above, and those a target opened since.
+        watched.follow(kernel.local_ports());
+        Ok(watched)
+    }
+
+    /// Takes the watched local ports as the kernel holds them now: the program adds a target's
+    /// new listeners itself.
+    pub fn follow(&mut self, local: Vec<(LocalPortKey, Owner)>) {
+        self.local = local
+            .into_iter()
+            .map(|(k, o)| ((k.netns, k.port), o))
+            .collect();
+    }
+
+    /// Reads the target processes' sockets again (a connection they opened since): true when
+    /// they could be read. When one cannot be read (another user's: observer has dropped the
+    /// capabilities to read those), the sockets found before stay.
+    pub fn refresh_targets(&mut self, targets: &Targets) -> bool {
+        match targets::socket_owners(targets.pids()) {
+            Ok(owners) => {
+                // Replaced, not added to: the sockets closed since are forgotten.
+                self.target_inodes = owners.keys().copied().collect();
+                self.owners = owners;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Whose an existing connection in namespace `ns` is: (direction, port, owner), or None when

@@ -1,7 +1,12 @@
 //! Real TCP servers and clients on loopback.
 use std::{
-    io::Read as _,
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::Duration,
 };
 
@@ -180,8 +185,101 @@ pub fn ss_established(port: u16) -> usize {
     ])
 }
 
+/// Writes one byte on each of its connections every `period`, from a thread of its own, until
+/// dropped (then it gives the connections back through `stop`).
+pub struct Chatter {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<TcpStream>>>,
+}
+
+impl Chatter {
+    pub fn start(mut conns: Vec<TcpStream>, period: Duration) -> Chatter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                for c in &mut conns {
+                    c.write_all(b"x").expect("writing on a busy connection");
+                }
+                std::thread::sleep(period);
+            }
+            conns
+        });
+        Chatter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops writing; the connections stay open.
+    pub fn stop(mut self) -> Vec<TcpStream> {
+        self.halt().unwrap_or_default()
+    }
+
+    fn halt(&mut self) -> Option<Vec<TcpStream>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take()?.join().ok()
+    }
+}
+
+impl Drop for Chatter {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Established connections with local port `port` that moved no data either way for longer
+/// than `threshold`, by the kernel's figures as `ss -ti` prints them (lastsnd, lastrcv: the
+/// oracle for observer's idle scan).
+pub fn ss_idle(port: u16, threshold: Duration) -> usize {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-Htin",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .expect("ss");
+    idle_in(&String::from_utf8_lossy(&out.stdout), threshold)
+}
+
+/// The sockets of `ss -Hti` output idle longer than `threshold`. Each socket's figures follow
+/// its address line, indented; ss leaves lastsnd or lastrcv out when it is 0 (data just now).
+fn idle_in(ss: &str, threshold: Duration) -> usize {
+    let threshold = threshold.as_millis() as u64;
+    let field = |line: &str, name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.parse().ok())
+            .unwrap_or(0)
+    };
+    ss.lines()
+        // A socket's figures are on the indented line under its addresses.
+        .filter(|l| l.starts_with(char::is_whitespace))
+        .filter(|l| field(l, "lastsnd:").min(field(l, "lastrcv:")) > threshold)
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_idle_times_from_ss() {
+        let out = concat!(
+            "0      0      127.0.0.1:8080 127.0.0.1:40000\n",
+            "\t cubic wscale:7,7 rto:204 rtt:0.02/0.01 lastsnd:3000 lastrcv:2500 lastack:2500\n",
+            "0      0      127.0.0.1:8080 127.0.0.1:40001\n",
+            "\t bbr wscale:7,7 rto:204 rtt:0.02/0.01 lastsnd:3000 lastack:90\n",
+            "0      0      127.0.0.1:8080 127.0.0.1:40002\n",
+            "\t cubic wscale:7,7 rto:204 rtt:0.02/0.01 lastsnd:2100 lastrcv:2001 lastack:2001\n",
+        );
+        let t = std::time::Duration::from_secs(2);
+        assert_eq!(super::idle_in(out, t), 2);
+        assert_eq!(
+            super::idle_in(out, std::time::Duration::from_millis(2400)),
+            1
+        );
+    }
+
     #[test]
     fn counts_the_sockets_ss_lists() {
         let out = "ESTAB 0 0 127.0.0.1:8080 127.0.0.1:40000\nESTAB 0 0 [::1]:8080 [::1]:40001\n\n";

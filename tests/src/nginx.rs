@@ -8,11 +8,11 @@ use std::{
     time::Duration,
 };
 
-use crate::scrape::http_get;
+use crate::{sandbox::TempDir, scrape::http_get};
 
 pub struct Nginx {
     child: Child,
-    _dir: tempfile::TempDir,
+    _dir: TempDir,
     /// The port it serves `ok` on, at 127.0.0.1.
     pub port: u16,
     status: SocketAddr,
@@ -34,18 +34,15 @@ impl Nginx {
     }
 
     fn try_start() -> Result<Nginx, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("observer-nginx-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
+        let dir = TempDir::new("nginx");
         let [port, status_port] = free_ports();
         let status = SocketAddr::from((Ipv4Addr::LOCALHOST, status_port));
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, config(dir.path(), port, status)).map_err(|e| e.to_string())?;
-        let error_log = dir.path().join("error.log");
+        let conf = &dir.path.join("nginx.conf");
+        std::fs::write(&conf, config(&dir.path, port, status)).map_err(|e| e.to_string())?;
+        let error_log = &dir.path.join("error.log");
         let mut child = Command::new("nginx")
             .arg("-p")
-            .arg(dir.path())
+            .arg(&dir.path)
             .arg("-c")
             .arg(&conf)
             .arg("-e")

@@ -112,37 +112,20 @@ fn a_missing_capability_is_named_at_start_and_nothing_is_loaded() {
 
 /// The unit in deploy/systemd, with its ExecStart pointed at this build (verify checks that
 /// the binary exists), in a directory that goes away with it.
-fn unit_for_this_build() -> (tempdir::Dir, std::path::PathBuf) {
+fn unit_for_this_build() -> (observer_tests::sandbox::TempDir, std::path::PathBuf) {
     let unit = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/systemd/observer.service"
     ))
     .expect("deploy/systemd/observer.service");
     assert!(unit.contains("ExecStart=/usr/bin/observer "), "{unit}");
-    let dir = tempdir::Dir::new();
-    let path = dir.0.join("observer.service");
+    let dir = observer_tests::sandbox::TempDir::new("unit");
     let here = binary().display().to_string();
-    std::fs::write(&path, unit.replace("/usr/bin/observer", &here)).unwrap();
+    let path = dir.write(
+        "observer.service",
+        &unit.replace("/usr/bin/observer", &here),
+    );
     (dir, path)
-}
-
-mod tempdir {
-    /// A directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-
-    impl Dir {
-        pub fn new() -> Dir {
-            let p = std::env::temp_dir().join(format!("observer-unit-{}", std::process::id()));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 #[test]
