@@ -37,9 +37,9 @@ impl Nginx {
         let dir = TempDir::new("nginx");
         let [port, status_port] = free_ports();
         let status = SocketAddr::from((Ipv4Addr::LOCALHOST, status_port));
-        let conf = &dir.path.join("nginx.conf");
+        let conf = dir.path.join("nginx.conf");
         std::fs::write(&conf, config(&dir.path, port, status)).map_err(|e| e.to_string())?;
-        let error_log = &dir.path.join("error.log");
+        let error_log = dir.path.join("error.log");
         let mut child = Command::new("nginx")
             .arg("-p")
             .arg(&dir.path)
