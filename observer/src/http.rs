@@ -34,7 +34,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::{Encoder as _, Registry, TextEncoder};
+use prometheus::{Encoder as _, TextEncoder};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
@@ -43,7 +43,7 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use crate::web_config::WebConfig;
+use crate::{metrics::Metrics, web_config::WebConfig};
 
 /// Time a client has to send a request's header (also between keep-alive requests).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,8 +61,8 @@ const GRACE: Duration = Duration::from_millis(250);
 const ANSWERED: Duration = Duration::from_secs(5);
 
 /// Serves the endpoint until the task is dropped.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, web: WebConfig) {
-    let scrapes = Arc::new(Scrapes::new(registry));
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, web: WebConfig) {
+    let scrapes = Arc::new(Scrapes::new(metrics));
     let tls = web.tls.clone().map(TlsAcceptor::from);
     let web = Arc::new(web);
     let mut open: VecDeque<Connection> = VecDeque::new();
@@ -304,7 +304,7 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
 
 /// One gather at a time, shared with the scrapes that waited for it.
 struct Scrapes {
-    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
     last: Mutex<Option<Gathered>>,
 }
 
@@ -316,9 +316,9 @@ struct Gathered {
 }
 
 impl Scrapes {
-    fn new(registry: Arc<Registry>) -> Scrapes {
+    fn new(metrics: Arc<Metrics>) -> Scrapes {
         Scrapes {
-            registry,
+            metrics,
             last: Mutex::new(None),
         }
     }
@@ -329,17 +329,16 @@ impl Scrapes {
         let mut last = self.last.lock().await;
         let fresh = last.as_ref().is_some_and(|g| g.done >= asked);
         if !fresh {
-            let registry = self.registry.clone();
+            // Let the last body go first: held while the next is written, the two would double
+            // the peak (2 x 16 MB for 4096 ports). Scrapes it already answers hold their copy.
+            *last = None;
+            let metrics = self.metrics.clone();
             let text = tokio::task::spawn_blocking(move || {
-                let mut out = Vec::new();
-                let encoded = TextEncoder::new()
-                    .encode(&registry.gather(), &mut out)
-                    .map(|_| out);
-                // The gather's protobufs are freed by now: give the heap back (for 4096 ports
-                // they take ~45 MiB, which would otherwise stay resident between scrapes).
+                let text = metrics.render();
+                // What the render took besides its body is freed by now: give the heap back.
                 // SAFETY: no preconditions.
                 unsafe { libc::malloc_trim(0) };
-                encoded
+                text
             })
             .await
             .context("gathering the metrics")?

@@ -325,8 +325,9 @@ impl Kernel {
     }
 
     /// Every port's counters, summed over CPUs.
-    pub fn stats(&self) -> Vec<(StatsKey, PortStats)> {
-        let mut out = Vec::new();
+    pub fn stats(&self) -> std::collections::HashMap<StatsKey, PortStats> {
+        // Sized at once: with thousands of ports, growing by doubling holds two copies.
+        let mut out = std::collections::HashMap::with_capacity(MAX_PORTS as usize);
         for entry in self.stats_slots.iter() {
             let Ok((key, slot)) = entry else { continue };
             let Ok(per_cpu) = self.stats.get(&slot, 0) else {
@@ -336,7 +337,7 @@ impl Kernel {
             for share in per_cpu.iter() {
                 sum.merge(share);
             }
-            out.push((key, sum));
+            out.insert(key, sum);
         }
         out
     }

@@ -12,6 +12,7 @@ mod config;
 mod diag;
 mod endpoints;
 mod events;
+mod exposition;
 mod features;
 mod generate;
 mod http;
@@ -223,9 +224,9 @@ async fn serve(
                 config.buckets.clone(),
                 scanner.as_ref().map(idle::Scanner::report),
                 config.warn_connections,
-            )?;
-            let registry = Arc::new(metrics::registry(collector)?);
-            Some(tokio::spawn(http::serve(l, registry, config.web.clone())))
+            );
+            let metrics = Arc::new(metrics::Metrics::new(collector)?);
+            Some(tokio::spawn(http::serve(l, metrics, config.web.clone())))
         }
         None => None,
     };

@@ -14,14 +14,15 @@ use observer_common::{
     stats::{PortStats, StatsKey},
     tcp,
 };
-use prometheus::{
-    Registry,
-    core::{Collector, Desc},
-    proto::{self, MetricFamily, MetricType},
-};
+use prometheus::{Encoder as _, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
-use crate::{idle, kernel::Kernel, snapshot::Baseline};
+use crate::{
+    exposition::{Kind, Text},
+    idle,
+    kernel::Kernel,
+    snapshot::Baseline,
+};
 
 /// Reads the kernel's counters at each scrape.
 pub struct ConnCollector {
@@ -34,100 +35,99 @@ pub struct ConnCollector {
     idle: Option<Arc<Mutex<idle::Report>>>,
     /// `--warn-connections`.
     limit: Option<u32>,
-    descs: Vec<Desc>,
 }
 
 struct Family {
     name: &'static str,
     help: &'static str,
-    labels: &'static [&'static str],
+    kind: Kind,
 }
 
 const FAMILIES: [Family; 17] = [
     Family {
         name: "observer_tcp_connections",
         help: "Watched sockets in each TCP state right now.",
-        labels: &["direction", "port", "state"],
+        kind: Kind::Gauge,
     },
     Family {
         name: "observer_tcp_connections_opened_total",
         help: "Connections that reached ESTABLISHED while observed.",
-        labels: &["direction", "port"],
+        kind: Kind::Counter,
     },
     Family {
         name: "observer_tcp_connections_closed_total",
         help: "Established connections (also those open before observer started) that reached CLOSE while observed.",
-        labels: &["direction", "port"],
+        kind: Kind::Counter,
     },
     Family {
         name: "observer_tcp_connections_failed_total",
         help: "Handshakes that ended in CLOSE without reaching ESTABLISHED, by reason: refused (RST to the SYN), timeout (no answer), unreachable (ICMP error), reset (an inbound handshake reset or given up), abandoned (closed locally first), other.",
-        labels: &["direction", "port", "reason"],
+        kind: Kind::Counter,
     },
     Family {
         name: "observer_tcp_connections_reset_total",
         help: "Established connections that ended with a reset (a RST sent or received) instead of an orderly close.",
-        labels: &["direction", "port"],
+        kind: Kind::Counter,
     },
     Family {
         name: "observer_tcp_connections_closed_by_total",
         help: "Closed connections by the side that closed first: local (this host's FIN or abort), remote (the peer's FIN or RST), unknown (a close the kernel did not deliver).",
-        labels: &["direction", "port", "by"],
+        kind: Kind::Counter,
     },
     Family {
         name: "observer_tcp_connection_duration_seconds",
         help: "Lifetime, ESTABLISHED to CLOSE, of connections whose opening was observed.",
-        labels: &["direction", "port"],
+        kind: Kind::Histogram,
     },
     Family {
         name: "observer_events_dropped_total",
         help: "Events the kernel could not hand to userspace (ring buffer full). Metrics are not affected.",
-        labels: &[],
+        kind: Kind::Counter,
     },
     Family {
         name: "observer_kernel_errors_total",
         help: "Things the kernel program could not do, by reason; the metrics may be off when these move.",
-        labels: &["reason"],
+        kind: Kind::Counter,
     },
     Family {
         name: "observer_kernel_backup_transitions_total",
         help: "Transitions the kernel skipped for observer's main program (another tracing program was running on that CPU) that its backup program counted.",
-        labels: &[],
+        kind: Kind::Counter,
     },
     Family {
         name: "observer_kernel_skipped_runs_total",
         help: "Runs of observer's programs that the kernel skipped because a tracing program was already running on that CPU (recursion_misses), by program.",
-        labels: &["program"],
+        kind: Kind::Counter,
     },
     Family {
         name: "observer_kernel_nested_runs_total",
         help: "Runs of observer's main program that began inside another run of it on the same CPU (a softirq's transition interrupting it): kernels without a recursion guard for it (5.10) run it nested where newer ones skip it.",
-        labels: &[],
+        kind: Kind::Counter,
     },
     Family {
         name: "observer_tcp_connections_idle",
         help: "Established watched connections that moved no data in either direction for longer than --idle-after, at the last scan.",
-        labels: &["direction", "port"],
+        kind: Kind::Gauge,
     },
     Family {
         name: "observer_tcp_connections_limit",
         help: "The warning level of established connections per watched port (--warn-connections).",
-        labels: &["direction", "port"],
+        kind: Kind::Gauge,
     },
     Family {
         name: "observer_idle_scan_duration_seconds",
         help: "Wall time of the last scan for idle connections.",
-        labels: &[],
+        kind: Kind::Gauge,
     },
     Family {
         name: "observer_idle_scan_cpu_seconds",
         help: "CPU time of the last scan for idle connections.",
-        labels: &[],
+        kind: Kind::Gauge,
     },
     Family {
         name: "observer_build_info",
         help: "observer's version.",
-        labels: &["version"],
+        kind: Kind::Gauge,
     },
 ];
 
@@ -139,36 +139,19 @@ impl ConnCollector {
         bucket_bounds: Vec<f64>,
         idle: Option<Arc<Mutex<idle::Report>>>,
         limit: Option<u32>,
-    ) -> Result<ConnCollector> {
-        let descs = FAMILIES
-            .iter()
-            .map(|f| {
-                Desc::new(
-                    f.name.into(),
-                    f.help.into(),
-                    f.labels.iter().map(|s| s.to_string()).collect(),
-                    Default::default(),
-                )
-            })
-            .collect::<prometheus::Result<_>>()?;
-        Ok(ConnCollector {
+    ) -> ConnCollector {
+        ConnCollector {
             kernel,
             baseline,
             static_keys,
             bucket_bounds,
             idle,
             limit,
-            descs,
-        })
-    }
-}
-
-impl Collector for ConnCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+        }
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
+    /// Writes every family (those with no sample left out), reading the kernel once.
+    pub fn write(&self, t: &mut Text) {
         let (stats, local_ports, health) = {
             let k = self.kernel.lock().expect("kernel lock");
             (k.stats(), k.local_ports(), k.health())
@@ -181,104 +164,96 @@ impl Collector for ConnCollector {
                 .map(|(k, _)| StatsKey::new(DIR_INBOUND, k.port)),
         );
         keys.extend(self.baseline.gauges.keys().copied());
-        keys.extend(stats.iter().map(|(k, _)| *k));
-        let get = |key: &StatsKey| {
-            stats
-                .iter()
-                .find(|(k, _)| k == key)
-                .map_or(PortStats::ZERO, |(_, s)| *s)
-        };
-
-        let mut fams: Vec<MetricFamily> = FAMILIES
-            .iter()
-            .map(|f| {
-                let mut m = MetricFamily::default();
-                m.set_name(f.name.into());
-                m.set_help(f.help.into());
-                m
-            })
-            .collect();
-        let mut gauges = Vec::new();
-        let (mut opened, mut closed, mut failed, mut hists) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut reset, mut closed_by) = (Vec::new(), Vec::new());
+        keys.extend(stats.keys().copied());
         // Taken once: a scan that ends meanwhile does not mix two scans in one scrape.
         let idle = self
             .idle
             .as_ref()
             .map(|r| r.lock().expect("idle report").clone());
-        let (mut idle_gauges, mut limits) = (Vec::new(), Vec::new());
-        for key in &keys {
-            let s = get(key);
-            let base = self.baseline.gauges.get(key);
-            let dir = direction(key.direction);
-            let port = key.port.to_string();
+        let rows: Vec<Row> = keys
+            .iter()
+            .map(|key| Row {
+                dir: direction(key.direction),
+                port: key.port.to_string(),
+                stats: stats.get(key).unwrap_or(&PortStats::ZERO),
+                base: self.baseline.gauges.get(key),
+                idle: idle.as_ref().map(|r| r.idle.get(key).copied().unwrap_or(0)),
+            })
+            .collect();
+
+        // Lines per watched port: the states, opened, closed, the failure reasons, reset, who
+        // closed, the histogram's buckets, +Inf, sum and count, idle and limit; none is longer
+        // than 160 bytes.
+        let lines =
+            tcp::GAUGED.len() + 4 + FAILURE_REASONS.len() + 2 + self.bucket_bounds.len() + 5;
+        t.reserve(rows.len() * lines * 160 + 64 * 1024);
+        let mut fams = FAMILIES.iter();
+        // One family after another, each over every watched (direction, port).
+        let name = open(t, &mut fams, !rows.is_empty());
+        for r in &rows {
             for state in tcp::GAUGED {
-                let v = s.gauge(state) + base.map_or(0, |b| b[state as usize]);
-                let mut g = proto::Gauge::default();
-                g.set_value(v as f64);
-                let mut m = metric(&[
-                    ("direction", dir),
-                    ("port", &port),
-                    ("state", tcp::name(state)),
-                ]);
-                m.set_gauge(g);
-                gauges.push(m);
-            }
-            let labels = [("direction", dir), ("port", port.as_str())];
-            // The same series as the connections gauge: every watched port, even at 0.
-            if let Some(r) = &idle {
-                let n = r.idle.get(key).copied().unwrap_or(0);
-                idle_gauges.push(gauge(&labels, n as f64));
-            }
-            if let Some(n) = self.limit {
-                limits.push(gauge(&labels, n.into()));
-            }
-            opened.push(counter(&labels, s.opened));
-            closed.push(counter(&labels, s.closed));
-            for r in FAILURE_REASONS {
+                let v = r.stats.gauge(state) + r.base.map_or(0, |b| b[state as usize]);
                 let labels = [
-                    ("direction", dir),
-                    ("port", port.as_str()),
-                    ("reason", REASON_NAMES[r as usize]),
+                    ("direction", r.dir),
+                    ("port", r.port.as_str()),
+                    ("state", tcp::name(state)),
                 ];
-                failed.push(counter(&labels, s.failed_by[r as usize]));
+                t.sample(name, &labels, v as f64);
             }
-            reset.push(counter(&labels, s.reset));
+        }
+        let per_row = |t: &mut Text, name: &str, v: &dyn Fn(&PortStats) -> u64| {
+            for r in &rows {
+                t.sample(name, &r.labels(), v(&r.stats) as f64);
+            }
+        };
+        let name = open(t, &mut fams, !rows.is_empty());
+        per_row(t, name, &|s| s.opened);
+        let name = open(t, &mut fams, !rows.is_empty());
+        per_row(t, name, &|s| s.closed);
+        let name = open(t, &mut fams, !rows.is_empty());
+        for r in &rows {
+            for reason in FAILURE_REASONS {
+                let labels = [
+                    ("direction", r.dir),
+                    ("port", r.port.as_str()),
+                    ("reason", REASON_NAMES[reason as usize]),
+                ];
+                t.sample(name, &labels, r.stats.failed_by[reason as usize] as f64);
+            }
+        }
+        let name = open(t, &mut fams, !rows.is_empty());
+        per_row(t, name, &|s| s.reset);
+        let name = open(t, &mut fams, !rows.is_empty());
+        for r in &rows {
             for by in [BY_LOCAL, BY_REMOTE, BY_UNKNOWN] {
-                let n = s.closed_by[by as usize];
+                let n = r.stats.closed_by[by as usize];
                 // Unknown only where it happened: the kernel failed to deliver a close.
                 if by != BY_UNKNOWN || n != 0 {
                     let labels = [
-                        ("direction", dir),
-                        ("port", port.as_str()),
+                        ("direction", r.dir),
+                        ("port", r.port.as_str()),
                         ("by", BY_NAMES[by as usize]),
                     ];
-                    closed_by.push(counter(&labels, n));
+                    t.sample(name, &labels, n as f64);
                 }
             }
-            let mut h = proto::Histogram::default();
-            h.set_sample_count(s.duration_count);
-            h.set_sample_sum(s.duration_sum_ns as f64 / 1e9);
-            let mut cumulative = 0;
-            let buckets = self
-                .bucket_bounds
-                .iter()
-                .zip(s.buckets.iter())
-                .map(|(le, n)| {
-                    cumulative += n;
-                    let mut b = proto::Bucket::default();
-                    b.set_upper_bound(*le);
-                    b.set_cumulative_count(cumulative);
-                    b
-                })
-                .collect();
-            h.set_bucket(buckets);
-            let mut m = metric(&labels);
-            m.set_histogram(h);
-            hists.push(m);
         }
-        let kernel_errors = [
+        let name = open(t, &mut fams, !rows.is_empty());
+        for r in &rows {
+            let s = &r.stats;
+            t.histogram(
+                name,
+                &r.labels(),
+                &self.bucket_bounds,
+                &s.buckets[..self.bucket_bounds.len()],
+                s.duration_sum_ns as f64 / 1e9,
+                s.duration_count,
+            );
+        }
+        let name = open(t, &mut fams, true);
+        t.sample(name, &[], health.ring_full as f64);
+        let name = open(t, &mut fams, true);
+        for (reason, n) in [
             ("sockets_map_full", Some(health.sockets_full)),
             ("ports_map_full", Some(health.ports_full)),
             ("snapshot_map_full", Some(health.seen_full)),
@@ -288,55 +263,82 @@ impl Collector for ConnCollector {
             ("cgroup_unknown", Some(health.cgroup_unknown)),
             // Only where the kernel counts skipped runs: lost is derived from that count.
             ("lost_transition", health.lost),
-        ]
-        .iter()
-        .filter_map(|(reason, n)| Some(counter(&[("reason", reason)], (*n)?)))
-        .collect();
-        let mut info_gauge = proto::Gauge::default();
-        info_gauge.set_value(1.0);
-        let mut info = metric(&[("version", env!("CARGO_PKG_VERSION"))]);
-        info.set_gauge(info_gauge);
-
+        ] {
+            if let Some(n) = n {
+                t.sample(name, &[("reason", reason)], n as f64);
+            }
+        }
+        let name = open(t, &mut fams, true);
+        t.sample(name, &[], health.nested as f64);
         // Left out where the kernel keeps no count (before 5.12), rather than shown as 0.
         let skipped = [
             ("main", health.skipped_main),
             ("backup", health.skipped_backup),
-        ]
-        .iter()
-        .filter_map(|(program, n)| Some(counter(&[("program", program)], (*n)?)))
-        .collect();
-        let (scan_wall, scan_cpu) = match &idle {
-            Some(r) => (
-                vec![gauge(&[], r.scan_seconds)],
-                vec![gauge(&[], r.scan_cpu_seconds)],
-            ),
-            None => (Vec::new(), Vec::new()),
-        };
-        let parts: [(MetricType, Vec<proto::Metric>); 17] = [
-            (MetricType::GAUGE, gauges),
-            (MetricType::COUNTER, opened),
-            (MetricType::COUNTER, closed),
-            (MetricType::COUNTER, failed),
-            (MetricType::COUNTER, reset),
-            (MetricType::COUNTER, closed_by),
-            (MetricType::HISTOGRAM, hists),
-            (MetricType::COUNTER, vec![counter(&[], health.ring_full)]),
-            (MetricType::COUNTER, kernel_errors),
-            (MetricType::COUNTER, vec![counter(&[], health.nested)]),
-            (MetricType::COUNTER, skipped),
-            (MetricType::COUNTER, vec![counter(&[], health.nested_runs)]),
-            (MetricType::GAUGE, idle_gauges),
-            (MetricType::GAUGE, limits),
-            (MetricType::GAUGE, scan_wall),
-            (MetricType::GAUGE, scan_cpu),
-            (MetricType::GAUGE, vec![info]),
         ];
-        for (fam, (ty, metrics)) in fams.iter_mut().zip(parts) {
-            fam.set_field_type(ty);
-            fam.set_metric(metrics);
+        let f = fams.next().expect("skipped runs");
+        if skipped.iter().any(|(_, n)| n.is_some()) {
+            t.family(f.name, f.help, f.kind);
+            for (program, n) in skipped {
+                if let Some(n) = n {
+                    t.sample(f.name, &[("program", program)], n as f64);
+                }
+            }
         }
-        fams.retain(|f| !f.get_metric().is_empty());
-        fams
+        let name = open(t, &mut fams, true);
+        t.sample(name, &[], health.nested_runs as f64);
+        // The idle and limit families only with their flags: every watched port, even at 0.
+        let f = fams.next().expect("idle");
+        if idle.is_some() && !rows.is_empty() {
+            t.family(f.name, f.help, f.kind);
+            for r in &rows {
+                t.sample(f.name, &r.labels(), r.idle.unwrap_or(0) as f64);
+            }
+        }
+        let f = fams.next().expect("limit");
+        if let Some(n) = self.limit.filter(|_| !rows.is_empty()) {
+            t.family(f.name, f.help, f.kind);
+            for r in &rows {
+                t.sample(f.name, &r.labels(), n.into());
+            }
+        }
+        for value in [
+            idle.as_ref().map(|r| r.scan_seconds),
+            idle.as_ref().map(|r| r.scan_cpu_seconds),
+        ] {
+            let f = fams.next().expect("idle scan");
+            if let Some(v) = value {
+                t.family(f.name, f.help, f.kind);
+                t.sample(f.name, &[], v);
+            }
+        }
+        let name = open(t, &mut fams, true);
+        t.sample(name, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        debug_assert!(fams.next().is_none(), "every family written");
+    }
+}
+
+/// Starts the next family of `FAMILIES` (written in their order) when it has samples
+/// (`shown`); its name.
+fn open(t: &mut Text, fams: &mut std::slice::Iter<'static, Family>, shown: bool) -> &'static str {
+    let f = fams.next().expect("a family for each part, in order");
+    if shown {
+        t.family(f.name, f.help, f.kind);
+    }
+    f.name
+}
+
+/// One watched (direction, port), as a scrape reads it.
+struct Row<'a> {
+    dir: &'static str,
+    port: String,
+    stats: &'a PortStats,
+    base: Option<&'a [i64; tcp::NUM_STATES]>,
+    idle: Option<u64>,
+}
+
+impl Row<'_> {
+    fn labels(&self) -> [(&str, &str); 2] {
+        [("direction", self.dir), ("port", self.port.as_str())]
     }
 }
 
@@ -348,44 +350,29 @@ fn direction(d: u8) -> &'static str {
     }
 }
 
-fn metric(labels: &[(&str, &str)]) -> proto::Metric {
-    let pairs = labels
-        .iter()
-        .map(|(n, v)| {
-            let mut l = proto::LabelPair::default();
-            l.set_name(n.to_string());
-            l.set_value(v.to_string());
-            l
-        })
-        .collect();
-    let mut m = proto::Metric::default();
-    m.set_label(pairs);
-    m
+/// What the endpoint serves: the connection families, then observer's own `process_*` ones.
+pub struct Metrics {
+    conn: ConnCollector,
+    process: Registry,
 }
 
-fn gauge(labels: &[(&str, &str)], v: f64) -> proto::Metric {
-    let mut g = proto::Gauge::default();
-    g.set_value(v);
-    let mut m = metric(labels);
-    m.set_gauge(g);
-    m
-}
+impl Metrics {
+    pub fn new(conn: ConnCollector) -> Result<Metrics> {
+        let process = Registry::new();
+        process.register(Box::new(crate::process::ProcessCollector::new()?))?;
+        Ok(Metrics { conn, process })
+    }
 
-fn counter(labels: &[(&str, &str)], v: u64) -> proto::Metric {
-    let mut c = proto::Counter::default();
-    c.set_value(v as f64);
-    let mut m = metric(labels);
-    m.set_counter(c);
-    m
-}
-
-/// The registry: the connection collector and the process collector (observer's own CPU,
-/// memory and fds).
-pub fn registry(collector: ConnCollector) -> Result<Registry> {
-    let r = Registry::new();
-    r.register(Box::new(collector))?;
-    r.register(Box::new(crate::process::ProcessCollector::new()?))?;
-    Ok(r)
+    /// The exposition, in Prometheus's text format.
+    pub fn render(&self) -> Result<Vec<u8>> {
+        let mut t = Text::new();
+        self.conn.write(&mut t);
+        let mut out = t.into_bytes();
+        TextEncoder::new()
+            .encode(&self.process.gather(), &mut out)
+            .context("encoding the process metrics")?;
+        Ok(out)
+    }
 }
 
 /// Binds the metrics endpoint (before anything is loaded, so that a busy port fails early).
