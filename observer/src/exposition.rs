@@ -119,7 +119,7 @@ impl Text {
 
 /// Backslashes and newlines escaped, and double quotes in label values.
 fn escape(v: &str, quotes: bool) -> std::borrow::Cow<'_, str> {
-    if !v.contains(['\\', '\n']) && !(quotes && v.contains('"')) {
+    if !(v.contains(['\\', '\n']) || quotes && v.contains('"')) {
         return v.into();
     }
     let mut s = String::with_capacity(v.len() + 8);

@@ -203,7 +203,7 @@ impl ConnCollector {
         }
         let per_row = |t: &mut Text, name: &str, v: &dyn Fn(&PortStats) -> u64| {
             for r in &rows {
-                t.sample(name, &r.labels(), v(&r.stats) as f64);
+                t.sample(name, &r.labels(), v(r.stats) as f64);
             }
         };
         let name = open(t, &mut fams, !rows.is_empty());
