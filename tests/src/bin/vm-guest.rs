@@ -51,7 +51,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         memlock()
     );
-    let tests: [Test; 9] = [
+    let tests: [Test; 10] = [
         ("churn_two_observers", churn_two_observers),
         ("timeouts_nest", timeouts_nest),
         ("attach_with_open_connections", attach_with_open_connections),
@@ -61,6 +61,7 @@ fn main() {
         ("all_listeners", all_listeners),
         ("sigterm_unloads", sigterm_unloads),
         ("skipped_runs_series", skipped_runs_series),
+        ("endings", endings),
     ];
     std::panic::set_hook(Box::new(|info| println!("vm-guest: panic: {info}")));
     warm_up();
@@ -628,6 +629,100 @@ fn connections_counted(o: &Observer, port: u16, direction: &str) -> Outcome {
     }
     let (good, detail) = o.settle(|m| opened_closed(m, direction, port, 10));
     if good {
+        Ok(detail)
+    } else {
+        Err(o.failure(&detail))
+    }
+}
+
+/// How connections end, read from the socket at CLOSE on this kernel: 3 connects to a closed
+/// port are failed `refused`; one connection that sends 1,000 bytes and closes first is closed
+/// `by=remote` on the server's side, whose close event says it received exactly those bytes.
+fn endings() -> Outcome {
+    const P: u16 = 9900;
+    const R: u16 = 9901;
+    const SENT: usize = 1000;
+    let _server = Server::start(P)?;
+    let o = Observer::start(
+        "",
+        &[
+            "--port",
+            &P.to_string(),
+            "--remote-port",
+            &R.to_string(),
+            "--events",
+            "json",
+        ],
+    )?;
+    let (_, refused) = connect_n(R, 3);
+    {
+        let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, P)).map_err(|e| e.to_string())?;
+        c.write_all(&[7u8; SENT]).map_err(|e| e.to_string())?;
+        // The client's FIN first; the server reads to EOF, then closes.
+        c.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.to_string())?;
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+    }
+    let port = |p: u16| p.to_string();
+    let (good, detail) = o.settle(|m| {
+        vec![
+            Cmp::new("connects refused", Some(refused as f64), 3),
+            Cmp::new(
+                "failed{refused}",
+                m.value(
+                    "observer_tcp_connections_failed_total",
+                    &[
+                        ("direction", "outbound"),
+                        ("port", &port(R)),
+                        ("reason", "refused"),
+                    ],
+                ),
+                3,
+            ),
+            Cmp::new(
+                "closed_by{remote}",
+                m.value(
+                    "observer_tcp_connections_closed_by_total",
+                    &[
+                        ("direction", "inbound"),
+                        ("port", &port(P)),
+                        ("by", "remote"),
+                    ],
+                ),
+                1,
+            ),
+        ]
+    });
+    if !good {
+        return Err(o.failure(&detail));
+    }
+    // Events reach stdout within 50 ms of their record.
+    std::thread::sleep(Duration::from_millis(500));
+    let events: Vec<serde_json::Value> = o
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let failed = events
+        .iter()
+        .filter(|e| e["type"] == "failed" && e["reason"] == "refused")
+        .count();
+    let close = events
+        .iter()
+        .find(|e| e["type"] == "close" && e["port"] == P)
+        .cloned()
+        .unwrap_or_default();
+    let got = (
+        close["closed_by"].as_str().unwrap_or("-").to_string(),
+        close["reason"].as_str().unwrap_or("-").to_string(),
+        close["bytes_received"].as_u64(),
+    );
+    let detail = format!(
+        "{detail}; events: {failed} failed refused, close by={} reason={} received={:?}",
+        got.0, got.1, got.2
+    );
+    if failed == 3 && got == ("remote".into(), "normal".into(), Some(SENT as u64)) {
         Ok(detail)
     } else {
         Err(o.failure(&detail))
