@@ -137,10 +137,7 @@ fn a_listener_that_never_accepts_shows_its_queue_and_backlog() {
 fn handshakes_whose_ack_is_dropped_are_pending_not_syn_recv() {
     require_root();
     let ns = Netns::new();
-    let listener = ns.run(|| {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l
-    });
+    let listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
     let addr: SocketAddr = listener.local_addr().unwrap();
     let port = addr.port();
     // The client's pure ACK (the handshake's last segment) never reaches the server.
