@@ -207,22 +207,32 @@ pub fn open_close(addr: SocketAddr, n: usize) -> Vec<u16> {
 
 /// `n` short connections as fast as `threads` clients can make them, against a server that
 /// closes first (so TIME_WAIT stays on the server side and the client's ports stay free).
-pub fn churn(addr: SocketAddr, n: usize, threads: usize) {
+/// Returns the client-side local ports, in no particular order.
+pub fn churn(addr: SocketAddr, n: usize, threads: usize) -> Vec<u16> {
     std::thread::scope(|s| {
-        for t in 0..threads {
-            let count = n / threads + usize::from(t < n % threads);
-            s.spawn(move || {
-                let mut buf = [0u8; 16];
-                for _ in 0..count {
-                    let mut c =
-                        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-                    c.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                    // The server closes: read until EOF, then close.
-                    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
-                }
-            });
-        }
-    });
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let count = n / threads + usize::from(t < n % threads);
+                s.spawn(move || {
+                    let mut buf = [0u8; 16];
+                    let mut ports = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                            .expect("connect");
+                        ports.push(c.local_addr().expect("local address").port());
+                        c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                        // The server closes: read until EOF, then close.
+                        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+                    }
+                    ports
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a churn thread"))
+            .collect()
+    })
 }
 
 /// Connections in state ESTABLISHED with local port `port`, as `ss` counts them (the oracle).

@@ -32,11 +32,24 @@ fn per_port(s: &Scrape, name: &str, port: u16) -> Option<f64> {
     s.value(name, &[("port", &port.to_string())])
 }
 
+/// How many sockets `ss` lists in each state for `filter`: what became of them, when a count
+/// is not what the test made.
+fn ss_states(ns: &Netns, filter: &str) -> std::collections::BTreeMap<String, usize> {
+    let out = output_of("ip", &["netns", "exec", &ns.name, "ss", "-Htan", filter]);
+    let mut states = std::collections::BTreeMap::new();
+    for l in String::from_utf8_lossy(&out).lines() {
+        if let Some(state) = l.split_whitespace().next() {
+            *states.entry(state.to_string()).or_default() += 1;
+        }
+    }
+    states
+}
+
 /// A scrape with a fresh census and the oracle's figure at that moment: the oracle is read
 /// before and after the scrape, and the two must agree (a socket that changed state in between,
 /// a TIME_WAIT expiring or a handshake given up, makes them differ: then it is read again). The
 /// census runs at most once a second, so each try waits a little longer than that first.
-fn with_oracle(o: &Observer, oracle: impl Fn() -> usize) -> (usize, Scrape) {
+fn with_oracle<T: PartialEq>(o: &Observer, oracle: impl Fn() -> T) -> (T, Scrape) {
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(1100));
         let before = oracle();
@@ -48,26 +61,50 @@ fn with_oracle(o: &Observer, oracle: impl Fn() -> usize) -> (usize, Scrape) {
     panic!("the oracle never held still over a scrape");
 }
 
+/// A namespace for a churn whose TIME_WAIT sockets all last their 60 s. By default (RFC 1337
+/// off) a RST kills a TIME_WAIT socket, and on a loaded host some do get one: a late segment of
+/// the time-wait side reaches a client port whose socket is gone, and that host answers RST
+/// (seen with the tcp:tcp_send_reset tracepoint, one RST per TIME_WAIT missing). With
+/// tcp_rfc1337 on, the time-wait socket ignores it, so the count the test expects is exact.
+fn churn_namespace() -> Netns {
+    let ns = Netns::new();
+    ns.sysctl("net.ipv4.tcp_rfc1337", "1");
+    ns
+}
+
 #[test]
 fn time_wait_of_2000_churned_connections_equals_ss() {
     require_root();
+    let ns = churn_namespace();
     // The server closes first: TIME_WAIT lands on the watched (server) side.
-    let server = Server::start(&["127.0.0.1"], Mode::CloseFirst);
+    let server = ns.run(|| Server::start(&["127.0.0.1"], Mode::CloseFirst));
     let port = server.port();
     let o = Observer::start(&["--port", &port.to_string()]);
     assert_eq!(time_wait(&o.scrape(), IN, port), Some(0.0), "present at 0");
-    churn(server.addrs[0], 2000, 4);
+    let ports = ns.run(|| churn(server.addrs[0], 2000, 4));
+    assert_eq!(ports.len(), 2000);
+    // A client port used twice gives the same addresses and ports twice: the second SYN takes
+    // over the first connection's TIME_WAIT socket (RFC 6191), so each distinct client port
+    // leaves one.
+    let distinct = ports.iter().collect::<std::collections::HashSet<_>>().len();
     let filter = format!("( sport = :{port} )");
-    let (ss, s) = with_oracle(&o, || ss_state(None, "time-wait", &filter));
-    assert_eq!(ss, 2000, "ss: every churned connection in TIME_WAIT");
-    assert_eq!(time_wait(&s, IN, port), Some(ss as f64), "{}", s.text);
-    // The kernel's gauges are untouched: nothing is left in the states they count.
-    assert_eq!(s.established(IN, port), Some(0.0));
-    let fin_wait2 = s.value(
-        CONNS,
-        &[("port", &port.to_string()), ("state", "fin_wait2")],
+    // A time-wait socket whose client's FIN has not come yet is in FIN_WAIT2 (ss lists it so,
+    // and leaves it out of time-wait, as the census does); rare, and counted here.
+    let ((ss, waiting_fin), s) = with_oracle(&o, || {
+        let at = |state| ss_state(Some(&ns.name), state, &filter);
+        (at("time-wait"), at("fin-wait-2"))
+    });
+    assert_eq!(
+        ss + waiting_fin,
+        distinct,
+        "ss: one TIME_WAIT per client port of the churn; all states: {:?}",
+        ss_states(&ns, &filter)
     );
-    assert_eq!(fin_wait2, Some(0.0));
+    // Not a test that passes with nothing counted: nearly all are in TIME_WAIT.
+    assert!(ss * 100 >= distinct * 99, "{ss} in TIME_WAIT of {distinct}");
+    assert_eq!(time_wait(&s, IN, port), Some(ss as f64), "{}", s.text);
+    // The kernel's gauges are untouched: no connection is left established.
+    assert_eq!(s.established(IN, port), Some(0.0));
     let cpu = s.value("observer_census_cpu_seconds", &[]).unwrap();
     let wall = s.value("observer_census_duration_seconds", &[]).unwrap();
     assert!(
@@ -79,15 +116,18 @@ fn time_wait_of_2000_churned_connections_equals_ss() {
 #[test]
 fn time_wait_of_connections_to_a_watched_remote_port_is_outbound() {
     require_root();
+    let ns = churn_namespace();
     // The client closes first: TIME_WAIT lands on the client side, whose remote port is watched.
-    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let server = ns.run(|| Server::start(&["127.0.0.1"], Mode::Hold));
     let port = server.port();
     let o = Observer::start(&["--remote-port", &port.to_string()]);
-    open_close(server.addrs[0], 300);
+    let ports = ns.run(|| open_close(server.addrs[0], 300));
+    // Each distinct client port leaves one TIME_WAIT (see above).
+    let distinct = ports.iter().collect::<std::collections::HashSet<_>>().len();
     let filter = format!("( dport = :{port} )");
-    let (ss, s) = with_oracle(&o, || ss_state(None, "time-wait", &filter));
-    assert_eq!(ss, 300);
-    assert_eq!(time_wait(&s, OUT, port), Some(300.0), "{}", s.text);
+    let (ss, s) = with_oracle(&o, || ss_state(Some(&ns.name), "time-wait", &filter));
+    assert_eq!(ss, distinct, "all states: {:?}", ss_states(&ns, &filter));
+    assert_eq!(time_wait(&s, OUT, port), Some(ss as f64), "{}", s.text);
     // No listener of a watched local port there: no listen queue series.
     assert_eq!(per_port(&s, "observer_tcp_listen_queue", port), None);
 }
