@@ -1,6 +1,7 @@
 //! Prometheus metrics, read from the kernel's maps at scrape time (plus the start-up snapshot),
 //! and a minimal HTTP endpoint for them. A scrape reads one entry per watched (direction, port):
-//! its cost does not grow with the number of connections.
+//! its cost does not grow with the number of connections, but for the socket census (`census`),
+//! which a scrape runs at most once a second.
 use std::{
     collections::{BTreeSet, HashMap},
     net::SocketAddr,
@@ -223,10 +224,10 @@ impl ConnCollector {
             .collect();
 
         // Lines per watched port: the states, opened, closed, the failure reasons, reset, who
-        // closed, the histogram's buckets, +Inf, sum and count, idle and limit; none is longer
-        // than 160 bytes.
+        // closed, the histogram's buckets, +Inf, sum and count, idle and limit, and the census's
+        // time_wait and three per-port gauges; none is longer than 160 bytes.
         let lines =
-            tcp::GAUGED.len() + 1 + 4 + FAILURE_REASONS.len() + 2 + self.bucket_bounds.len() + 5;
+            tcp::GAUGED.len() + 4 + FAILURE_REASONS.len() + 2 + self.bucket_bounds.len() + 5 + 4;
         t.reserve(rows.len() * lines * 160 + 64 * 1024);
         let mut fams = FAMILIES.iter();
         // One family after another, each over every watched (direction, port).
