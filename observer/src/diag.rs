@@ -90,6 +90,14 @@ fn socket_of(r: &InetResponse) -> DiagSocket {
     }
 }
 
+/// A socket's two queue figures in a dump. For a listener: `recv` is the connections waiting
+/// for accept(), `send` its backlog (what `ss -lnt` shows as Recv-Q and Send-Q).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Queues {
+    pub recv: u32,
+    pub send: u32,
+}
+
 /// What the kernel keeps of a connection's traffic (its `struct tcp_info`, what `ss -i` shows
 /// as lastsnd and lastrcv): milliseconds since it last sent data, and since it last received
 /// data. The handshake counts as both, so a connection that never moved data is as old as it.
@@ -170,6 +178,22 @@ impl Lister {
         Ok(out)
     }
 
+    /// The TCP sockets (IPv4 and IPv6) of the namespace in the given states, each handed to
+    /// `each` with its queues as the kernel reports them (`idiag_rqueue`, `idiag_wqueue`: for a
+    /// listener, the connections waiting for accept() and the backlog), without collecting them.
+    pub fn each(&mut self, states: u32, mut each: impl FnMut(&DiagSocket, Queues)) -> Result<()> {
+        for family in [AF_INET, AF_INET6] {
+            request(&mut self.socket, family, states, false, |r| {
+                let queues = Queues {
+                    recv: r.header.recv_queue,
+                    send: r.header.send_queue,
+                };
+                each(&socket_of(r), queues)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Every established TCP connection (IPv4 and IPv6) of the namespace, with its traffic.
     pub fn established(&mut self) -> Result<Vec<Listed>> {
         let mut out = Vec::new();
@@ -222,7 +246,9 @@ fn request(
             } else {
                 ExtensionFlags::empty()
             },
-            states: StateFlags::from_bits_truncate(states),
+            // Retained as given: the crate names no NEW_SYN_RECV bit, which the kernel takes
+            // (request sockets, see `census`).
+            states: StateFlags::from_bits_retain(states),
             socket_id,
         })
         .into(),

@@ -136,23 +136,7 @@ impl Scanner {
         targets: Targets,
         threshold: Duration,
     ) -> Result<Scanner> {
-        let own = Namespace::own().inode;
-        let mut listers = Vec::new();
-        for ns in namespaces {
-            if ns.inode == 0 || ns.inode == own {
-                let l = Lister::open().context("opening sock_diag for --idle-after")?;
-                listers.push((ns.inode, l));
-                continue;
-            }
-            // A namespace gone since the snapshot listed it (its last process exited) has no
-            // connections left to scan.
-            match Lister::open_in(&ns.path) {
-                Ok(l) => listers.push((ns.inode, l)),
-                Err(e) => {
-                    eprintln!("observer: warning: {ns} is not scanned for idle connections: {e:#}")
-                }
-            }
-        }
+        let listers = crate::netns::listers(namespaces, "--idle-after")?;
         Ok(Scanner {
             listers,
             watched,
@@ -290,7 +274,7 @@ fn found_one(
 }
 
 /// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
+pub fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

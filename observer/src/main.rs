@@ -7,6 +7,7 @@
 //! `serve` serves the metrics, streams the events and sweeps until SIGINT/SIGTERM.
 mod basic_auth;
 mod btf;
+mod census;
 mod cli;
 mod config;
 mod diag;
@@ -112,7 +113,11 @@ async fn run(config: Config) -> Result<()> {
         watched.classify(ns, s)
     })
     .context("counting the connections that already exist")?;
-    // Its sock_diag sockets are opened in each namespace now, while observer may enter them.
+    // Their sock_diag sockets are opened in each namespace now, while observer may enter them.
+    let census = match config.metrics_addr {
+        Some(_) => Some(census::Census::open(&watched.namespaces, watched.clone())?),
+        None => None,
+    };
     let scanner = match config.idle_after {
         Some(after) => Some(idle::Scanner::open(
             &watched.namespaces.clone(),
@@ -124,7 +129,7 @@ async fn run(config: Config) -> Result<()> {
     };
     // Start-up is done: all that is left needs no capability but CAP_BPF (see `privilege`).
     privilege::drop_after_start().context("dropping capabilities")?;
-    serve(config, targets, kernel, baseline, listener, scanner).await
+    serve(config, targets, kernel, baseline, listener, scanner, census).await
 }
 
 /// The capabilities start-up needs for this configuration (see `privilege::needs`).
@@ -192,6 +197,7 @@ async fn serve(
     baseline: snapshot::Baseline,
     listener: Option<tokio::net::TcpListener>,
     scanner: Option<idle::Scanner>,
+    census: Option<Arc<Mutex<census::Census>>>,
 ) -> Result<()> {
     let mut kernel = kernel;
     let events = kernel.take_events();
@@ -224,6 +230,7 @@ async fn serve(
                 config.buckets.clone(),
                 scanner.as_ref().map(idle::Scanner::report),
                 config.warn_connections,
+                census.clone(),
             );
             let metrics = Arc::new(metrics::Metrics::new(collector)?);
             Some(tokio::spawn(http::serve(l, metrics, config.web.clone())))

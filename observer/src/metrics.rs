@@ -1,8 +1,9 @@
 //! Prometheus metrics, read from the kernel's maps at scrape time (plus the start-up snapshot),
 //! and a minimal HTTP endpoint for them. A scrape reads one entry per watched (direction, port):
-//! its cost does not grow with the number of connections.
+//! its cost does not grow with the number of connections, but for the socket census (`census`),
+//! which a scrape runs at most once a second.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
@@ -18,6 +19,7 @@ use prometheus::{Encoder as _, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
 use crate::{
+    census::{self, Census},
     exposition::{Kind, Text},
     idle,
     kernel::Kernel,
@@ -35,6 +37,8 @@ pub struct ConnCollector {
     idle: Option<Arc<Mutex<idle::Report>>>,
     /// `--warn-connections`.
     limit: Option<u32>,
+    /// The socket census (TIME_WAIT, listen queues, pending handshakes).
+    census: Option<Arc<Mutex<Census>>>,
 }
 
 struct Family {
@@ -43,10 +47,10 @@ struct Family {
     kind: Kind,
 }
 
-const FAMILIES: [Family; 17] = [
+const FAMILIES: [Family; 22] = [
     Family {
         name: "observer_tcp_connections",
-        help: "Watched sockets in each TCP state right now.",
+        help: "Watched sockets in each TCP state right now; time_wait from the socket census at the last scrape.",
         kind: Kind::Gauge,
     },
     Family {
@@ -125,6 +129,31 @@ const FAMILIES: [Family; 17] = [
         kind: Kind::Gauge,
     },
     Family {
+        name: "observer_tcp_listen_queue",
+        help: "Connections waiting for accept() on the listeners of a watched port, summed over them (SO_REUSEPORT, IPv4 and IPv6, every watched namespace), at the last census.",
+        kind: Kind::Gauge,
+    },
+    Family {
+        name: "observer_tcp_listen_queue_max",
+        help: "Backlog of the listeners of a watched port (the most connections that may wait for accept()), summed over them, at the last census.",
+        kind: Kind::Gauge,
+    },
+    Family {
+        name: "observer_tcp_handshakes_pending",
+        help: "Inbound handshakes of a watched port waiting for the client's ACK (the kernel's request sockets, not in the syn_recv state), at the last census.",
+        kind: Kind::Gauge,
+    },
+    Family {
+        name: "observer_census_duration_seconds",
+        help: "Wall time of the last socket census.",
+        kind: Kind::Gauge,
+    },
+    Family {
+        name: "observer_census_cpu_seconds",
+        help: "CPU time of the last socket census.",
+        kind: Kind::Gauge,
+    },
+    Family {
         name: "observer_build_info",
         help: "observer's version.",
         kind: Kind::Gauge,
@@ -139,6 +168,7 @@ impl ConnCollector {
         bucket_bounds: Vec<f64>,
         idle: Option<Arc<Mutex<idle::Report>>>,
         limit: Option<u32>,
+        census: Option<Arc<Mutex<Census>>>,
     ) -> ConnCollector {
         ConnCollector {
             kernel,
@@ -147,11 +177,17 @@ impl ConnCollector {
             bucket_bounds,
             idle,
             limit,
+            census,
         }
     }
 
     /// Writes every family (those with no sample left out), reading the kernel once.
     pub fn write(&self, t: &mut Text) {
+        // First, and outside the kernel's lock, which a census takes for a moment itself.
+        let census: Option<census::Report> = self
+            .census
+            .as_ref()
+            .map(|c| c.lock().expect("census").latest(&self.kernel));
         let (stats, local_ports, health) = {
             let k = self.kernel.lock().expect("kernel lock");
             (k.stats(), k.local_ports(), k.health())
@@ -165,6 +201,9 @@ impl ConnCollector {
         );
         keys.extend(self.baseline.gauges.keys().copied());
         keys.extend(stats.keys().copied());
+        if let Some(c) = &census {
+            keys.extend(c.counts.time_wait.keys().copied());
+        }
         // Taken once: a scan that ends meanwhile does not mix two scans in one scrape.
         let idle = self
             .idle
@@ -178,14 +217,17 @@ impl ConnCollector {
                 stats: stats.get(key).unwrap_or(&PortStats::ZERO),
                 base: self.baseline.gauges.get(key),
                 idle: idle.as_ref().map(|r| r.idle.get(key).copied().unwrap_or(0)),
+                time_wait: census
+                    .as_ref()
+                    .map(|c| c.counts.time_wait.get(key).copied().unwrap_or(0)),
             })
             .collect();
 
         // Lines per watched port: the states, opened, closed, the failure reasons, reset, who
-        // closed, the histogram's buckets, +Inf, sum and count, idle and limit; none is longer
-        // than 160 bytes.
+        // closed, the histogram's buckets, +Inf, sum and count, idle and limit, and the census's
+        // time_wait and three per-port gauges; none is longer than 160 bytes.
         let lines =
-            tcp::GAUGED.len() + 4 + FAILURE_REASONS.len() + 2 + self.bucket_bounds.len() + 5;
+            tcp::GAUGED.len() + 4 + FAILURE_REASONS.len() + 2 + self.bucket_bounds.len() + 5 + 4;
         t.reserve(rows.len() * lines * 160 + 64 * 1024);
         let mut fams = FAMILIES.iter();
         // One family after another, each over every watched (direction, port).
@@ -199,6 +241,15 @@ impl ConnCollector {
                     ("state", tcp::name(state)),
                 ];
                 t.sample(name, &labels, v as f64);
+            }
+            // Not a kernel gauge: the kernel program never sees time-wait sockets.
+            if let Some(n) = r.time_wait {
+                let labels = [
+                    ("direction", r.dir),
+                    ("port", r.port.as_str()),
+                    ("state", tcp::name(tcp::TIME_WAIT)),
+                ];
+                t.sample(name, &labels, n as f64);
             }
         }
         let per_row = |t: &mut Text, name: &str, v: &dyn Fn(&PortStats) -> u64| {
@@ -311,6 +362,33 @@ impl ConnCollector {
                 t.sample(f.name, &[], v);
             }
         }
+        // The census's families: every watched inbound port, even at 0 (no listener there).
+        let inbound: Vec<&Row> = rows.iter().filter(|r| r.dir == "inbound").collect();
+        for pick in [
+            (|c: &census::Counts| &c.listen_queue) as fn(&census::Counts) -> &HashMap<u16, u64>,
+            |c| &c.listen_queue_max,
+            |c| &c.handshakes_pending,
+        ] {
+            let f = fams.next().expect("census");
+            if let Some(c) = census.as_ref().filter(|_| !inbound.is_empty()) {
+                t.family(f.name, f.help, f.kind);
+                for r in &inbound {
+                    let port: u16 = r.port.parse().expect("a port");
+                    let n = pick(&c.counts).get(&port).copied().unwrap_or(0);
+                    t.sample(f.name, &[("port", r.port.as_str())], n as f64);
+                }
+            }
+        }
+        for value in [
+            census.as_ref().map(|r| r.seconds),
+            census.as_ref().map(|r| r.cpu_seconds),
+        ] {
+            let f = fams.next().expect("census cost");
+            if let Some(v) = value {
+                t.family(f.name, f.help, f.kind);
+                t.sample(f.name, &[], v);
+            }
+        }
         let name = open(t, &mut fams, true);
         t.sample(name, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
         debug_assert!(fams.next().is_none(), "every family written");
@@ -334,6 +412,8 @@ struct Row<'a> {
     stats: &'a PortStats,
     base: Option<&'a [i64; tcp::NUM_STATES]>,
     idle: Option<u64>,
+    /// From the census.
+    time_wait: Option<u64>,
 }
 
 impl Row<'_> {

@@ -6,9 +6,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
-use crate::diag::{self, DiagSocket};
+use crate::diag::{self, DiagSocket, Lister};
 
 /// A network namespace, by the inode the kernel gives it (what the eBPF program reads from a
 /// socket) and a path that opens it. Inode 0: namespaces are not told apart (no BTF offsets).
@@ -55,6 +55,27 @@ impl Namespace {
             diag::dump_in(&self.path, states)
         }
     }
+}
+
+/// A sock_diag socket kept open in each namespace, with its inode, opened now (at start, while
+/// observer may still enter namespaces) for a part of observer that lists sockets later
+/// (`purpose`, for the warnings). A namespace gone since it was found (its last process exited)
+/// has nothing left to list: a warning, not an error.
+pub fn listers(namespaces: &[Namespace], purpose: &str) -> Result<Vec<(u32, Lister)>> {
+    let own = Namespace::own().inode;
+    let mut listers = Vec::new();
+    for ns in namespaces {
+        if ns.inode == 0 || ns.inode == own {
+            let l = Lister::open().with_context(|| format!("opening sock_diag for {purpose}"))?;
+            listers.push((ns.inode, l));
+            continue;
+        }
+        match Lister::open_in(&ns.path) {
+            Ok(l) => listers.push((ns.inode, l)),
+            Err(e) => eprintln!("observer: warning: {ns} is not listed for {purpose}: {e:#}"),
+        }
+    }
+    Ok(listers)
 }
 
 /// Every network namespace that a process is in, or that `ip netns` holds.

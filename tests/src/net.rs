@@ -132,11 +132,61 @@ pub fn ss_sockets_from(addr: SocketAddr) -> usize {
 
 /// The lines `ss` prints with these arguments.
 fn ss_count(args: &[&str]) -> usize {
-    let out = std::process::Command::new("ss")
-        .args(args)
-        .output()
-        .expect("ss");
-    count_lines(&String::from_utf8_lossy(&out.stdout))
+    count_lines(&ss_in(None, args))
+}
+
+/// What `ss` prints with these arguments, run in network namespace `netns` (`ip netns` name;
+/// None: this one).
+fn ss_in(netns: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "ss"]);
+            c
+        }
+        None => std::process::Command::new("ss"),
+    };
+    let out = cmd.args(args).output().expect("ss");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// TCP sockets in `state` (ss's name: `time-wait`, `syn-recv`) that match `filter` (`( sport =
+/// :8080 )`), as `ss` counts them in namespace `netns`.
+pub fn ss_state(netns: Option<&str>, state: &str, filter: &str) -> usize {
+    count_lines(&ss_in(netns, &["-Htan", "state", state, filter]))
+}
+
+/// Recv-Q and Send-Q of each TCP listener on `port`, as `ss -lnt` prints them: for a listener,
+/// the connections waiting for accept() and the backlog.
+pub fn ss_listen_queues(port: u16) -> Vec<(u64, u64)> {
+    let out = ss_in(None, &["-Hlnt", &format!("( sport = :{port} )")]);
+    queues_in(&out)
+}
+
+fn queues_in(ss: &str) -> Vec<(u64, u64)> {
+    ss.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip(1);
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A listener on `addr` with this accept backlog, which nothing accepts from.
+pub fn listen_with_backlog(addr: SocketAddr, backlog: u32) -> std::net::TcpListener {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind(addr)
+            .unwrap_or_else(|e| panic!("binding {addr}: {e}"));
+        let l = s.listen(backlog).expect("listen");
+        let l = l.into_std().expect("std listener");
+        l.set_nonblocking(false).expect("blocking");
+        l
+    })
 }
 
 /// The sockets in `ss -H` output: one a line, blank lines aside.
@@ -157,22 +207,32 @@ pub fn open_close(addr: SocketAddr, n: usize) -> Vec<u16> {
 
 /// `n` short connections as fast as `threads` clients can make them, against a server that
 /// closes first (so TIME_WAIT stays on the server side and the client's ports stay free).
-pub fn churn(addr: SocketAddr, n: usize, threads: usize) {
+/// Returns the client-side local ports, in no particular order.
+pub fn churn(addr: SocketAddr, n: usize, threads: usize) -> Vec<u16> {
     std::thread::scope(|s| {
-        for t in 0..threads {
-            let count = n / threads + usize::from(t < n % threads);
-            s.spawn(move || {
-                let mut buf = [0u8; 16];
-                for _ in 0..count {
-                    let mut c =
-                        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-                    c.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                    // The server closes: read until EOF, then close.
-                    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
-                }
-            });
-        }
-    });
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let count = n / threads + usize::from(t < n % threads);
+                s.spawn(move || {
+                    let mut buf = [0u8; 16];
+                    let mut ports = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                            .expect("connect");
+                        ports.push(c.local_addr().expect("local address").port());
+                        c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                        // The server closes: read until EOF, then close.
+                        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+                    }
+                    ports
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a churn thread"))
+            .collect()
+    })
 }
 
 /// Connections in state ESTABLISHED with local port `port`, as `ss` counts them (the oracle).
@@ -278,6 +338,12 @@ mod tests {
             super::idle_in(out, std::time::Duration::from_millis(2400)),
             1
         );
+    }
+
+    #[test]
+    fn reads_the_listen_queues_from_ss() {
+        let out = "LISTEN 9      8          127.0.0.1:19402      0.0.0.0:*\nLISTEN 0 4096 [::]:80 [::]:*\n";
+        assert_eq!(super::queues_in(out), [(9, 8), (0, 4096)]);
     }
 
     #[test]

@@ -27,6 +27,34 @@ pub struct Scrape {
 }
 
 impl Scrape {
+    /// `promtool check metrics` finds nothing to say about a scrape.
+    pub fn promtool_check(&self) {
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool is installed by cargo xtask setup");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(self.text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && report.trim().is_empty(),
+            "promtool: {report}\n{}",
+            self.text
+        );
+    }
+
     /// The value of the sample `name{labels}` whose labels include all of `labels`.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples(name)

@@ -11,7 +11,6 @@ use observer_tests::{
     net::{Chatter, Mode, Server, hold, ss_idle},
     observer::{Observer, run_to_exit},
     require_root,
-    scrape::Scrape,
 };
 use serde_json::Value;
 
@@ -112,7 +111,7 @@ fn promtool_accepts_a_scrape_with_idle_and_limit() {
     ]);
     let _c = hold(server.addrs[0], 3);
     let s = o.settle("3 idle", |s| s.conn(IDLE, IN, port) == Some(3.0));
-    promtool_check(&s);
+    s.promtool_check();
     // Every series of the connections gauge has its idle and limit series.
     assert_eq!(s.conn(IDLE, "outbound", 5432), Some(0.0));
     for (dir, p) in [(IN, port), ("outbound", 5432)] {
@@ -164,32 +163,4 @@ fn bad_values_are_usage_errors() {
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
     }
-}
-
-/// `promtool check metrics` finds nothing to say about a scrape.
-fn promtool_check(s: &Scrape) {
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is installed by cargo xtask setup");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(s.text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}\n{}",
-        s.text
-    );
 }

@@ -21,6 +21,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "bpftrace",
     "iproute2",
+    // The census test drops a handshake's last ACK with a firewall rule in a test namespace.
+    "iptables",
     "prometheus",
     "nginx-light",
     "wrk",
