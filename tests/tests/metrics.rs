@@ -313,15 +313,24 @@ fn attaching_in_the_middle_of_churn_counts_every_connection_once() {
     for c in churners {
         c.join().unwrap();
     }
+    // The states the kernel program counts. `time_wait` comes from the socket census instead,
+    // which cannot tell an inbound time-wait socket from an earlier outbound connection that
+    // used this (ephemeral) port number as its own (README, "Socket census"): leftovers of other
+    // tests could show there.
+    let counted = |l: &[(String, String)]| !l.iter().any(|(k, v)| k == "state" && v == "time_wait");
     let others_zero = |s: &observer_tests::scrape::Scrape| {
         s.samples("observer_tcp_connections")
             .iter()
+            .filter(|(l, _)| counted(l))
             .all(|(l, v)| *v == 0.0 || l.iter().any(|(k, v)| k == "state" && v == "established"))
     };
     let s = o.settle("only the held connections left", |s| {
         s.established(IN, port) == Some(200.0) && ss_established(port) == 200 && others_zero(s)
     });
     for (labels, v) in s.samples("observer_tcp_connections") {
+        if !counted(&labels) {
+            continue;
+        }
         let state = &labels.iter().find(|(k, _)| k == "state").unwrap().1;
         let expected = if state == "established" { 200.0 } else { 0.0 };
         assert_eq!(v, expected, "{labels:?}\n{}", s.text);

@@ -1332,7 +1332,10 @@ impl Metrics {
         let g: Vec<f64> = self
             .samples("observer_tcp_connections")
             .into_iter()
-            .filter(|(l, _)| l.get("port") == Some(&port))
+            // The states the kernel program counts: `time_wait` is the socket census's.
+            .filter(|(l, _)| {
+                l.get("port") == Some(&port) && l.get("state").is_none_or(|s| s != "time_wait")
+            })
             .map(|(_, v)| v.abs())
             .collect();
         (!g.is_empty()).then(|| g.iter().sum())
