@@ -1,9 +1,6 @@
 //! Prometheus metrics, end to end: exact counts from the first scrape, under churn, with a
 //! stalled event reader, and through a real Prometheus server.
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use observer_tests::{
     net::{Mode, Server, churn, connect_from, hold, ss_established, ss_sockets_from},
@@ -205,31 +202,7 @@ fn promtool_accepts_a_real_scrape() {
     let o = Observer::start(&["--port", &port.to_string(), "--remote-port", "5432"]);
     let _c = hold(server.addrs[0], 3);
     let s = o.settle("3 open", |s| s.established(IN, port) == Some(3.0));
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed by cargo xtask setup");
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(s.text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}\n{}",
-        s.text
-    );
+    s.promtool_check();
     // The other families are there too.
     assert_eq!(
         s.value(

@@ -93,44 +93,36 @@ fn packages() -> Result<()> {
 }
 
 fn bpf_linker() -> Result<()> {
-    let ok = Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
-        .unwrap_or(false);
-    if ok {
-        return Ok(());
-    }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
-    run(Command::new("cargo")
-        .args([
-            "install",
-            "--locked",
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-        ])
-        .args(["--no-default-features", "--features", "llvm-22"])
-        .env("LLVM_PREFIX", LLVM_PREFIX))
+    cargo_tool(
+        "bpf-linker",
+        BPF_LINKER_VERSION,
+        &["--no-default-features", "--features", "llvm-22"],
+        Some(("LLVM_PREFIX", LLVM_PREFIX)),
+    )
 }
 
 fn cargo_deb() -> Result<()> {
-    let ok = Command::new("cargo-deb")
+    cargo_tool("cargo-deb", CARGO_DEB_VERSION, &[], None)
+}
+
+/// `cargo install --locked NAME --version VERSION` unless `NAME --version` says it already.
+fn cargo_tool(name: &str, version: &str, args: &[&str], env: Option<(&str, &str)>) -> Result<()> {
+    let ok = Command::new(name)
         .arg("--version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DEB_VERSION))
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(version))
         .unwrap_or(false);
     if ok {
         return Ok(());
     }
-    eprintln!("setup: building cargo-deb {CARGO_DEB_VERSION}");
-    run(Command::new("cargo").args([
-        "install",
-        "--locked",
-        "cargo-deb",
-        "--version",
-        CARGO_DEB_VERSION,
-    ]))
+    eprintln!("setup: building {name} {version}");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["install", "--locked", name, "--version", version])
+        .args(args);
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
 }
 
 fn toolchain() -> Result<()> {
