@@ -224,10 +224,13 @@ impl Observer {
         let sink = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if line.starts_with("observer: ready") {
-                    let _ = ready_tx.send(line.clone());
-                }
+                // Kept before the ready line is handed on: a test that reads stderr as soon as
+                // observer is ready must find that line there.
+                let ready = line.starts_with("observer: ready").then(|| line.clone());
                 sink.lock().unwrap().push(line);
+                if let Some(line) = ready {
+                    let _ = ready_tx.send(line);
+                }
             }
         });
         if let Stdout::Stuck = stdout {
