@@ -9,6 +9,8 @@ pub const FLAG_ESTABLISHED: u8 = 1;
 pub const FLAG_OPEN_SEEN: u8 = 2;
 /// The socket existed before observer attached.
 pub const FLAG_PREEXISTING: u8 = 4;
+/// The start-up snapshot counted the socket (in the state it was first met in).
+pub const FLAG_SEEDED: u8 = 8;
 
 /// Nothing for a person: a step inside the handshake or the shutdown.
 pub const EVENT_NONE: u8 = 0;
@@ -231,6 +233,9 @@ pub fn first_sighting(direction: u8, port: u16, old: u8, baselined: bool) -> Con
     let mut conn = Conn::new(direction, port, counted, tcp::implies_established(old));
     if !matches!(old, tcp::CLOSE | tcp::LISTEN) {
         conn.flags |= FLAG_PREEXISTING;
+    }
+    if counted != 0 {
+        conn.flags |= FLAG_SEEDED;
     }
     conn
 }

@@ -65,6 +65,8 @@ pub mod flags {
     pub const ALL_LISTENERS: u32 = 2;
     /// Processes are targets (`--pid`, `--cgroup`): their listen() and connect() are watched.
     pub const PROCESS_TARGETS: u32 = 4;
+    /// Count established connections per remote (`--by-remote`, see `remote`).
+    pub const BY_REMOTE: u32 = 8;
 }
 
 /// Names of the program's read-only globals, set by the daemon at load time.
@@ -89,6 +91,8 @@ pub mod globals {
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
     /// `CgroupOffsets`: where the programs find a socket's cgroup and its ancestors.
     pub const CGROUP_OFFSETS: &str = "CGROUP_OFFSETS";
+    /// `remote::Masks`: the `--remote-prefix` masks.
+    pub const REMOTE_MASKS: &str = "REMOTE_MASKS";
 }
 
 /// Offsets of the fields the programs read in a socket: what the tracepoint's own record holds.
@@ -189,6 +193,10 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
     pub const DOOMED: &str = "DOOMED";
+    pub const BY_REMOTE_0: &str = "BY_REMOTE_0";
+    pub const BY_REMOTE_1: &str = "BY_REMOTE_1";
+    pub const REMOTES_OF: &str = "REMOTES_OF";
+    pub const REMOTE_OTHER: &str = "REMOTE_OTHER";
 }
 
 /// Name of the main program (what `bpftool prog show` lists; at most 15 characters).

@@ -17,6 +17,7 @@ pub mod ending;
 pub mod filter;
 pub mod limits;
 pub mod record;
+pub mod remote;
 pub mod snapshot;
 pub mod stats;
 pub mod sweep;

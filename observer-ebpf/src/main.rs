@@ -38,6 +38,7 @@
 
 mod emit;
 mod maps;
+mod remote;
 mod scratch;
 mod sock;
 mod sweep;

@@ -6,12 +6,15 @@ use crate::maps::{
     SOCKETS, STATS, STATS_SLOTS, TARGET_REMOTES, baseline_active, bound, control, count, now,
     port_flags, snapshot_open,
 };
+use crate::remote;
 use crate::scratch::transition_key;
 use crate::sock::{Sock, netns_of};
 use crate::target::{current_owner, is_target, local_owner, on_listen, with_owner};
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use observer_common::conn::{Conn, EVENT_NONE, Step, birth_port, first_sighting, unseeded_sides};
+use observer_common::conn::{
+    Conn, EVENT_NONE, FLAG_SEEDED, Step, birth_port, first_sighting, unseeded_sides,
+};
 use observer_common::ending;
 use observer_common::filter::{PORT_LOCAL, PORT_REMOTE, flags};
 use observer_common::record::Ends;
@@ -247,6 +250,9 @@ pub(crate) fn finish(
         step.ending = ending::at_close(step.event, conn.direction, tp.old, err);
     }
     count_step(conn, &step);
+    if FLAGS.load() & flags::BY_REMOTE != 0 {
+        by_remote(tp, sk, conn, &step);
+    }
     // Records carry what a person is shown: opens and closes, not every step between them.
     if emits {
         emit(tp, sk, conn, &step, netns);
@@ -264,8 +270,26 @@ pub(crate) fn close_unseen(sk: u64, conn: &Conn, step: &Step, ends: Option<&Ends
         ..*step
     };
     count_step(conn, &step);
+    if FLAGS.load() & flags::BY_REMOTE != 0 && step.leave == tcp::ESTABLISHED {
+        remote::left(sk, conn.slot);
+    }
     count(counters::STALE_SOCKETS);
     emit_unseen_close(sk, conn, &step, ends);
+}
+
+/// The per-remote counts follow the established gauge: one more as a connection enters
+/// ESTABLISHED, one less as it leaves (see `observer_common::remote`).
+#[inline(always)]
+fn by_remote(tp: &Sock, sk: u64, conn: &Conn, step: &Step) {
+    if step.enter == tcp::ESTABLISHED {
+        remote::opened(tp, sk, conn.direction, conn.port, conn.slot);
+    } else if step.leave == tcp::ESTABLISHED
+        && !remote::left(sk, conn.slot)
+        && conn.flags & FLAG_SEEDED != 0
+    {
+        // Counted by the daemon from the snapshot: its first transition leaves that count.
+        remote::seed_left(tp, conn.direction, conn.port);
+    }
 }
 
 #[inline(always)]

@@ -101,6 +101,23 @@ pub struct Cli {
     /// when it falls back under it.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub warn_connections: Option<u32>,
+    /// Also count established connections per remote address, kept in the kernel like every
+    /// other count (observer_tcp_connections_by_remote).
+    #[arg(long)]
+    pub by_remote: bool,
+
+    /// With --by-remote, per prefix instead of per address: a length up to 32 is an IPv4
+    /// prefix, 33 to 128 an IPv6 one, or name it: v4:N, v6:N (repeat for both).
+    #[arg(long, value_name = "BITS", requires = "by_remote", value_parser = remote_prefix)]
+    pub remote_prefix: Vec<RemotePrefix>,
+
+    /// With --by-remote, at most this many remotes per watched port have a series of their
+    /// own (those with the most connections first; a remote keeps its series while it has
+    /// connections); the rest are summed under remote="other".
+    #[arg(long, value_name = "N", default_value_t = 100, requires = "by_remote",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_remotes: u32,
+
     /// (for packagers) Print the man page or a shell's completion script, then exit.
     #[arg(long, value_name = "KIND", hide = true)]
     pub generate: Option<Generate>,
@@ -113,6 +130,34 @@ pub enum Generate {
     CompleteBash,
     CompleteZsh,
     CompleteFish,
+}
+
+/// A `--remote-prefix`: which family, and its length in bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemotePrefix {
+    V4(u8),
+    V6(u8),
+}
+
+fn remote_prefix(s: &str) -> Result<RemotePrefix, String> {
+    let bad = || format!("`{s}` is not a prefix length like 24, 64, v4:16 or v6:48");
+    let bits = |v: &str| v.parse::<u8>().map_err(|_| bad());
+    match s.split_once(':') {
+        Some(("v4", n)) => match bits(n)? {
+            n @ 0..=32 => Ok(RemotePrefix::V4(n)),
+            _ => Err(format!("`{s}`: an IPv4 prefix is at most 32 bits")),
+        },
+        Some(("v6", n)) => match bits(n)? {
+            n @ 0..=128 => Ok(RemotePrefix::V6(n)),
+            _ => Err(format!("`{s}`: an IPv6 prefix is at most 128 bits")),
+        },
+        Some(_) => Err(bad()),
+        None => match bits(s)? {
+            n @ 0..=32 => Ok(RemotePrefix::V4(n)),
+            n @ 33..=128 => Ok(RemotePrefix::V6(n)),
+            _ => Err(format!("`{s}`: a prefix is at most 128 bits")),
+        },
+    }
 }
 
 fn idle_after(s: &str) -> Result<Duration, String> {
@@ -215,6 +260,49 @@ mod tests {
         for bad in ["0", "-1", "ten", "4294967296"] {
             let e = Cli::try_parse_from(["observer", "--warn-connections", bad]).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn by_remote_flags() {
+        let c = Cli::try_parse_from(["observer", "--by-remote"]).unwrap();
+        assert!(c.by_remote);
+        assert_eq!((c.max_remotes, c.remote_prefix.len()), (100, 0));
+        let c = Cli::try_parse_from([
+            "observer",
+            "--by-remote",
+            "--remote-prefix",
+            "24",
+            "--remote-prefix",
+            "64",
+            "--max-remotes",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.remote_prefix,
+            vec![RemotePrefix::V4(24), RemotePrefix::V6(64)]
+        );
+        assert_eq!(c.max_remotes, 1);
+        for (arg, v) in [
+            ("v6:32", RemotePrefix::V6(32)),
+            ("v4:0", RemotePrefix::V4(0)),
+        ] {
+            let c = Cli::try_parse_from(["observer", "--by-remote", "--remote-prefix", arg]);
+            assert_eq!(c.unwrap().remote_prefix, vec![v]);
+        }
+        for bad in ["129", "v4:33", "v5:1", "x", "-1", ""] {
+            let e = Cli::try_parse_from(["observer", "--by-remote", "--remote-prefix", bad]);
+            assert_eq!(e.unwrap_err().exit_code(), 2, "{bad}");
+        }
+        for bad in ["0", "10001", "many"] {
+            let e = Cli::try_parse_from(["observer", "--by-remote", "--max-remotes", bad]);
+            assert_eq!(e.unwrap_err().exit_code(), 2, "{bad}");
+        }
+        // Without --by-remote they would do nothing.
+        for flag in ["--remote-prefix", "--max-remotes"] {
+            let e = Cli::try_parse_from(["observer", flag, "24"]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{flag}");
         }
     }
 

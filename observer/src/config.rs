@@ -7,7 +7,8 @@ use std::{
 use observer_common::limits::{MAX_BUCKETS, MAX_CGROUPS, MAX_LOCAL_PORTS, MAX_PIDS};
 
 use crate::{
-    cli::Cli,
+    by_remote,
+    cli::{Cli, RemotePrefix},
     output::Format,
     web_config::{self, WebConfig, WebConfigError},
 };
@@ -24,6 +25,8 @@ pub enum ConfigError {
     Buckets(String),
     #[error("--ring-kib {0}: must be a power of two between 4 and 1048576")]
     Ring(u32),
+    #[error("--remote-prefix given twice for {0}")]
+    RemotePrefixTwice(&'static str),
     #[error("too many {what}: at most {max}")]
     TooMany { what: &'static str, max: usize },
     /// A usage error: exit code 2, as for a flag that does not parse.
@@ -73,6 +76,8 @@ pub struct Config {
     pub idle_after: Option<std::time::Duration>,
     /// The warning level of established connections per watched port (see `limit`).
     pub warn_connections: Option<u32>,
+    /// `--by-remote` and its settings (see `by_remote`).
+    pub by_remote: Option<by_remote::Settings>,
 }
 
 impl Config {
@@ -123,7 +128,13 @@ impl Config {
             })?,
             None => WebConfig::default(),
         };
+        let by_remote = if cli.by_remote {
+            Some(by_remote_settings(&cli.remote_prefix, cli.max_remotes)?)
+        } else {
+            None
+        };
         Ok(Config {
+            by_remote,
             ports: dedup(cli.ports),
             remote_ports: dedup(cli.remote_ports),
             pids: dedup(cli.pids),
@@ -202,6 +213,27 @@ fn dedup<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v
 }
 
+fn by_remote_settings(
+    prefixes: &[RemotePrefix],
+    max_remotes: u32,
+) -> Result<by_remote::Settings, ConfigError> {
+    let (mut v4, mut v6) = (None, None);
+    for p in prefixes {
+        let (slot, name, bits) = match *p {
+            RemotePrefix::V4(b) => (&mut v4, "IPv4", b),
+            RemotePrefix::V6(b) => (&mut v6, "IPv6", b),
+        };
+        if slot.replace(bits).is_some() {
+            return Err(ConfigError::RemotePrefixTwice(name));
+        }
+    }
+    Ok(by_remote::Settings {
+        v4_prefix: v4.unwrap_or(32),
+        v6_prefix: v6.unwrap_or(128),
+        max_remotes: max_remotes as usize,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
@@ -253,6 +285,14 @@ mod tests {
         for bad in [":", ":http", "localhost", "no.such.host.invalid:1"] {
             assert!(addr(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn remote_prefixes_one_per_family() {
+        let s = by_remote_settings(&[RemotePrefix::V6(48)], 5).unwrap();
+        assert_eq!((s.v4_prefix, s.v6_prefix, s.max_remotes), (32, 48, 5));
+        let e = by_remote_settings(&[RemotePrefix::V4(24), RemotePrefix::V4(16)], 5).unwrap_err();
+        assert_eq!(e.to_string(), "--remote-prefix given twice for IPv4");
     }
 
     #[test]

@@ -19,7 +19,8 @@ use observer_common::{
         CgroupOffsets, CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS,
         PORT_REMOTE, SockOffsets, flags, globals, maps,
     },
-    limits::{MAX_BUCKETS, MAX_DOOMED, MAX_PORTS},
+    limits::{MAX_BUCKETS, MAX_DOOMED, MAX_PORTS, MAX_SOCKETS},
+    remote::{CONTROL_REMOTE_GEN, FULL_MASKS, MAX_REMOTES, Masks, RemoteKey},
     snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
     stats::{PortStats, StatsKey},
     sweep::Doomed,
@@ -48,6 +49,8 @@ pub struct Settings {
     /// Where the programs find a socket's cgroup (needed with `cgroups` only).
     pub cgroup_offsets: CgroupOffsets,
     pub ring_bytes: u32,
+    /// `--by-remote`: the prefix masks; `None` keeps nothing per remote.
+    pub by_remote: Option<Masks>,
 }
 
 pub struct Kernel {
@@ -67,9 +70,26 @@ pub struct Kernel {
     control: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
     doomed: HashMap<MapData, u64, Doomed>,
+    /// `--by-remote`: the two maps of per-remote counts and the overflow per counters' slot.
+    by_remote: Option<ByRemoteMaps>,
     /// The two iterators of the sweep (see `observer_common::sweep`), over SOCKETS and DOOMED.
     sweep: MapIterator,
     reap: MapIterator,
+}
+
+/// The per-remote maps (see `observer_common::remote`), and which one takes new counts.
+struct ByRemoteMaps {
+    counts: [HashMap<MapData, RemoteKey, u64>; 2],
+    other: Array<MapData, u64>,
+    active: usize,
+}
+
+/// What `Kernel::remote_counts` reads.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteCounts {
+    pub remotes: std::collections::HashMap<RemoteKey, i64>,
+    /// Counts that found the kernel's map full, per (direction, port).
+    pub other: std::collections::HashMap<StatsKey, i64>,
 }
 
 /// Everything the program could not do, summed over CPUs (see `observer_common::counters`).
@@ -99,6 +119,10 @@ pub struct Health {
     pub nested_runs: u64,
     /// Connections counted opened when first met past ESTABLISHED, their open never delivered.
     pub late_opens: u64,
+    /// Connections not counted under their own remote (`--by-remote`: a map full).
+    pub remotes_full: u64,
+    /// Per-remote counts not found where they went (never expected).
+    pub remote_lost: u64,
 }
 
 impl Kernel {
@@ -122,6 +146,10 @@ impl Kernel {
         if s.process_targets {
             f |= flags::PROCESS_TARGETS;
         }
+        if s.by_remote.is_some() {
+            f |= flags::BY_REMOTE;
+        }
+        let masks = s.by_remote.unwrap_or(FULL_MASKS);
         let (sk_net, net_inum) = s.netns.map_or((0, 0), |o| (o.sk_net, o.net_inum));
         let n_cgroups = s.cgroups.len() as u32;
         let sock = s.sock;
@@ -129,6 +157,7 @@ impl Kernel {
         // A quarter full ring wakes the reader at once; below that it reads on its tick.
         let wakeup_bytes = u64::from(s.ring_bytes / 4);
         let preemptible = u32::from(crate::features::preemptible_tracepoints());
+        let remote_size = |n: u32| if s.by_remote.is_some() { n } else { 1 };
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::FLAGS, &f, true)
             .override_global(globals::SK_NET_OFFSET, &sk_net, true)
@@ -140,6 +169,7 @@ impl Kernel {
             .override_global(globals::CGROUP_OFFSETS, &cgroup_offsets, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(globals::PREEMPTIBLE, &preemptible, true)
+            .override_global(globals::REMOTE_MASKS, &masks, true)
             // The ring is only read with --events: without, its smallest size (a page), not
             // what --ring-kib asked for, which would be kernel memory kept for nothing.
             .map_max_entries(
@@ -150,6 +180,11 @@ impl Kernel {
                     MIN_RING_BYTES
                 },
             )
+            // The per-remote maps are kernel memory too: one entry each without --by-remote.
+            .map_max_entries(maps::BY_REMOTE_0, remote_size(MAX_REMOTES))
+            .map_max_entries(maps::BY_REMOTE_1, remote_size(MAX_REMOTES))
+            .map_max_entries(maps::REMOTES_OF, remote_size(MAX_SOCKETS))
+            .map_max_entries(maps::REMOTE_OTHER, remote_size(MAX_PORTS))
             .load(PROGRAM_OBJECT)
             .map_err(privilege_hint)
             .context("loading the eBPF program into the kernel")?;
@@ -205,7 +240,19 @@ impl Kernel {
         } else {
             None
         };
+        let by_remote = match s.by_remote {
+            Some(_) => Some(ByRemoteMaps {
+                counts: [
+                    take(&mut ebpf, maps::BY_REMOTE_0)?,
+                    take(&mut ebpf, maps::BY_REMOTE_1)?,
+                ],
+                other: take(&mut ebpf, maps::REMOTE_OTHER)?,
+                active: 0,
+            }),
+            None => None,
+        };
         Ok(Kernel {
+            by_remote,
             prog_fd,
             backup_fd,
             stats: take(&mut ebpf, maps::STATS)?,
@@ -342,6 +389,71 @@ impl Kernel {
         out
     }
 
+    /// `--by-remote`: the kernel's per-remote counts, summed over its two maps (signed: a
+    /// connection the snapshot counted takes its count back from the kernel's), and the
+    /// overflow of each (direction, port). `None` without the flag.
+    pub fn remote_counts(&self) -> Option<RemoteCounts> {
+        let m = self.by_remote.as_ref()?;
+        let mut out = RemoteCounts::default();
+        for map in &m.counts {
+            for entry in map.iter() {
+                let Ok((key, n)) = entry else { continue };
+                *out.remotes.entry(key).or_insert(0) += n as i64;
+            }
+        }
+        for entry in self.stats_slots.iter() {
+            let Ok((key, slot)) = entry else { continue };
+            if let Ok(n) = m.other.get(&slot, 0)
+                && n != 0
+            {
+                *out.other.entry(key).or_insert(0) += n as i64;
+            }
+        }
+        Some(out)
+    }
+
+    /// `--by-remote`: makes the other map the one that takes new counts, and returns the one
+    /// that no longer does. Its entries at 0 may be deleted once no program can still be adding
+    /// to it (`remote_sweep`, after an RCU grace period).
+    pub fn switch_remote_map(&mut self) -> Result<Option<usize>> {
+        let Some(active) = self.by_remote.as_ref().map(|m| m.active) else {
+            return Ok(None);
+        };
+        let next = 1 - active;
+        self.set_control(CONTROL_REMOTE_GEN, next as u32)?;
+        self.by_remote.as_mut().expect("checked").active = next;
+        Ok(Some(active))
+    }
+
+    /// The keys at 0 of per-remote map `index` (see `switch_remote_map`).
+    pub fn idle_remotes(&self, index: usize) -> Vec<RemoteKey> {
+        let Some(m) = &self.by_remote else {
+            return Vec::new();
+        };
+        m.counts[index]
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, n)| *n == 0)
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Deletes entries of per-remote map `index` that must be at 0 and stay there: no program
+    /// adds to that map any more (see `switch_remote_map`). One at 0 means no connection counts
+    /// there; it is checked again before it goes.
+    pub fn delete_idle_remotes(&mut self, index: usize, keys: &[RemoteKey]) -> usize {
+        let Some(m) = &mut self.by_remote else {
+            return 0;
+        };
+        if m.active == index {
+            return 0; // switched back meanwhile: counts may be added again
+        }
+        let map = &mut m.counts[index];
+        keys.iter()
+            .filter(|k| map.get(k, 0).is_ok_and(|n| n == 0) && map.remove(k).is_ok())
+            .count()
+    }
+
     /// One sweep (see `observer_common::sweep`): the watched sockets whose memory says CLOSE
     /// while their entry does not.
     pub fn sweep(&self) -> Result<Vec<Doomed>> {
@@ -392,6 +504,8 @@ impl Kernel {
             cgroup_unknown: sum(counters::CGROUP_UNKNOWN),
             nested_runs: sum(counters::NESTED_RUNS),
             late_opens: sum(counters::LATE_OPENS),
+            remotes_full: sum(counters::REMOTES_FULL),
+            remote_lost: sum(counters::REMOTE_LOST),
         }
     }
 }

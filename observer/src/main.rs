@@ -7,6 +7,7 @@
 //! `serve` serves the metrics, streams the events and sweeps until SIGINT/SIGTERM.
 mod basic_auth;
 mod btf;
+mod by_remote;
 mod census;
 mod cli;
 mod config;
@@ -109,9 +110,13 @@ async fn run(config: Config) -> Result<()> {
         layout.netns.is_some(),
         own_endpoint,
     )?;
-    let baseline = snapshot::take(&mut kernel, &watched.namespaces, &|ns, s| {
-        watched.classify(ns, s)
-    })
+    let masks = config.by_remote.map(|b| b.masks());
+    let baseline = snapshot::take(
+        &mut kernel,
+        &watched.namespaces,
+        &|ns, s| watched.classify(ns, s),
+        masks.as_ref(),
+    )
     .context("counting the connections that already exist")?;
     // Their sock_diag sockets are opened in each namespace now, while observer may enter them.
     let census = match config.metrics_addr {
@@ -170,6 +175,7 @@ fn load_and_attach(config: &Config, targets: &Targets, layout: &btf::Layout) -> 
         cgroups: targets.cgroups.iter().map(|c| c.target).collect(),
         cgroup_offsets: layout.cgroup,
         ring_bytes: config.ring_bytes,
+        by_remote: config.by_remote.map(|b| b.masks()),
     })?;
     // Loading parsed the kernel's BTF once more (aya does, for relocations this program does not
     // have): hand the freed heap back rather than keep it resident for observer's whole life.
@@ -228,9 +234,12 @@ async fn serve(
                 baseline.clone(),
                 static_keys,
                 config.buckets.clone(),
-                scanner.as_ref().map(idle::Scanner::report),
-                config.warn_connections,
-                census.clone(),
+                metrics::Opted {
+                    idle: scanner.as_ref().map(idle::Scanner::report),
+                    limit: config.warn_connections,
+                    census: census.clone(),
+                    by_remote: config.by_remote,
+                },
             );
             let metrics = Arc::new(metrics::Metrics::new(collector)?);
             Some(tokio::spawn(http::serve(l, metrics, config.web.clone())))
@@ -250,6 +259,12 @@ async fn serve(
         tokio::spawn(watch_exit(p.clone(), kernel.clone()));
     }
     let sweeper = tokio::spawn(sweep::run(kernel.clone(), config.sweep_interval));
+    let remotes = config.by_remote.map(|_| {
+        tokio::spawn(by_remote::forget_gone(
+            kernel.clone(),
+            by_remote::switch_interval(),
+        ))
+    });
     if let Some(s) = scanner {
         s.spawn(Arc::downgrade(&kernel), daemon_events.clone())?;
     }
@@ -321,9 +336,9 @@ async fn serve(
     }
     sweeper.abort();
     let _ = sweeper.await;
-    if let Some(l) = limits {
-        l.abort();
-        let _ = l.await;
+    for task in [limits, remotes].into_iter().flatten() {
+        task.abort();
+        let _ = task.await;
     }
     // The last reference: dropping it detaches the program and frees its maps.
     drop(kernel);

@@ -19,6 +19,7 @@ use prometheus::{Encoder as _, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
 use crate::{
+    by_remote::{self, Selection},
     census::{self, Census},
     exposition::{Kind, Text},
     idle,
@@ -39,6 +40,21 @@ pub struct ConnCollector {
     limit: Option<u32>,
     /// The socket census (TIME_WAIT, listen queues, pending handshakes).
     census: Option<Arc<Mutex<Census>>>,
+    /// `--by-remote`: its settings, and which remotes have a series (kept between scrapes).
+    by_remote: Option<(by_remote::Settings, Mutex<Selection>)>,
+}
+
+/// What a scrape shows besides the kernel's counters, each where its flag asked for it.
+#[derive(Default)]
+pub struct Opted {
+    /// The idle scan's results (`--idle-after`).
+    pub idle: Option<Arc<Mutex<idle::Report>>>,
+    /// `--warn-connections`.
+    pub limit: Option<u32>,
+    /// The socket census (with the metrics endpoint).
+    pub census: Option<Arc<Mutex<Census>>>,
+    /// `--by-remote`.
+    pub by_remote: Option<by_remote::Settings>,
 }
 
 struct Family {
@@ -47,7 +63,7 @@ struct Family {
     kind: Kind,
 }
 
-const FAMILIES: [Family; 22] = [
+const FAMILIES: [Family; 23] = [
     Family {
         name: "observer_tcp_connections",
         help: "Watched sockets in each TCP state right now; time_wait from the socket census at the last scrape.",
@@ -119,6 +135,11 @@ const FAMILIES: [Family; 22] = [
         kind: Kind::Gauge,
     },
     Family {
+        name: "observer_tcp_connections_by_remote",
+        help: "Established watched connections per remote address, or prefix (--remote-prefix); remotes beyond --max-remotes per port, and those the kernel had no room for, summed under remote=\"other\".",
+        kind: Kind::Gauge,
+    },
+    Family {
         name: "observer_idle_scan_duration_seconds",
         help: "Wall time of the last scan for idle connections.",
         kind: Kind::Gauge,
@@ -166,18 +187,19 @@ impl ConnCollector {
         baseline: Baseline,
         static_keys: Vec<StatsKey>,
         bucket_bounds: Vec<f64>,
-        idle: Option<Arc<Mutex<idle::Report>>>,
-        limit: Option<u32>,
-        census: Option<Arc<Mutex<Census>>>,
+        opted: Opted,
     ) -> ConnCollector {
         ConnCollector {
             kernel,
             baseline,
             static_keys,
             bucket_bounds,
-            idle,
-            limit,
-            census,
+            idle: opted.idle,
+            limit: opted.limit,
+            census: opted.census,
+            by_remote: opted
+                .by_remote
+                .map(|b| (b, Mutex::new(Selection::new(b.max_remotes)))),
         }
     }
 
@@ -188,9 +210,9 @@ impl ConnCollector {
             .census
             .as_ref()
             .map(|c| c.lock().expect("census").latest(&self.kernel));
-        let (stats, local_ports, health) = {
+        let (stats, local_ports, health, remotes) = {
             let k = self.kernel.lock().expect("kernel lock");
-            (k.stats(), k.local_ports(), k.health())
+            (k.stats(), k.local_ports(), k.health(), k.remote_counts())
         };
         // Every watched key, even those the kernel has not counted anything for yet.
         let mut keys: BTreeSet<StatsKey> = self.static_keys.iter().copied().collect();
@@ -311,6 +333,8 @@ impl ConnCollector {
             ("listeners_map_full", Some(health.local_ports_full)),
             ("stale_socket_retired", Some(health.stale_sockets)),
             ("late_open_counted", Some(health.late_opens)),
+            ("remotes_map_full", Some(health.remotes_full)),
+            ("remote_count_lost", Some(health.remote_lost)),
             ("cgroup_unknown", Some(health.cgroup_unknown)),
             // Only where the kernel counts skipped runs: lost is derived from that count.
             ("lost_transition", health.lost),
@@ -350,6 +374,39 @@ impl ConnCollector {
             t.family(f.name, f.help, f.kind);
             for r in &rows {
                 t.sample(f.name, &r.labels(), n.into());
+            }
+        }
+        let f = fams.next().expect("by remote");
+        if let (Some((settings, selection)), Some(mut counts)) = (&self.by_remote, remotes) {
+            for (k, n) in &self.baseline.remotes {
+                *counts.remotes.entry(*k).or_insert(0) += n;
+            }
+            let groups: Vec<StatsKey> = keys.iter().copied().collect();
+            let series = selection.lock().expect("selection").series(
+                &groups,
+                &counts.remotes,
+                &counts.other,
+            );
+            if !rows.is_empty() {
+                t.family(f.name, f.help, f.kind);
+            }
+            for (key, r) in keys.iter().zip(&rows) {
+                let s = &series[key];
+                for (remote, n) in &s.remotes {
+                    let label = settings.label(remote);
+                    let labels = [
+                        ("direction", r.dir),
+                        ("port", r.port.as_str()),
+                        ("remote", label.as_str()),
+                    ];
+                    t.sample(f.name, &labels, *n as f64);
+                }
+                let labels = [
+                    ("direction", r.dir),
+                    ("port", r.port.as_str()),
+                    ("remote", "other"),
+                ];
+                t.sample(f.name, &labels, s.other as f64);
             }
         }
         for value in [

@@ -51,7 +51,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         memlock()
     );
-    let tests: [Test; 10] = [
+    let tests: [Test; 11] = [
         ("churn_two_observers", churn_two_observers),
         ("timeouts_nest", timeouts_nest),
         ("attach_with_open_connections", attach_with_open_connections),
@@ -62,6 +62,7 @@ fn main() {
         ("sigterm_unloads", sigterm_unloads),
         ("skipped_runs_series", skipped_runs_series),
         ("endings", endings),
+        ("by_remote", by_remote),
     ];
     std::panic::set_hook(Box::new(|info| println!("vm-guest: panic: {info}")));
     warm_up();
@@ -879,6 +880,113 @@ fn healed(reason: &str) -> bool {
             reason,
             "lost_transition" | "stale_socket_retired" | "late_open_counted"
         )
+}
+
+/// `--by-remote` (with `--events`, the program's largest form): 3 connections held from before
+/// start, then 6 from 127.0.0.2 and 4 from 127.0.0.3, each counted under its client, and every
+/// count back to 0 when they close.
+fn by_remote() -> Outcome {
+    const P: u16 = 9950;
+    let mut h = Helper::spawn()?;
+    h.expect(&format!("listen 127.0.0.1:{P}"), &format!("listening {P}"))?;
+    h.expect(&format!("hold 127.0.0.1:{P} 3"), "holding 3")?;
+    let o = Observer::start(
+        "",
+        &["--port", &P.to_string(), "--by-remote", "--events", "json"],
+    )?;
+    let per = |m: &Metrics, remote: &str| {
+        m.value(
+            "observer_tcp_connections_by_remote",
+            &[("port", &P.to_string()), ("remote", remote)],
+        )
+    };
+    let first = o.scrape().map_err(|e| o.failure(&e))?;
+    let first_cmp = [Cmp::new(
+        "first scrape 127.0.0.1",
+        per(&first, "127.0.0.1"),
+        3,
+    )];
+    if !all_match(&first_cmp) {
+        return Err(o.failure(&describe(&first_cmp)));
+    }
+    let mut held = Vec::new();
+    for (src, n) in [([127, 0, 0, 2], 6), ([127, 0, 0, 3], 4)] {
+        for _ in 0..n {
+            held.push(connect_from(Ipv4Addr::from(src), P)?);
+        }
+    }
+    let (good, detail) = o.settle(|m| {
+        vec![
+            Cmp::new("established", m.established("inbound", P), 13),
+            Cmp::new("127.0.0.1", per(m, "127.0.0.1"), 3),
+            Cmp::new("127.0.0.2", per(m, "127.0.0.2"), 6),
+            Cmp::new("127.0.0.3", per(m, "127.0.0.3"), 4),
+            Cmp::new("other", per(m, "other"), 0),
+        ]
+    });
+    if !good {
+        return Err(o.failure(&detail));
+    }
+    drop(held);
+    h.expect("release", "released 3")?;
+    let (good, end) = o.settle(|m| {
+        let mut c = vec![
+            Cmp::new("established", m.established("inbound", P), 0),
+            Cmp::new("127.0.0.1", per(m, "127.0.0.1"), 0),
+            Cmp::new("127.0.0.2", per(m, "127.0.0.2"), 0),
+            Cmp::new("127.0.0.3", per(m, "127.0.0.3"), 0),
+            Cmp::new("other", per(m, "other"), 0),
+        ];
+        c.extend(common_health(m));
+        c
+    });
+    let detail = format!("{}; {detail}; then {end}", describe(&first_cmp));
+    if good {
+        Ok(detail)
+    } else {
+        Err(o.failure(&detail))
+    }
+}
+
+/// A connection to 127.0.0.1:`port` from address `src` (bound before connect()).
+fn connect_from(src: Ipv4Addr, port: u16) -> Result<TcpStream, String> {
+    let err = |what: &str| format!("{what} from {src}: {}", std::io::Error::last_os_error());
+    let sin = |a: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(a).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return Err(err("socket"));
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let local = sin(src, 0);
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&local as *const libc::sockaddr_in).cast(),
+            len,
+        ) != 0
+        {
+            return Err(err("bind"));
+        }
+        let remote = sin(Ipv4Addr::LOCALHOST, port);
+        if libc::connect(
+            fd.as_raw_fd(),
+            (&remote as *const libc::sockaddr_in).cast(),
+            len,
+        ) != 0
+        {
+            return Err(err("connect"));
+        }
+        Ok(TcpStream::from(fd))
+    }
 }
 
 /// The error series that `healed` allows, with their values: `lost_transition=3 ...`.

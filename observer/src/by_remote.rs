@@ -1,0 +1,323 @@
+//! `--by-remote`: established connections per remote address or prefix. The kernel keeps the
+//! counts (`observer_common::remote`); this module chooses which remotes get a series of their
+//! own, names them, and has the kernel forget the remotes that are gone.
+//!
+//! Which remotes keep a series is sticky, so that series do not flap between scrapes: per
+//! watched (direction, port), a remote with connections gets a series while fewer than
+//! `--max-remotes` have one; a remote keeps its series while it has connections, and at 0 keeps
+//! it until another remote with connections needs the room. The rest are summed under
+//! `remote="other"`, with what the kernel could not count under a remote of its own.
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use observer_common::{
+    remote::{FAMILY_V4, Masks, RemoteKey},
+    stats::StatsKey,
+};
+
+use crate::kernel::Kernel;
+
+/// The `--remote-prefix` lengths, and the most remotes with a series per (direction, port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub max_remotes: usize,
+}
+
+impl Settings {
+    pub fn masks(&self) -> Masks {
+        observer_common::remote::masks(self.v4_prefix, self.v6_prefix)
+    }
+
+    /// The `remote` label: the address, or the prefix as `10.1.2.0/24` when one was asked.
+    pub fn label(&self, key: &RemoteKey) -> String {
+        let (addr, bits, full) = if key.family == FAMILY_V4 {
+            let a: [u8; 4] = key.addr[..4].try_into().expect("4 bytes");
+            (Ipv4Addr::from(a).to_string(), self.v4_prefix, 32)
+        } else {
+            (Ipv6Addr::from(key.addr).to_string(), self.v6_prefix, 128)
+        };
+        if bits == full {
+            addr
+        } else {
+            format!("{addr}/{bits}")
+        }
+    }
+}
+
+/// The per-remote series of one watched (direction, port), as a scrape shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Series {
+    /// The remotes with a series of their own, in address order, with their count.
+    pub remotes: Vec<(RemoteKey, i64)>,
+    /// Everything else.
+    pub other: i64,
+}
+
+/// The remotes that have a series, per (direction, port), from one scrape to the next.
+#[derive(Debug)]
+pub struct Selection {
+    max: usize,
+    chosen: HashMap<StatsKey, BTreeSet<RemoteKey>>,
+}
+
+impl Selection {
+    pub fn new(max: usize) -> Selection {
+        Selection {
+            max,
+            chosen: HashMap::new(),
+        }
+    }
+
+    /// This scrape's series for each of `groups`, from the counts per remote (the kernel's and
+    /// the snapshot's, summed) and the kernel's overflow per (direction, port).
+    pub fn series(
+        &mut self,
+        groups: &[StatsKey],
+        counts: &HashMap<RemoteKey, i64>,
+        overflow: &HashMap<StatsKey, i64>,
+    ) -> HashMap<StatsKey, Series> {
+        let mut by_group: HashMap<StatsKey, Vec<(RemoteKey, i64)>> = HashMap::new();
+        for (k, n) in counts {
+            by_group
+                .entry(StatsKey::new(k.direction, k.port))
+                .or_default()
+                .push((*k, *n));
+        }
+        let mut out = HashMap::with_capacity(groups.len());
+        for g in groups {
+            let live = by_group.remove(g).unwrap_or_default();
+            let chosen = self.chosen.entry(*g).or_default();
+            choose(chosen, &live, self.max);
+            let mut series = Series {
+                other: overflow.get(g).copied().unwrap_or(0),
+                ..Series::default()
+            };
+            for (k, n) in &live {
+                if !chosen.contains(k) {
+                    series.other += n;
+                }
+            }
+            let count = |k: &RemoteKey| live.iter().find(|(l, _)| l == k).map_or(0, |(_, n)| *n);
+            series.remotes = chosen.iter().map(|k| (*k, count(k))).collect();
+            out.insert(*g, series);
+        }
+        out
+    }
+}
+
+/// Gives remotes with connections a series while there is room, or room at 0 (see the module).
+fn choose(chosen: &mut BTreeSet<RemoteKey>, live: &[(RemoteKey, i64)], max: usize) {
+    let mut waiting: Vec<&(RemoteKey, i64)> = live
+        .iter()
+        .filter(|(k, n)| *n > 0 && !chosen.contains(k))
+        .collect();
+    // The most connections first; the address breaks ties, so the choice is reproducible.
+    waiting.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut at_zero: Vec<RemoteKey> = chosen
+        .iter()
+        .filter(|k| !live.iter().any(|(l, n)| l == *k && *n > 0))
+        .copied()
+        .collect();
+    for (k, _) in waiting {
+        if chosen.len() >= max {
+            let Some(gone) = at_zero.pop() else { break };
+            chosen.remove(&gone);
+        }
+        chosen.insert(*k);
+    }
+}
+
+/// How often the kernel's per-remote maps switch (see `observer_common::remote`): each switch
+/// lets the map that stopped taking counts forget its remotes at 0. `OBSERVER_REMOTE_SWITCH_MS`
+/// overrides it (the tests).
+pub fn switch_interval() -> Duration {
+    std::env::var("OBSERVER_REMOTE_SWITCH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
+/// Switches the kernel's per-remote maps every `interval`, and deletes the entries at 0 of the
+/// one that stopped taking counts, once no program can still be adding to it.
+pub async fn forget_gone(kernel: Arc<Mutex<Kernel>>, interval: Duration) {
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(interval).await;
+        let switched = kernel.lock().expect("kernel lock").switch_remote_map();
+        let old = match switched {
+            Ok(Some(old)) => old,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("observer: warning: switching the per-remote maps: {e:#}");
+                continue;
+            }
+        };
+        match tokio::task::spawn_blocking(grace_period).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if !warned {
+                    eprintln!(
+                        "observer: warning: cannot wait for the kernel's programs to finish (membarrier: {e}): remotes that are gone stay in the kernel's per-remote map, and once it is full new ones are counted under remote=\"other\""
+                    );
+                    warned = true;
+                }
+                continue;
+            }
+            Err(_) => return,
+        }
+        let keys = kernel.lock().expect("kernel lock").idle_remotes(old);
+        // In chunks: a scrape waits for the lock at most one chunk's deletions.
+        for chunk in keys.chunks(1024) {
+            kernel
+                .lock()
+                .expect("kernel lock")
+                .delete_idle_remotes(old, chunk);
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Waits until every program run that began before the call has ended: they run inside an RCU
+/// read-side section, and `membarrier(MEMBARRIER_CMD_GLOBAL)` is a `synchronize_rcu()` (it is
+/// refused on `nohz_full` CPUs).
+fn grace_period() -> std::io::Result<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: a system call with plain integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use observer_common::{
+        DIR_INBOUND, DIR_OUTBOUND,
+        remote::{FULL_MASKS, key_of_bytes},
+        tracepoint::{AF_INET, AF_INET6},
+    };
+
+    use super::*;
+
+    fn remote(port: u16, last: u8) -> RemoteKey {
+        key_of_bytes(
+            DIR_INBOUND,
+            port,
+            AF_INET,
+            &[127, 0, 0, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &FULL_MASKS,
+        )
+    }
+
+    fn counts(v: &[(RemoteKey, i64)]) -> HashMap<RemoteKey, i64> {
+        v.iter().copied().collect()
+    }
+
+    const G: StatsKey = StatsKey {
+        port: 80,
+        direction: DIR_INBOUND,
+        _pad: 0,
+    };
+
+    #[test]
+    fn every_remote_has_a_series_under_the_limit() {
+        let mut s = Selection::new(100);
+        let c = counts(&[(remote(80, 2), 30), (remote(80, 3), 20)]);
+        let out = s.series(&[G], &c, &HashMap::new());
+        assert_eq!(
+            out[&G].remotes,
+            vec![(remote(80, 2), 30), (remote(80, 3), 20)]
+        );
+        assert_eq!(out[&G].other, 0);
+        // Gone to 0: the series stay, at 0.
+        let out = s.series(&[G], &HashMap::new(), &HashMap::new());
+        assert_eq!(
+            out[&G].remotes,
+            vec![(remote(80, 2), 0), (remote(80, 3), 0)]
+        );
+    }
+
+    #[test]
+    fn the_rest_is_other_and_the_choice_does_not_flap() {
+        let mut s = Selection::new(1);
+        let c = counts(&[(remote(80, 2), 30), (remote(80, 3), 20)]);
+        let out = s.series(&[G], &c, &HashMap::new());
+        assert_eq!(out[&G].remotes, vec![(remote(80, 2), 30)]);
+        assert_eq!(out[&G].other, 20);
+        // .3 overtakes .2: .2 keeps its series while it has connections.
+        let c = counts(&[(remote(80, 2), 1), (remote(80, 3), 50)]);
+        let out = s.series(&[G], &c, &HashMap::new());
+        assert_eq!(out[&G].remotes, vec![(remote(80, 2), 1)]);
+        assert_eq!(out[&G].other, 50);
+        // .2 at 0 and nobody waiting: it keeps its series.
+        let c = counts(&[(remote(80, 2), 0)]);
+        let out = s.series(&[G], &c, &HashMap::new());
+        assert_eq!(out[&G].remotes, vec![(remote(80, 2), 0)]);
+        // .2 at 0 and .3 waiting: .3 takes the room.
+        let c = counts(&[(remote(80, 3), 5)]);
+        let out = s.series(&[G], &c, &HashMap::new());
+        assert_eq!(out[&G].remotes, vec![(remote(80, 3), 5)]);
+        assert_eq!(out[&G].other, 0);
+    }
+
+    #[test]
+    fn the_kernels_overflow_is_other() {
+        let mut s = Selection::new(10);
+        let other = HashMap::from([(G, 7)]);
+        let out = s.series(&[G], &counts(&[(remote(80, 2), 3)]), &other);
+        assert_eq!((out[&G].remotes.len(), out[&G].other), (1, 7));
+    }
+
+    #[test]
+    fn groups_are_apart_and_listed_even_empty() {
+        let mut s = Selection::new(1);
+        let h = StatsKey::new(DIR_OUTBOUND, 5432);
+        let mut out_key = remote(5432, 9);
+        out_key.direction = DIR_OUTBOUND;
+        let c = counts(&[(remote(80, 2), 1), (out_key, 4)]);
+        let out = s.series(&[G, h, StatsKey::new(DIR_INBOUND, 81)], &c, &HashMap::new());
+        assert_eq!(out[&G].remotes, vec![(remote(80, 2), 1)]);
+        assert_eq!(out[&h].remotes, vec![(out_key, 4)]);
+        assert_eq!(out[&StatsKey::new(DIR_INBOUND, 81)], Series::default());
+    }
+
+    #[test]
+    fn labels() {
+        let s = Settings {
+            v4_prefix: 32,
+            v6_prefix: 128,
+            max_remotes: 1,
+        };
+        assert_eq!(s.label(&remote(80, 2)), "127.0.0.2");
+        let v6 = key_of_bytes(
+            0,
+            80,
+            AF_INET6,
+            &"2001:db8::7".parse::<Ipv6Addr>().unwrap().octets(),
+            &FULL_MASKS,
+        );
+        assert_eq!(s.label(&v6), "2001:db8::7");
+        let p = Settings {
+            v4_prefix: 24,
+            v6_prefix: 64,
+            max_remotes: 1,
+        };
+        let k = key_of_bytes(0, 80, AF_INET, &remote(80, 2).addr, &p.masks());
+        assert_eq!(p.label(&k), "127.0.0.0/24");
+        let k = key_of_bytes(
+            0,
+            80,
+            AF_INET6,
+            &"2001:db8:1:2:3::7".parse::<Ipv6Addr>().unwrap().octets(),
+            &p.masks(),
+        );
+        assert_eq!(p.label(&k), "2001:db8:1:2::/64");
+    }
+}

@@ -1,0 +1,293 @@
+//! `--by-remote`: established connections per client, counted in the kernel. Clients bind
+//! their own loopback addresses (127.0.0.2, 127.0.0.3, ...) before they connect; `ss` is the
+//! oracle.
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use observer_tests::{
+    bpftool,
+    net::{Mode, Server, connect_from, ss_state},
+    observer::Observer,
+    require_root,
+    scrape::Scrape,
+};
+
+const FAMILY: &str = "observer_tcp_connections_by_remote";
+
+/// `n` connections to `server` from local address `src`.
+fn from(src: &str, server: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let local: SocketAddr = format!("{src}:0").parse().expect("address");
+    (0..n).map(|_| connect_from(local, server)).collect()
+}
+
+/// The per-remote series of inbound `port`: remote label -> value.
+fn by_remote(s: &Scrape, port: u16) -> BTreeMap<String, f64> {
+    s.samples(FAMILY)
+        .into_iter()
+        .filter(|(l, _)| {
+            let has = |k: &str, v: &str| l.iter().any(|(lk, lv)| lk == k && lv == v);
+            has("direction", "inbound") && has("port", &port.to_string())
+        })
+        .map(|(l, v)| {
+            let remote = l.iter().find(|(k, _)| k == "remote").expect("remote");
+            (remote.1.clone(), v)
+        })
+        .collect()
+}
+
+fn series(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// The server side's established connections from `client`, as `ss` lists them.
+fn ss_from(port: u16, client: &str) -> usize {
+    ss_state(
+        None,
+        "established",
+        &format!("( sport = :{port} and dst {client} )"),
+    )
+}
+
+#[test]
+fn counts_each_client_exactly_and_returns_to_zero() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    let o = Observer::start(&["--port", &port.to_string(), "--by-remote"]);
+    let two = from("127.0.0.2", server.addrs[0], 30);
+    let three = from("127.0.0.3", server.addrs[0], 20);
+    let s = o.settle("50 open", |s| s.established("inbound", port) == Some(50.0));
+    assert_eq!(
+        (ss_from(port, "127.0.0.2"), ss_from(port, "127.0.0.3")),
+        (30, 20)
+    );
+    assert_eq!(
+        by_remote(&s, port),
+        series(&[("127.0.0.2", 30.0), ("127.0.0.3", 20.0), ("other", 0.0)])
+    );
+    s.promtool_check();
+
+    drop(two);
+    let s = o.settle("20 open", |s| s.established("inbound", port) == Some(20.0));
+    assert_eq!(
+        by_remote(&s, port),
+        series(&[("127.0.0.2", 0.0), ("127.0.0.3", 20.0), ("other", 0.0)])
+    );
+    drop(three);
+    let s = o.settle("none open", |s| s.established("inbound", port) == Some(0.0));
+    assert_eq!(
+        by_remote(&s, port),
+        series(&[("127.0.0.2", 0.0), ("127.0.0.3", 0.0), ("other", 0.0)])
+    );
+    assert_eq!(
+        s.value(FAMILY, &[("remote", "other")]).map(|_| ()),
+        Some(()),
+        "other is always there"
+    );
+    for reason in ["remotes_map_full", "remote_count_lost"] {
+        let errors = s.value("observer_kernel_errors_total", &[("reason", reason)]);
+        assert_eq!(errors, Some(0.0), "{reason}");
+    }
+}
+
+#[test]
+fn beyond_max_remotes_the_rest_is_other_and_does_not_flap() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    let o = Observer::start(&[
+        "--port",
+        &port.to_string(),
+        "--by-remote",
+        "--max-remotes",
+        "1",
+    ]);
+    let two = from("127.0.0.2", server.addrs[0], 30);
+    o.settle("30 open", |s| s.established("inbound", port) == Some(30.0));
+    let _three = from("127.0.0.3", server.addrs[0], 20);
+    o.settle("50 open", |s| s.established("inbound", port) == Some(50.0));
+    // Scrape after scrape, the same remote keeps its series.
+    for _ in 0..5 {
+        let s = o.scrape();
+        assert_eq!(
+            by_remote(&s, port),
+            series(&[("127.0.0.2", 30.0), ("other", 20.0)])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // .3 overtakes .2: .2 keeps its series while it has a connection.
+    let mut two = two;
+    two.truncate(1);
+    let s = o.settle("21 open", |s| s.established("inbound", port) == Some(21.0));
+    assert_eq!(
+        by_remote(&s, port),
+        series(&[("127.0.0.2", 1.0), ("other", 20.0)])
+    );
+    // At 0, its room goes to the remote waiting.
+    drop(two);
+    let s = o.settle("20 open", |s| s.established("inbound", port) == Some(20.0));
+    assert_eq!(
+        by_remote(&s, port),
+        series(&[("127.0.0.3", 20.0), ("other", 0.0)])
+    );
+}
+
+#[test]
+fn an_ipv4_client_of_a_dual_stack_listener_is_ipv4() {
+    require_root();
+    let server = Server::start(&["[::]"], Mode::Hold);
+    let port = server.port();
+    let o = Observer::start(&["--port", &port.to_string(), "--by-remote"]);
+    let v4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _a = from("127.0.0.2", v4, 4);
+    let _b: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(format!("[::1]:{port}")).expect("::1"))
+        .collect();
+    let s = o.settle("7 open", |s| s.established("inbound", port) == Some(7.0));
+    assert_eq!(
+        by_remote(&s, port),
+        series(&[("127.0.0.2", 4.0), ("::1", 3.0), ("other", 0.0)])
+    );
+}
+
+#[test]
+fn a_prefix_makes_one_series_of_its_clients() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    let o = Observer::start(&[
+        "--port",
+        &port.to_string(),
+        "--by-remote",
+        "--remote-prefix",
+        "24",
+    ]);
+    let _two = from("127.0.0.2", server.addrs[0], 30);
+    let _three = from("127.0.0.3", server.addrs[0], 20);
+    let s = o.settle("50 open", |s| s.established("inbound", port) == Some(50.0));
+    assert_eq!(
+        by_remote(&s, port),
+        series(&[("127.0.0.0/24", 50.0), ("other", 0.0)])
+    );
+}
+
+#[test]
+fn connections_open_before_start_are_counted_per_client() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    let mut two = from("127.0.0.2", server.addrs[0], 10);
+    let three = from("127.0.0.3", server.addrs[0], 5);
+    let o = Observer::start(&["--port", &port.to_string(), "--by-remote"]);
+    // Right from the first scrape.
+    let s = o.scrape();
+    assert_eq!(s.established("inbound", port), Some(15.0));
+    assert_eq!(
+        by_remote(&s, port),
+        series(&[("127.0.0.2", 10.0), ("127.0.0.3", 5.0), ("other", 0.0)])
+    );
+    two.extend(from("127.0.0.2", server.addrs[0], 3));
+    let s = o.settle("18 open", |s| s.established("inbound", port) == Some(18.0));
+    assert_eq!(by_remote(&s, port)["127.0.0.2"], 13.0);
+    // The snapshot's connections leave their count as they close, like the new ones.
+    drop(two);
+    drop(three);
+    let s = o.settle("none open", |s| s.established("inbound", port) == Some(0.0));
+    assert_eq!(
+        by_remote(&s, port),
+        series(&[("127.0.0.2", 0.0), ("127.0.0.3", 0.0), ("other", 0.0)])
+    );
+}
+
+#[test]
+fn without_the_flag_nothing_per_client_is_kept_or_exported() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    let o = Observer::start(&["--port", &port.to_string()]);
+    let _c = from("127.0.0.2", server.addrs[0], 3);
+    let s = o.settle("3 open", |s| s.established("inbound", port) == Some(3.0));
+    assert!(!s.exports(FAMILY));
+    for map in ["BY_REMOTE_0", "BY_REMOTE_1", "REMOTES_OF"] {
+        let id = bpftool::map_of(o.pid(), map);
+        assert_eq!(bpftool::map_max_entries(id), 1, "{map}");
+        assert!(bpftool::map_entries(id).is_empty(), "{map}");
+    }
+}
+
+/// Remotes that are gone leave the kernel's maps (each switch lets the map that stopped
+/// taking counts forget its remotes at 0), and counts stay exact across switches.
+#[test]
+fn gone_remotes_leave_the_kernel_and_counts_stay_exact() {
+    require_root();
+    let server = Server::start(&["127.0.0.1"], Mode::Hold);
+    let port = server.port();
+    let (o, _) = Observer::start_with_env(
+        &[("OBSERVER_REMOTE_SWITCH_MS", "200")],
+        &["--port", &port.to_string(), "--by-remote"],
+    );
+    let maps = ["BY_REMOTE_0", "BY_REMOTE_1"].map(|m| bpftool::map_of(o.pid(), m));
+    let entries = || -> usize { maps.iter().map(|m| bpftool::map_entries(*m).len()).sum() };
+    let mut kept = from("127.0.0.2", server.addrs[0], 5);
+    // 60 clients come and go, each with 2 connections, across many switches.
+    for i in 10..70 {
+        let c = from(&format!("127.0.0.{i}"), server.addrs[0], 2);
+        if i % 20 == 0 {
+            kept.extend(from("127.0.0.2", server.addrs[0], 1));
+        }
+        std::thread::sleep(Duration::from_millis(15));
+        drop(c);
+    }
+    let s = o.settle("8 open", |s| s.established("inbound", port) == Some(8.0));
+    assert_eq!(ss_from(port, "127.0.0.2"), 8);
+    assert_eq!(by_remote(&s, port)["127.0.0.2"], 8.0);
+    assert_eq!(s.sum(FAMILY, &[("port", &port.to_string())]), Some(8.0));
+    // Two switches later every remote at 0 is gone: .2 is left, in one map or both.
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        left = entries();
+        if left <= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        left <= 2,
+        "{left} entries left in the kernel's per-remote maps"
+    );
+    drop(kept);
+    let s = o.settle("none open", |s| s.established("inbound", port) == Some(0.0));
+    assert_eq!(s.sum(FAMILY, &[("port", &port.to_string())]), Some(0.0));
+    let errors = s.value(
+        "observer_kernel_errors_total",
+        &[("reason", "remote_count_lost")],
+    );
+    assert_eq!(errors, Some(0.0));
+}
+
+#[test]
+fn bad_flags_are_one_line_and_exit_2() {
+    for args in [
+        &["--remote-prefix", "24"][..],
+        &["--by-remote", "--remote-prefix", "33x"],
+        &["--by-remote", "--max-remotes", "0"],
+    ] {
+        let (code, stderr) = observer_tests::observer::run_to_exit(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    }
+    let (code, stderr) = observer_tests::observer::run_to_exit(&[
+        "--by-remote",
+        "--remote-prefix",
+        "24",
+        "--remote-prefix",
+        "v4:16",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "observer: --remote-prefix given twice for IPv4"
+    );
+}
