@@ -38,10 +38,17 @@ pub struct Conn {
     /// The state the counters hold it in; 0 for a pre-existing socket the counters never held.
     pub state: u8,
     pub flags: u8,
+    /// With `--by-remote`, where its established count is (`remote::PLACE_*`; none while
+    /// it is not counted per remote).
+    pub remote_place: u8,
     /// Index of its port's counters (`STATS_SLOTS`), fixed when it is first tracked.
     pub slot: u16,
-    pub _pad: [u8; 5],
+    /// With `--by-remote`, the remote it counts under (`remote::RemoteKey`'s family and
+    /// address): where its count is taken back, also when its socket is gone.
+    pub remote_family: u8,
+    pub _pad: [u8; 3],
     pub comm: [u8; 16],
+    pub remote_addr: [u8; 16],
 }
 crate::pod!(Conn);
 
@@ -94,9 +101,12 @@ impl Conn {
             direction,
             state: counted,
             flags: if established { FLAG_ESTABLISHED } else { 0 },
+            remote_place: 0,
             slot: 0,
-            _pad: [0; 5],
+            remote_family: 0,
+            _pad: [0; 3],
             comm: [0; 16],
+            remote_addr: [0; 16],
         }
     }
 

@@ -195,7 +195,6 @@ pub mod maps {
     pub const DOOMED: &str = "DOOMED";
     pub const BY_REMOTE_0: &str = "BY_REMOTE_0";
     pub const BY_REMOTE_1: &str = "BY_REMOTE_1";
-    pub const REMOTES_OF: &str = "REMOTES_OF";
     pub const REMOTE_OTHER: &str = "REMOTE_OTHER";
 }
 

@@ -4,7 +4,7 @@
 //! The program adds one to its connection's `RemoteKey` when a connection enters ESTABLISHED and
 //! takes it back when it leaves, in one of two maps (`BY_REMOTE_0`, `BY_REMOTE_1`): the
 //! *active* one, which `CONTROL[CONTROL_REMOTE_GEN]` names, takes every new count; a connection
-//! remembers where it counted (`REMOTES_OF`, keyed by socket) and takes its count back there.
+//! remembers its key and where it counted (in its `Conn`) and takes its count back there.
 //! So the other map only ever goes down, and once no program can still be adding to it (an RCU
 //! grace period after the switch), an entry at 0 there stays 0: the daemon deletes those, then
 //! switches again. That is how remotes that are gone leave the kernel without a count lost.
@@ -17,8 +17,13 @@ use crate::tracepoint::AF_INET6;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
-/// `Counted::place` of a count that went to its port's overflow, not to a map.
-pub const PLACE_OTHER: u32 = 2;
+/// `Conn::remote_place`: not counted per remote.
+pub const PLACE_NONE: u8 = 0;
+/// Counted in map 0 (`BY_REMOTE_0`); map 1 is `PLACE_MAP0 + 1`.
+pub const PLACE_MAP0: u8 = 1;
+pub const PLACE_MAP1: u8 = 2;
+/// Counted in its port's overflow, its map full.
+pub const PLACE_OTHER: u8 = 3;
 
 /// Index in the `CONTROL` array: the map (0 or 1) that takes new counts.
 pub const CONTROL_REMOTE_GEN: u32 = 3;
@@ -37,15 +42,6 @@ pub struct RemoteKey {
     pub addr: [u8; 16],
 }
 crate::pod!(RemoteKey);
-
-/// Where a connection's count is (value of `REMOTES_OF`): map 0 or 1, or `PLACE_OTHER`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counted {
-    pub key: RemoteKey,
-    pub place: u32,
-}
-crate::pod!(Counted);
 
 /// The prefix masks, as the program applies them to the address's two 8-byte words (in memory
 /// order): `[IPv4, IPv6 first half, IPv6 second half]` (global `REMOTE_MASKS`).

@@ -14,7 +14,7 @@ use observer_common::limits::{
     DEFAULT_RING_BYTES, MAX_BASELINE, MAX_BUCKETS, MAX_CGROUPS, MAX_DOOMED, MAX_LOCAL_PORTS,
     MAX_PIDS, MAX_PORTS, MAX_SEEN, MAX_SOCKETS,
 };
-use observer_common::remote::{Counted, FULL_MASKS, MAX_REMOTES, Masks, RemoteKey};
+use observer_common::remote::{FULL_MASKS, MAX_REMOTES, Masks, RemoteKey};
 use observer_common::snapshot::{
     CONTROL_BASELINE_ACTIVE, CONTROL_LEN, CONTROL_SNAPSHOT_DONE, Seed, TupleKey,
 };
@@ -139,14 +139,11 @@ pub(crate) static DOOMED: HashMap<u64, Doomed> = HashMap::with_max_entries(MAX_D
 pub(crate) static DONE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 /// Established connections per remote (`--by-remote`): the two maps of
 /// `observer_common::remote`, shared by every CPU (counts are atomic adds). The daemon sizes
-/// them, and the two below, to one entry without the flag.
+/// them, and the overflow below, to one entry without the flag.
 #[map]
 pub(crate) static BY_REMOTE_0: HashMap<RemoteKey, u64> = HashMap::with_max_entries(MAX_REMOTES, 0);
 #[map]
 pub(crate) static BY_REMOTE_1: HashMap<RemoteKey, u64> = HashMap::with_max_entries(MAX_REMOTES, 0);
-/// Per socket counted by remote: where its count is.
-#[map]
-pub(crate) static REMOTES_OF: HashMap<u64, Counted> = HashMap::with_max_entries(MAX_SOCKETS, 0);
 /// Per counters' slot: the counts that found their remote's map full.
 #[map]
 pub(crate) static REMOTE_OTHER: Array<u64> = Array::with_max_entries(MAX_PORTS, 0);

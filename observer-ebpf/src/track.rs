@@ -12,9 +12,7 @@ use crate::sock::{Sock, netns_of};
 use crate::target::{current_owner, is_target, local_owner, on_listen, with_owner};
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use observer_common::conn::{
-    Conn, EVENT_NONE, FLAG_SEEDED, Step, birth_port, first_sighting, unseeded_sides,
-};
+use observer_common::conn::{Conn, EVENT_NONE, Step, birth_port, first_sighting, unseeded_sides};
 use observer_common::ending;
 use observer_common::filter::{PORT_LOCAL, PORT_REMOTE, flags};
 use observer_common::record::Ends;
@@ -197,6 +195,18 @@ pub(crate) fn track_new(
         count(counters::SOCKETS_FULL);
         return None; // untracked: counting its entry now would leave the gauge stuck
     }
+    if by_remote() {
+        // Into the entry, now that it is in place (or the ended copy): where its count went.
+        let entry = if step.ended {
+            None
+        } else {
+            SOCKETS.get_ptr_mut(sk)
+        };
+        // SAFETY: the socket's entry; its transitions are serialised by the socket's lock.
+        let target = entry.map_or(&mut conn, |p| unsafe { &mut *p });
+        remote::follow(tp, target, &open);
+        remote::follow(tp, target, &step);
+    }
     if late {
         count(counters::LATE_OPENS);
         finish(tp, sk, &conn, &open, netns, mark_seen);
@@ -207,6 +217,9 @@ pub(crate) fn track_new(
 #[inline(always)]
 pub(crate) fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8, line: Line) -> Option<()> {
     let step = conn.advance(new, now);
+    if by_remote() {
+        remote::follow(tp, conn, &step);
+    }
     let conn = *conn;
     if step.ended {
         let _ = SOCKETS.remove(sk);
@@ -250,9 +263,6 @@ pub(crate) fn finish(
         step.ending = ending::at_close(step.event, conn.direction, tp.old, err);
     }
     count_step(conn, &step);
-    if FLAGS.load() & flags::BY_REMOTE != 0 {
-        by_remote(tp, sk, conn, &step);
-    }
     // Records carry what a person is shown: opens and closes, not every step between them.
     if emits {
         emit(tp, sk, conn, &step, netns);
@@ -270,26 +280,16 @@ pub(crate) fn close_unseen(sk: u64, conn: &Conn, step: &Step, ends: Option<&Ends
         ..*step
     };
     count_step(conn, &step);
-    if FLAGS.load() & flags::BY_REMOTE != 0 && step.leave == tcp::ESTABLISHED {
-        remote::left(sk, conn.slot);
+    if by_remote() && step.leave == tcp::ESTABLISHED {
+        remote::left(&mut { *conn });
     }
     count(counters::STALE_SOCKETS);
     emit_unseen_close(sk, conn, &step, ends);
 }
 
-/// The per-remote counts follow the established gauge: one more as a connection enters
-/// ESTABLISHED, one less as it leaves (see `observer_common::remote`).
 #[inline(always)]
-fn by_remote(tp: &Sock, sk: u64, conn: &Conn, step: &Step) {
-    if step.enter == tcp::ESTABLISHED {
-        remote::opened(tp, sk, conn.direction, conn.port, conn.slot);
-    } else if step.leave == tcp::ESTABLISHED
-        && !remote::left(sk, conn.slot)
-        && conn.flags & FLAG_SEEDED != 0
-    {
-        // Counted by the daemon from the snapshot: its first transition leaves that count.
-        remote::seed_left(tp, conn.direction, conn.port);
-    }
+fn by_remote() -> bool {
+    FLAGS.load() & flags::BY_REMOTE != 0
 }
 
 #[inline(always)]

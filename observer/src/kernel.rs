@@ -19,7 +19,7 @@ use observer_common::{
         CgroupOffsets, CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS,
         PORT_REMOTE, SockOffsets, flags, globals, maps,
     },
-    limits::{MAX_BUCKETS, MAX_DOOMED, MAX_PORTS, MAX_SOCKETS},
+    limits::{MAX_BUCKETS, MAX_DOOMED, MAX_PORTS},
     remote::{CONTROL_REMOTE_GEN, FULL_MASKS, MAX_REMOTES, Masks, RemoteKey},
     snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
     stats::{PortStats, StatsKey},
@@ -183,7 +183,6 @@ impl Kernel {
             // The per-remote maps are kernel memory too: one entry each without --by-remote.
             .map_max_entries(maps::BY_REMOTE_0, remote_size(MAX_REMOTES))
             .map_max_entries(maps::BY_REMOTE_1, remote_size(MAX_REMOTES))
-            .map_max_entries(maps::REMOTES_OF, remote_size(MAX_SOCKETS))
             .map_max_entries(maps::REMOTE_OTHER, remote_size(MAX_PORTS))
             .load(PROGRAM_OBJECT)
             .map_err(privilege_hint)

@@ -522,6 +522,7 @@ fn every_metric_the_rules_and_the_dashboard_read_is_exported() {
         "5m",
         "--warn-connections",
         "100",
+        "--by-remote",
     ]);
     let scrape = observer.scrape();
 
