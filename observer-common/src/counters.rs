@@ -38,4 +38,6 @@ pub const REMOTES_FULL: u32 = 10;
 /// A connection's per-remote count not found where it went when it was taken back (never
 /// expected: the entry of a count is not deleted while it is above 0).
 pub const REMOTE_LOST: u32 = 11;
-pub const LEN: u32 = 12;
+/// A target's child process not made a target: the map of target processes was full.
+pub const PIDS_FULL: u32 = 12;
+pub const LEN: u32 = 13;

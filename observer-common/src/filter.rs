@@ -46,6 +46,72 @@ impl Owner {
     };
 }
 
+/// A watched local port (value of `LOCAL_PORTS`): who its listeners belong to, and how many
+/// there are. `owner` is a process only while every listener of the port is that process's:
+/// with several owners (SO_REUSEPORT, or separate IPv4 and IPv6 listeners) the accepting
+/// process cannot be told from the connection, and the owner is unknown. When the last
+/// listener closes, the next one's process owns the port (a restarted server).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortOwner {
+    pub owner: Owner,
+    /// Listening sockets of this port (in this namespace) that are open, as far as known.
+    pub listeners: u32,
+    /// `PORT_NAMED` or `PORT_FOLLOWED`.
+    pub kind: u32,
+}
+crate::pod!(PortOwner);
+
+/// `PortOwner::kind`: a port named with `--port`: watched in every namespace, its owner never
+/// known (the program leaves it alone).
+pub const PORT_NAMED: u32 = 1;
+/// `PortOwner::kind`: a listener found (by the daemon, or by the program at listen()).
+pub const PORT_FOLLOWED: u32 = 0;
+
+impl PortOwner {
+    pub const NAMED: PortOwner = PortOwner {
+        owner: Owner::UNKNOWN,
+        listeners: 0,
+        kind: PORT_NAMED,
+    };
+
+    /// The owner of `listeners`, one per listening socket of a port: a process only when they
+    /// all are that one's.
+    pub fn of_listeners(listeners: &[Owner]) -> PortOwner {
+        let owner = match listeners.first() {
+            Some(first) if listeners.iter().all(|o| o.pid == first.pid) => *first,
+            _ => Owner::UNKNOWN,
+        };
+        PortOwner {
+            owner,
+            listeners: listeners.len() as u32,
+            kind: PORT_FOLLOWED,
+        }
+    }
+
+    /// A listen() by `by` on this port.
+    #[inline(always)]
+    pub fn listen(&mut self, by: &Owner) {
+        if self.kind == PORT_NAMED {
+            return;
+        }
+        if self.listeners == 0 {
+            self.owner = *by;
+        } else if self.owner.pid != by.pid {
+            self.owner = Owner::UNKNOWN;
+        }
+        self.listeners = self.listeners.saturating_add(1);
+    }
+
+    /// One of the port's listeners closed.
+    #[inline(always)]
+    pub fn listener_closed(&mut self) {
+        if self.kind != PORT_NAMED {
+            self.listeners = self.listeners.saturating_sub(1);
+        }
+    }
+}
+
 /// A cgroup v2 directory: its id (the directory's inode) and its depth below the v2 root. A task
 /// is in it or below it when its ancestor at `level` has this id.
 #[repr(C)]
@@ -56,6 +122,12 @@ pub struct CgroupTarget {
     pub _pad: u32,
 }
 crate::pod!(CgroupTarget);
+
+/// Value of `PIDS`: a process named with `--pid`.
+pub const PID_TARGET: u8 = 1;
+/// Value of `PIDS`: a process a target forked, directly or not (found at start, or by the
+/// program at its fork).
+pub const PID_DESCENDANT: u8 = 2;
 
 /// Bits of the `FLAGS` global.
 pub mod flags {
@@ -91,6 +163,8 @@ pub mod globals {
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
     /// `CgroupOffsets`: where the programs find a socket's cgroup and its ancestors.
     pub const CGROUP_OFFSETS: &str = "CGROUP_OFFSETS";
+    /// u32: offset of `tgid` in `struct task_struct`.
+    pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
     /// `remote::Masks`: the `--remote-prefix` masks.
     pub const REMOTE_MASKS: &str = "REMOTE_MASKS";
 }
@@ -203,7 +277,55 @@ pub const PROGRAM: &str = "observer_main";
 /// Name of the backup program, which handles the transitions the kernel skips for the main
 /// program because they interrupted it on the same CPU.
 pub const BACKUP_PROGRAM: &str = "observer_backup";
+/// Name of the program that makes a target's new child process a target (`--pid`).
+pub const FORK_PROGRAM: &str = "observer_fork";
+/// Name of the program that takes an exited descendant's PID out of the filter.
+pub const EXIT_PROGRAM: &str = "observer_exit";
 /// Name of the iterator that lists the watched sockets whose memory says CLOSE (see `sweep`).
 pub const SWEEP_PROGRAM: &str = "observer_sweep";
 /// Name of the iterator that retires the sockets the daemon confirmed dead (see `sweep`).
 pub const REAP_PROGRAM: &str = "observer_reap";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(pid: u32) -> Owner {
+        Owner {
+            pid,
+            comm: [b'x'; 16],
+        }
+    }
+
+    #[test]
+    fn one_owner_only_while_every_listener_is_its() {
+        let p = PortOwner::of_listeners(&[owner(7), owner(7)]);
+        assert_eq!((p.owner.pid, p.listeners), (7, 2));
+        let mut p = PortOwner::of_listeners(&[owner(7), owner(8)]);
+        assert_eq!((p.owner, p.listeners), (Owner::UNKNOWN, 2));
+        // Unknown until every listener is gone; then the next listen()'s process owns it.
+        p.listen(&owner(7));
+        assert_eq!(p.owner, Owner::UNKNOWN);
+        for _ in 0..3 {
+            p.listener_closed();
+        }
+        p.listener_closed();
+        assert_eq!(p.listeners, 0);
+        p.listen(&owner(9));
+        assert_eq!((p.owner.pid, p.listeners), (9, 1));
+        // The same process listening again (IPv4 and IPv6) stays the owner; another does not.
+        p.listen(&owner(9));
+        assert_eq!((p.owner.pid, p.listeners), (9, 2));
+        p.listen(&owner(10));
+        assert_eq!(p.owner, Owner::UNKNOWN);
+    }
+
+    #[test]
+    fn a_named_port_is_left_alone() {
+        let mut p = PortOwner::NAMED;
+        p.listen(&owner(7));
+        p.listener_closed();
+        assert_eq!(p, PortOwner::NAMED);
+        assert_eq!(PortOwner::of_listeners(&[]).owner, Owner::UNKNOWN);
+    }
+}

@@ -7,8 +7,8 @@ pub const MAX_SOCKETS: u32 = 262_144;
 pub const MAX_PORTS: u32 = 4_096;
 /// Listening (port, network namespace) pairs that count as watched.
 pub const MAX_LOCAL_PORTS: u32 = 4_096;
-/// Processes watched by PID.
-pub const MAX_PIDS: u32 = 1_024;
+/// Processes watched by PID: the `--pid` targets and the processes they fork.
+pub const MAX_PIDS: u32 = 4_096;
 /// Cgroup v2 directories watched.
 pub const MAX_CGROUPS: u32 = 8;
 /// Histogram bucket bounds (the +Inf bucket comes on top: 32 buckets, a power of two, so that an

@@ -17,8 +17,9 @@
 //! One concept a module: `maps` (the maps, and the settings the daemon fixes at load time),
 //! `scratch` (per-CPU state and the notes between the two programs), `sock` (the socket's
 //! fields), `track` (filter, first sighting, each transition, counters), `target` (who owns a
-//! port, whose a connect() or listen() is), `emit` (records), `sweep` (the two iterators that
-//! close the connections whose CLOSE never came). This file holds the two programs.
+//! port, whose a connect() or listen() is), `emit` (records), `remote` (per-client counts), `sweep` (the two iterators that
+//! close the connections whose CLOSE never came), `tree` (a `--pid` target's descendants). This
+//! file holds the programs.
 //!
 //! Written for the verifiers of every kernel from 5.10 on (the VM matrix, `cargo xtask vm-test`,
 //! proves it), which refuse more than this machine's:
@@ -44,6 +45,7 @@ mod sock;
 mod sweep;
 mod target;
 mod track;
+mod tree;
 
 use crate::maps::{SCRATCH, count};
 use crate::scratch::{BACKUP, LEVELS, MAIN, enter, leave, put_note, take_note, transition_key};
@@ -97,6 +99,20 @@ pub fn observer_backup(ctx: BtfTracePointContext) -> i32 {
     }
     // SAFETY: as above.
     unsafe { leave(&mut (*s).depth[BACKUP], depth) };
+    0
+}
+
+/// A target's fork: its child process is a target too (see `tree`).
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn observer_fork(ctx: BtfTracePointContext) -> i32 {
+    let _ = tree::forked(&ctx);
+    0
+}
+
+/// A descendant's exit: its PID leaves the filter (see `tree`).
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn observer_exit(_ctx: BtfTracePointContext) -> i32 {
+    let _ = tree::exited();
     0
 }
 

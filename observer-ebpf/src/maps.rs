@@ -8,7 +8,7 @@ use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf};
 use observer_common::conn::Conn;
 use observer_common::counters;
 use observer_common::filter::{
-    CGROUP_NONE, CgroupOffsets, CgroupTarget, LocalPortKey, Owner, SockOffsets,
+    CGROUP_NONE, CgroupOffsets, CgroupTarget, LocalPortKey, PortOwner, SockOffsets,
 };
 use observer_common::limits::{
     DEFAULT_RING_BYTES, MAX_BASELINE, MAX_BUCKETS, MAX_CGROUPS, MAX_DOOMED, MAX_LOCAL_PORTS,
@@ -76,6 +76,9 @@ pub(crate) static CGROUP_OFFSETS: Global<CgroupOffsets> = Global::new(CgroupOffs
     kn_id: 0,
 });
 
+/// Offset of `tgid` in `struct task_struct` (for `tree`).
+#[unsafe(no_mangle)]
+pub(crate) static TASK_TGID_OFFSET: Global<u32> = Global::new(0);
 /// The `--remote-prefix` masks (see `observer_common::remote`).
 #[unsafe(no_mangle)]
 pub(crate) static REMOTE_MASKS: Global<Masks> = Global::new(FULL_MASKS);
@@ -107,9 +110,10 @@ pub(crate) static PORT_FLAGS: Array<u32> = Array::with_max_entries(65_536, 0);
 pub(crate) static TARGET_REMOTES: Array<u32> = Array::with_max_entries(65_536, 0);
 /// Local ports watched for inbound connections, per network namespace (0: all), with their owner.
 #[map]
-pub(crate) static LOCAL_PORTS: HashMap<LocalPortKey, Owner> =
+pub(crate) static LOCAL_PORTS: HashMap<LocalPortKey, PortOwner> =
     HashMap::with_max_entries(MAX_LOCAL_PORTS, 0);
-/// Target processes (tgid).
+/// Target processes (tgid): `PID_TARGET` for a `--pid`, `PID_DESCENDANT` for a process it
+/// forked (directly or not).
 #[map]
 pub(crate) static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PIDS, 0);
 /// Target cgroup v2 directories (N_CGROUPS in use).

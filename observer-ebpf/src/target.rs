@@ -2,27 +2,56 @@
 //! (by process, or by the socket's cgroup and its ancestors).
 use crate::maps::{
     CGROUP_OFFSETS, CGROUPS, LOCAL_PORTS, N_CGROUPS, NETNS_NOT_READ, PIDS, PORT_FLAGS, count,
+    port_flags,
 };
 use crate::sock::{netns_of, read_kernel};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
 use observer_common::conn::Conn;
 use observer_common::counters;
 use observer_common::filter::{
-    CGROUP_NONE, CGROUP_TAGGED, CgroupOffsets, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS,
-    flags,
+    CGROUP_NONE, CGROUP_TAGGED, CgroupOffsets, LocalPortKey, Owner, PORT_FOLLOWED, PORT_LOCAL,
+    PORT_LOCAL_NETNS, PortOwner, flags,
 };
 use observer_common::limits::MAX_CGROUPS;
 
-/// A listen(): claims the port when every listener counts, or when a target process calls it.
+/// A listen(): on a watched port, one more listener (which may make its owner unknown, see
+/// `PortOwner`); elsewhere, claims the port when every listener counts, or when a target
+/// process calls it.
 #[inline(always)]
 pub(crate) fn on_listen(cfg: u32, sk: u64, port: u16) -> Option<()> {
-    if cfg & flags::ALL_LISTENERS == 0 && !(cfg & flags::PROCESS_TARGETS != 0 && is_target(sk)) {
+    let watched = port_flags(port) & PORT_LOCAL != 0;
+    let claims =
+        cfg & flags::ALL_LISTENERS != 0 || (cfg & flags::PROCESS_TARGETS != 0 && is_target(sk));
+    if !watched && !claims {
         return None;
     }
     let key = LocalPortKey::new(netns_of(sk), port);
-    if LOCAL_PORTS.insert(key, current_owner(), 0).is_err() {
-        count(counters::LOCAL_PORTS_FULL);
+    let me = current_owner();
+    if let Some(p) = LOCAL_PORTS.get_ptr_mut(key) {
+        // SAFETY: the port's entry; listen()s of one port racing on two CPUs are not expected
+        // (a lost update errs toward an unknown owner, see `listener_closed`).
+        unsafe { &mut *p }.listen(&me);
+        return Some(());
+    }
+    if !claims {
         return None;
+    }
+    let entry = PortOwner {
+        owner: me,
+        listeners: 1,
+        kind: PORT_FOLLOWED,
+    };
+    if LOCAL_PORTS.insert(key, entry, BPF_NOEXIST.into()).is_err() {
+        // Another CPU's listen() on this port put it there first.
+        match LOCAL_PORTS.get_ptr_mut(key) {
+            // SAFETY: the port's entry, as above.
+            Some(p) => unsafe { &mut *p }.listen(&me),
+            None => {
+                count(counters::LOCAL_PORTS_FULL);
+                return None;
+            }
+        }
     }
     let bits = if key.netns == 0 {
         PORT_LOCAL
@@ -35,6 +64,18 @@ pub(crate) fn on_listen(cfg: u32, sk: u64, port: u16) -> Option<()> {
     Some(())
 }
 
+/// A listener of a watched local port closed.
+#[inline(always)]
+pub(crate) fn on_listener_close(sk: u64, port: u16) -> Option<()> {
+    if port_flags(port) & PORT_LOCAL == 0 {
+        return None;
+    }
+    let p = LOCAL_PORTS.get_ptr_mut(LocalPortKey::new(netns_of(sk), port))?;
+    // SAFETY: the port's entry.
+    unsafe { &mut *p }.listener_closed();
+    None
+}
+
 /// The owner of a watched local port. `netns` is the socket's namespace, read here when it is
 /// needed and was not read yet: ports watched in every namespace (`--port`) need no read.
 #[inline(always)]
@@ -45,12 +86,12 @@ pub(crate) fn local_owner(sk: u64, port: u16, port_flags: u32, netns: &mut u32) 
         }
         // SAFETY: a plain read of a map value.
         if let Some(o) = unsafe { LOCAL_PORTS.get(LocalPortKey::new(*netns, port)) } {
-            return Some(*o);
+            return Some(o.owner);
         }
     }
     // SAFETY: a plain read of a map value.
     let o = unsafe { LOCAL_PORTS.get(LocalPortKey::new(0, port)) }?;
-    Some(*o)
+    Some(o.owner)
 }
 
 #[inline(always)]

@@ -9,7 +9,9 @@ use crate::maps::{
 use crate::remote;
 use crate::scratch::transition_key;
 use crate::sock::{Sock, netns_of};
-use crate::target::{current_owner, is_target, local_owner, on_listen, with_owner};
+use crate::target::{
+    current_owner, is_target, local_owner, on_listen, on_listener_close, with_owner,
+};
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use observer_common::conn::{Conn, EVENT_NONE, Step, birth_port, first_sighting, unseeded_sides};
@@ -45,7 +47,7 @@ pub(crate) fn handle(tp: &Sock, line: Line) -> Option<()> {
         return on_listen(cfg, sk, sport);
     }
     if old == tcp::LISTEN && new != tcp::SYN_RECV {
-        return None; // a listener closed
+        return on_listener_close(sk, sport);
     }
     let sport_flags = port_flags(sport);
     let local = sport_flags & PORT_LOCAL != 0;

@@ -95,6 +95,8 @@ pub struct Layout {
     pub netns: Option<NetnsOffsets>,
     /// Needed under `--cgroup` only (default otherwise).
     pub cgroup: CgroupOffsets,
+    /// Offset of `tgid` in `struct task_struct` (a `--pid` target's forks).
+    pub task_tgid: u32,
 }
 
 impl Layout {
@@ -124,10 +126,14 @@ impl Layout {
         } else {
             CgroupOffsets::default()
         };
+        let task_tgid = vmlinux
+            .offset("task_struct", &["tgid"])
+            .context("finding struct task_struct's tgid")?;
         Ok(Layout {
             sock,
             netns,
             cgroup,
+            task_tgid,
         })
     }
 }

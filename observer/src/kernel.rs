@@ -14,10 +14,13 @@ use aya::{
 use observer_common::{
     conn::Conn,
     counters,
-    filter::{BACKUP_PROGRAM, PROGRAM, REAP_PROGRAM, SWEEP_PROGRAM},
+    filter::{
+        BACKUP_PROGRAM, EXIT_PROGRAM, FORK_PROGRAM, PID_DESCENDANT, PID_TARGET, PROGRAM,
+        REAP_PROGRAM, SWEEP_PROGRAM,
+    },
     filter::{
         CgroupOffsets, CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS,
-        PORT_REMOTE, SockOffsets, flags, globals, maps,
+        PORT_REMOTE, PortOwner, SockOffsets, flags, globals, maps,
     },
     limits::{MAX_BUCKETS, MAX_DOOMED, MAX_PORTS},
     remote::{CONTROL_REMOTE_GEN, FULL_MASKS, MAX_REMOTES, Masks, RemoteKey},
@@ -51,6 +54,10 @@ pub struct Settings {
     pub ring_bytes: u32,
     /// `--by-remote`: the prefix masks; `None` keeps nothing per remote.
     pub by_remote: Option<Masks>,
+    /// `--pid`: the programs that follow the targets' forks and exits are loaded.
+    pub pid_targets: bool,
+    /// Offset of `tgid` in `struct task_struct`.
+    pub task_tgid: u32,
 }
 
 pub struct Kernel {
@@ -63,7 +70,7 @@ pub struct Kernel {
     counters: PerCpuArray<MapData, u64>,
     port_flags: Array<MapData, u32>,
     target_remotes: Array<MapData, u32>,
-    local_ports: HashMap<MapData, LocalPortKey, Owner>,
+    local_ports: HashMap<MapData, LocalPortKey, PortOwner>,
     pids: HashMap<MapData, u32, u8>,
     baseline: HashMap<MapData, TupleKey, Seed>,
     seen: HashMap<MapData, TupleKey, u8>,
@@ -123,6 +130,8 @@ pub struct Health {
     pub remotes_full: u64,
     /// Per-remote counts not found where they went (never expected).
     pub remote_lost: u64,
+    /// A target's child process not made a target (the map of targets full).
+    pub pids_full: u64,
 }
 
 impl Kernel {
@@ -170,6 +179,7 @@ impl Kernel {
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(globals::PREEMPTIBLE, &preemptible, true)
             .override_global(globals::REMOTE_MASKS, &masks, true)
+            .override_global(globals::TASK_TGID_OFFSET, &s.task_tgid, true)
             // The ring is only read with --events: without, its smallest size (a page), not
             // what --ring-kib asked for, which would be kernel memory kept for nothing.
             .map_max_entries(
@@ -201,6 +211,21 @@ impl Kernel {
                 .load(tracepoint::NAME, &vmlinux)
                 .map_err(|e| load_error(name, e))?;
             prog_fds.push(program.fd()?.try_clone()?);
+        }
+        // The process tree of --pid targets: only when there are such targets.
+        if s.pid_targets {
+            for (name, tracepoint) in [
+                (FORK_PROGRAM, "sched_process_fork"),
+                (EXIT_PROGRAM, "sched_process_exit"),
+            ] {
+                let program: &mut BtfTracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+                    .try_into()?;
+                program
+                    .load(tracepoint, &vmlinux)
+                    .map_err(|e| load_error(name, e))?;
+            }
         }
         let sockets: HashMap<MapData, u64, Conn> = take(&mut ebpf, maps::SOCKETS)?;
         let doomed: HashMap<MapData, u64, Doomed> = take(&mut ebpf, maps::DOOMED)?;
@@ -272,22 +297,22 @@ impl Kernel {
         })
     }
 
-    /// Attaches the programs to the tracepoint: from now on every transition is seen.
+    /// Attaches the programs to the tracepoint: from now on every transition is seen (and,
+    /// with `--pid`, every fork and exit of the targets' processes).
     pub fn attach(&mut self) -> Result<()> {
         // The main program first: a tracepoint runs its programs in the order they attached.
-        for name in [PROGRAM, BACKUP_PROGRAM] {
+        for name in [PROGRAM, BACKUP_PROGRAM, FORK_PROGRAM, EXIT_PROGRAM] {
             let program: &mut BtfTracePoint = self
                 ._ebpf
                 .program_mut(name)
                 .expect("checked at load")
                 .try_into()?;
-            program.attach().with_context(|| {
-                format!(
-                    "attaching {name} to tracepoint {}:{}",
-                    tracepoint::CATEGORY,
-                    tracepoint::NAME
-                )
-            })?;
+            if program.fd().is_err() {
+                continue; // not loaded: not needed (the process tree without --pid)
+            }
+            program
+                .attach()
+                .with_context(|| format!("attaching {name} to its tracepoint"))?;
         }
         Ok(())
     }
@@ -297,7 +322,7 @@ impl Kernel {
     }
 
     /// Watches inbound connections to `port` in network namespace `netns` (0: every namespace).
-    pub fn watch_local_port(&mut self, netns: u32, port: u16, owner: &Owner) -> Result<()> {
+    pub fn watch_local_port(&mut self, netns: u32, port: u16, owner: &PortOwner) -> Result<()> {
         self.local_ports
             .insert(LocalPortKey::new(netns, port), owner, 0)
             .with_context(|| format!("adding local port {port} to the watched ports"))?;
@@ -337,13 +362,28 @@ impl Kernel {
 
     pub fn watch_pid(&mut self, pid: u32) -> Result<()> {
         self.pids
-            .insert(pid, 1, 0)
+            .insert(pid, PID_TARGET, 0)
             .with_context(|| format!("adding PID {pid} to the targets"))
+    }
+
+    /// A process a target forked before observer attached: a target too, until it exits (the
+    /// program takes it out then). False when it is a target already.
+    pub fn watch_descendant(&mut self, pid: u32) -> Result<bool> {
+        // BPF_NOEXIST: a `--pid` target keeps its own mark.
+        match self.pids.insert(pid, PID_DESCENDANT, 1) {
+            Ok(()) => Ok(true),
+            Err(_) if self.pids.get(&pid, 0).is_ok() => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("adding PID {pid} to the targets")),
+        }
     }
 
     /// (namespace, port, owner) of every watched local port, including those the program added.
     pub fn local_ports(&self) -> Vec<(LocalPortKey, Owner)> {
-        self.local_ports.iter().filter_map(|r| r.ok()).collect()
+        self.local_ports
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, p)| (k, p.owner))
+            .collect()
     }
 
     pub fn set_control(&mut self, index: u32, value: u32) -> Result<()> {
@@ -505,6 +545,7 @@ impl Kernel {
             late_opens: sum(counters::LATE_OPENS),
             remotes_full: sum(counters::REMOTES_FULL),
             remote_lost: sum(counters::REMOTE_LOST),
+            pids_full: sum(counters::PIDS_FULL),
         }
     }
 }

@@ -42,7 +42,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
-use observer_common::{DIR_INBOUND, DIR_OUTBOUND, filter::Owner, stats::StatsKey};
+use observer_common::{DIR_INBOUND, DIR_OUTBOUND, filter::PortOwner, stats::StatsKey};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -176,13 +176,15 @@ fn load_and_attach(config: &Config, targets: &Targets, layout: &btf::Layout) -> 
         cgroup_offsets: layout.cgroup,
         ring_bytes: config.ring_bytes,
         by_remote: config.by_remote.map(|b| b.masks()),
+        pid_targets: !targets.processes.is_empty(),
+        task_tgid: layout.task_tgid,
     })?;
     // Loading parsed the kernel's BTF once more (aya does, for relocations this program does not
     // have): hand the freed heap back rather than keep it resident for observer's whole life.
     // SAFETY: no preconditions.
     unsafe { libc::malloc_trim(0) };
     for port in &config.ports {
-        kernel.watch_local_port(0, *port, &Owner::UNKNOWN)?;
+        kernel.watch_local_port(0, *port, &PortOwner::NAMED)?;
     }
     for port in &config.remote_ports {
         kernel.watch_remote_port(*port)?;
@@ -191,6 +193,18 @@ fn load_and_attach(config: &Config, targets: &Targets, layout: &btf::Layout) -> 
         kernel.watch_pid(p.pid)?;
     }
     kernel.attach()?;
+    // Forks from now on are the program's; those before, the targets' descendants now. A
+    // process forked by one found here before it was added is found by the next pass.
+    let roots: Vec<u32> = targets.processes.iter().map(|p| p.pid).collect();
+    for _ in 0..5 {
+        let mut added = 0;
+        for pid in targets::descendants(&roots) {
+            added += usize::from(kernel.watch_descendant(pid)?);
+        }
+        if added == 0 {
+            break;
+        }
+    }
     Ok(kernel)
 }
 

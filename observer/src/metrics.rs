@@ -335,6 +335,7 @@ impl ConnCollector {
             ("late_open_counted", Some(health.late_opens)),
             ("remotes_map_full", Some(health.remotes_full)),
             ("remote_count_lost", Some(health.remote_lost)),
+            ("pids_map_full", Some(health.pids_full)),
             ("cgroup_unknown", Some(health.cgroup_unknown)),
             // Only where the kernel counts skipped runs: lost is derived from that count.
             ("lost_transition", health.lost),

@@ -59,14 +59,60 @@ impl Targets {
         !self.processes.is_empty() || !self.cgroups.is_empty()
     }
 
-    /// The target processes now: each `--pid`, and every process of each `--cgroup`.
+    /// The target processes now: each `--pid` and the processes it forked, and every process
+    /// of each `--cgroup`.
     pub fn pids(&self) -> Vec<u32> {
-        self.processes
+        let roots: Vec<u32> = self.processes.iter().map(|p| p.pid).collect();
+        let tree = if roots.is_empty() {
+            Vec::new()
+        } else {
+            descendants(&roots)
+        };
+        roots
             .iter()
-            .map(|p| p.pid)
+            .copied()
+            .chain(tree)
             .chain(self.cgroups.iter().flat_map(|c| cgroup_pids(&c.path)))
             .collect()
     }
+}
+
+/// The processes below `roots` in the process tree now (children, theirs, ...), from each
+/// process's parent in procfs; threads are not processes.
+pub fn descendants(roots: &[u32]) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, parent_of(pid)?)))
+        .collect();
+    below(roots, &parents)
+}
+
+/// The parent (PPid) of process `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .stat()
+        .ok()?;
+    u32::try_from(stat.ppid).ok()
+}
+
+/// The pids below `roots` in a list of (process, parent).
+fn below(roots: &[u32], parents: &[(u32, u32)]) -> Vec<u32> {
+    let mut found: Vec<u32> = Vec::new();
+    let mut frontier: Vec<u32> = roots.to_vec();
+    while let Some(p) = frontier.pop() {
+        for (child, parent) in parents {
+            if *parent == p && !roots.contains(child) && !found.contains(child) {
+                found.push(*child);
+                frontier.push(*child);
+            }
+        }
+    }
+    found.sort_unstable();
+    found
 }
 
 /// A target process, with a pidfd that stands for that very process: it reports its exit, and
@@ -244,6 +290,15 @@ pub fn namespaces_of(pids: &[u32]) -> Vec<Namespace> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn below_finds_every_generation() {
+        // 10 -> 11 -> 13, 10 -> 12; 20 -> 21 is another tree; 1 -> 10.
+        let parents = [(10, 1), (11, 10), (12, 10), (13, 11), (21, 20), (20, 1)];
+        assert_eq!(below(&[10], &parents), vec![11, 12, 13]);
+        assert_eq!(below(&[11, 20], &parents), vec![13, 21]);
+        assert!(below(&[13], &parents).is_empty());
+    }
 
     #[test]
     fn pid_errors_name_the_culprit() {

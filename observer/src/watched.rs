@@ -1,12 +1,12 @@
 //! What observer watches, found on the running system once the programs are attached: the
 //! network namespaces to list, who owns which socket, which listening ports count; and the rule
 //! that tells which existing connection is whose (`classify`), for the snapshot.
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context as _, Result};
 use observer_common::{
     DIR_INBOUND, DIR_OUTBOUND,
-    filter::{LocalPortKey, Owner},
+    filter::{LocalPortKey, Owner, PortOwner},
     tcp,
 };
 
@@ -72,15 +72,24 @@ impl Watched {
                 let listening = ns
                     .dump(mask)
                     .with_context(|| format!("listing the listening sockets of {ns}"))?;
+                // A port is watched when one of its listeners counts; its owner is known only
+                // when every listener of it is one process's (see `PortOwner`).
+                let mut ports: BTreeMap<u16, (bool, Vec<Owner>)> = BTreeMap::new();
                 for s in listening {
                     let counts = if all {
                         own_endpoint != Some(s.inode)
                     } else {
                         target_inodes.contains(&s.inode)
                     };
+                    let port = ports.entry(s.sport).or_default();
+                    port.0 |= counts;
+                    port.1
+                        .push(owners.get(&s.inode).copied().unwrap_or(Owner::UNKNOWN));
+                }
+                for (port, (counts, listeners)) in ports {
                     if counts {
-                        let owner = owners.get(&s.inode).copied().unwrap_or(Owner::UNKNOWN);
-                        kernel.watch_local_port(ns.inode, s.sport, &owner)?;
+                        let owner = PortOwner::of_listeners(&listeners);
+                        kernel.watch_local_port(ns.inode, port, &owner)?;
                     }
                 }
             }

@@ -94,6 +94,49 @@ impl Helper {
         r.strip_prefix("listening ").unwrap().parse().unwrap()
     }
 
+    /// Listens on `addr` with SO_REUSEPORT (other processes may listen on the same port).
+    pub fn listen_reuseport(&mut self, addr: &str) -> u16 {
+        let r = self.ask(&format!("listen {addr} reuseport"));
+        r.strip_prefix("listening ").unwrap().parse().unwrap()
+    }
+
+    /// Closes every listening socket; returns how many.
+    pub fn unlisten(&mut self) -> usize {
+        let r = self.ask("unlisten");
+        r.strip_prefix("unlistened ").unwrap().parse().unwrap()
+    }
+
+    /// The client ports of the connections this helper accepted.
+    pub fn accepted(&mut self) -> Vec<u16> {
+        let r = self.ask("accepted");
+        r.split_whitespace()
+            .skip(1)
+            .map(|p| p.parse().unwrap())
+            .collect()
+    }
+
+    /// Starts a child helper (a process this one forks); returns its index and PID. It is
+    /// stopped when this helper is.
+    pub fn spawn_child(&mut self) -> (usize, u32) {
+        let r = self.ask("spawn");
+        let v: Vec<u32> = r
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        (v[0] as usize, v[1])
+    }
+
+    /// Sends `cmd` to child `index`; its reply.
+    pub fn child(&mut self, index: usize, cmd: &str) -> String {
+        self.ask(&format!("child {index} {cmd}"))
+    }
+
+    /// Stops child `index` and waits for it to exit.
+    pub fn reap(&mut self, index: usize) {
+        self.ask(&format!("reap {index}"));
+    }
+
     /// Opens and closes `n` connections; returns (succeeded, failed).
     pub fn connect(&mut self, addr: &str, n: usize) -> (usize, usize) {
         let r = self.ask(&format!("connect {addr} {n}"));

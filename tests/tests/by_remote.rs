@@ -153,6 +153,34 @@ fn an_ipv4_client_of_a_dual_stack_listener_is_ipv4() {
     );
 }
 
+/// Outbound, the remote is the server this host connects to.
+#[test]
+fn outbound_connections_count_under_their_server() {
+    require_root();
+    let server = Server::start(&["127.0.0.5"], Mode::Hold);
+    let port = server.port();
+    let o = Observer::start(&["--remote-port", &port.to_string(), "--by-remote"]);
+    let conns = from("127.0.0.1", server.addrs[0], 4);
+    let s = o.settle("4 open", |s| s.established("outbound", port) == Some(4.0));
+    let out = |s: &Scrape, remote: &str| {
+        s.value(
+            FAMILY,
+            &[
+                ("direction", "outbound"),
+                ("port", &port.to_string()),
+                ("remote", remote),
+            ],
+        )
+    };
+    assert_eq!(out(&s, "127.0.0.5"), Some(4.0));
+    assert_eq!(out(&s, "other"), Some(0.0));
+    drop(conns);
+    let s = o.settle("none open", |s| {
+        s.established("outbound", port) == Some(0.0)
+    });
+    assert_eq!(out(&s, "127.0.0.5"), Some(0.0));
+}
+
 #[test]
 fn a_prefix_makes_one_series_of_its_clients() {
     require_root();

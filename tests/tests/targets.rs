@@ -447,3 +447,84 @@ fn a_connect_that_times_out_is_failed() {
         && e["remote"] == "10.213.2.3:9"
         && e["pid"] == client.pid()));
 }
+
+/// The PIDs in observer's kernel filter of target processes.
+fn filtered_pids(o: &Observer) -> Vec<u32> {
+    let map = observer_tests::bpftool::map_of(o.pid(), "PIDS");
+    observer_tests::bpftool::map_entries(map)
+        .iter()
+        .map(|(k, _)| u32::from_le_bytes(k[..4].try_into().unwrap()))
+        .collect()
+}
+
+/// `--pid` is a process tree: the children the target forked before observer started and
+/// after, and theirs, listen and connect as the target; a child that exits leaves the filter.
+#[test]
+fn pid_covers_its_process_tree_present_and_future() {
+    require_root();
+    let mut server = Helper::start();
+    let (old, old_pid) = server.spawn_child();
+    let reply = server.child(old, "listen 127.0.0.1:0");
+    let p_old: u16 = reply.strip_prefix("listening ").unwrap().parse().unwrap();
+    let mut upstream = Helper::start();
+    let r = upstream.listen("127.0.0.1:0");
+    let mut client = Helper::start();
+
+    let (o, events) =
+        Observer::start_with_events(&["--pid", &server.pid().to_string(), "--events", "json"]);
+    let (new, new_pid) = server.spawn_child();
+    let reply = server.child(new, "listen 127.0.0.1:0");
+    let p_new: u16 = reply.strip_prefix("listening ").unwrap().parse().unwrap();
+    let reply = server.child(new, "spawn");
+    let grandchild: u32 = reply.split_whitespace().nth(2).unwrap().parse().unwrap();
+
+    assert_eq!(client.connect(&format!("127.0.0.1:{p_old}"), 10), (10, 0));
+    assert_eq!(client.connect(&format!("127.0.0.1:{p_new}"), 20), (20, 0));
+    assert_eq!(
+        server.child(old, &format!("connect 127.0.0.1:{r} 5")),
+        "connected 5 0"
+    );
+    assert_eq!(
+        server.child(new, &format!("child 0 connect 127.0.0.1:{r} 7")),
+        "connected 7 0"
+    );
+    let s = o.settle("every connection closed", |s| {
+        count(s, CLOSED, "inbound", p_old) == 10.0
+            && count(s, CLOSED, "inbound", p_new) == 20.0
+            && count(s, CLOSED, "outbound", r) == 12.0
+    });
+    assert_eq!(count(&s, OPENED, "outbound", r), 12.0);
+    // The client is no descendant: its connections are not outbound ones of the target.
+    for p in [p_old, p_new] {
+        assert!(s.conn(OPENED, "outbound", p).is_none(), "{}", s.text);
+    }
+    let mut by_pid = std::collections::BTreeMap::new();
+    while let Ok(line) = events.recv_timeout(Duration::from_millis(500)) {
+        let e: Value = serde_json::from_str(&line).unwrap();
+        if e["type"] == "open" && e["direction"] == "outbound" {
+            *by_pid.entry(e["pid"].as_u64().unwrap() as u32).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        by_pid,
+        std::collections::BTreeMap::from([(old_pid, 5), (grandchild, 7)])
+    );
+
+    let mut pids = filtered_pids(&o);
+    pids.sort_unstable();
+    let mut want = vec![server.pid(), old_pid, new_pid, grandchild];
+    want.sort_unstable();
+    assert_eq!(pids, want);
+    // The new child exits (its child, left without stdin, follows): both leave the filter.
+    server.reap(new);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let p = filtered_pids(&o);
+            (!p.contains(&new_pid) && !p.contains(&grandchild)).then_some(())
+        })
+        .is_some(),
+        "exited descendants still in the filter: {:?}",
+        filtered_pids(&o)
+    );
+    assert!(filtered_pids(&o).contains(&old_pid));
+}

@@ -2,15 +2,24 @@
 //! network namespace the tests control. Commands come on stdin, one per line, so a test decides
 //! when each socket appears; every reply is one line on stdout.
 //!
-//!   listen ADDR          listen on ADDR (port 0: any), reply `listening PORT`; connections are
-//!                        held until the client closes
+//!   listen ADDR [reuseport]
+//!                        listen on ADDR (port 0: any), with SO_REUSEPORT if asked, reply
+//!                        `listening PORT`; connections are held until the client closes
+//!   unlisten             close the listening sockets, reply `unlistened N`
+//!   accepted             the client ports of the connections accepted so far, reply
+//!                        `accepted PORT...`
 //!   connect ADDR N       open and close N connections one after the other, reply `connected OK FAILED`
 //!   hold ADDR N          open N connections and keep them, reply `holding N`
 //!   release              close the held connections, reply `released N`
+//!   spawn                start a child tcp-helper (a new process), reply `spawned INDEX PID`
+//!   child INDEX CMD...   send CMD to child INDEX, reply with its reply
+//!   reap INDEX           stop child INDEX and wait for it, reply `reaped PID`
 //!   exit                 exit 0 (as does the end of stdin)
 use std::{
     io::{BufRead as _, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -18,14 +27,42 @@ fn main() {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     let mut held: Vec<TcpStream> = Vec::new();
+    let accepted: Arc<Mutex<Vec<u16>>> = Arc::default();
+    // Shut down by `unlisten`, which ends their accept threads.
+    let mut listening: Vec<TcpListener> = Vec::new();
+    let mut children: Vec<(
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+    )> = Vec::new();
     for line in stdin.lock().lines().map_while(Result::ok) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["listen", addr] => {
-                let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            ["listen", addr, options @ ..] => {
+                let addr: SocketAddr = addr.parse().expect("address");
+                let l = if options == ["reuseport"] {
+                    listen_reuseport(addr)
+                } else {
+                    TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))
+                };
                 let port = l.local_addr().unwrap().port();
-                std::thread::spawn(move || serve(l));
+                let (l2, log) = (l.try_clone().unwrap(), accepted.clone());
+                std::thread::spawn(move || serve(l2, log));
+                listening.push(l);
                 writeln!(out, "listening {port}").unwrap();
+            }
+            ["unlisten"] => {
+                let n = listening.len();
+                for l in listening.drain(..) {
+                    // SAFETY: shutdown on a listening socket this process owns; it wakes the
+                    // accept thread, whose accept() then fails and ends it.
+                    unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+                }
+                writeln!(out, "unlistened {n}").unwrap();
+            }
+            ["accepted"] => {
+                let ports = accepted.lock().unwrap();
+                let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+                writeln!(out, "accepted {}", list.join(" ")).unwrap();
             }
             ["connect", addr, n] => {
                 let addr: SocketAddr = addr.parse().expect("address");
@@ -53,6 +90,31 @@ fn main() {
                 writeln!(out, "released {}", held.len()).unwrap();
                 held.clear();
             }
+            ["spawn"] => {
+                let mut c = std::process::Command::new(std::env::current_exe().unwrap())
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawning a child");
+                let out_c = std::io::BufReader::new(c.stdout.take().unwrap());
+                writeln!(out, "spawned {} {}", children.len(), c.id()).unwrap();
+                children.push((c, out_c));
+            }
+            ["child", i, cmd @ ..] => {
+                let (c, r) = &mut children[i.parse::<usize>().expect("index")];
+                let stdin = c.stdin.as_mut().unwrap();
+                writeln!(stdin, "{}", cmd.join(" ")).unwrap();
+                stdin.flush().unwrap();
+                let mut reply = String::new();
+                r.read_line(&mut reply).unwrap();
+                write!(out, "{reply}").unwrap();
+            }
+            ["reap", i] => {
+                let (c, _) = &mut children[i.parse::<usize>().expect("index")];
+                let _ = c.kill();
+                let _ = c.wait();
+                writeln!(out, "reaped {}", c.id()).unwrap();
+            }
             ["exit"] => return,
             _ => writeln!(out, "error unknown command: {line}").unwrap(),
         }
@@ -60,8 +122,63 @@ fn main() {
     }
 }
 
-fn serve(l: TcpListener) {
-    for s in l.incoming().flatten() {
+/// A listener with SO_REUSEPORT (std sets no option before bind()).
+fn listen_reuseport(addr: SocketAddr) -> TcpListener {
+    let err = |what: &str| panic!("{what} {addr}: {}", std::io::Error::last_os_error());
+    let SocketAddr::V4(v4) = addr else {
+        panic!("reuseport listeners are IPv4 here: {addr}")
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            err("socket");
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let opt = (&one as *const libc::c_int).cast();
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            opt,
+            len,
+        ) != 0
+        {
+            err("SO_REUSEPORT");
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let sl = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&sin as *const libc::sockaddr_in).cast(),
+            sl,
+        ) != 0
+        {
+            err("bind");
+        }
+        if libc::listen(fd.as_raw_fd(), 1024) != 0 {
+            err("listen");
+        }
+        TcpListener::from(fd)
+    }
+}
+
+/// Accepts until the listener is shut down, logging each client's port.
+fn serve(l: TcpListener, log: Arc<Mutex<Vec<u16>>>) {
+    for s in l.incoming() {
+        let Ok(s) = s else { return };
+        if let Ok(peer) = s.peer_addr() {
+            log.lock().unwrap().push(peer.port());
+        }
         std::thread::spawn(move || {
             let mut s = s;
             let mut buf = [0u8; 256];
