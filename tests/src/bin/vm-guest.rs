@@ -564,7 +564,20 @@ fn pid() -> Outcome {
     )?;
     let _server = Server::start(P)?;
     let o = Observer::start("", &["--pid", &x.pid().to_string()])?;
-    process_target_test(&o, &mut x, P3, P)
+    let detail = process_target_test(&o, &mut x, P3, P)?;
+    // A child X forks now is a target too (the fork program).
+    let reply = x.command("spawn")?;
+    if !reply.starts_with("spawned 0 ") {
+        return Err(format!("helper said `{reply}` to spawn"));
+    }
+    x.expect(&format!("child 0 connect 127.0.0.1:{P} 4"), "connected 4 0")?;
+    let (good, child) = o.settle(|m| opened_closed(m, "outbound", P, 9));
+    let detail = format!("{detail}; with a child forked since: {child}");
+    if good {
+        Ok(detail)
+    } else {
+        Err(o.failure(&detail))
+    }
 }
 
 /// `--cgroup DIR`: a process moved into DIR before it listens and connects.
