@@ -9,8 +9,6 @@ pub const FLAG_ESTABLISHED: u8 = 1;
 pub const FLAG_OPEN_SEEN: u8 = 2;
 /// The socket existed before observer attached.
 pub const FLAG_PREEXISTING: u8 = 4;
-/// The start-up snapshot counted the socket (in the state it was first met in).
-pub const FLAG_SEEDED: u8 = 8;
 
 /// Nothing for a person: a step inside the handshake or the shutdown.
 pub const EVENT_NONE: u8 = 0;
@@ -38,17 +36,10 @@ pub struct Conn {
     /// The state the counters hold it in; 0 for a pre-existing socket the counters never held.
     pub state: u8,
     pub flags: u8,
-    /// With `--by-remote`, where its established count is (`remote::PLACE_*`; none while
-    /// it is not counted per remote).
-    pub remote_place: u8,
     /// Index of its port's counters (`STATS_SLOTS`), fixed when it is first tracked.
     pub slot: u16,
-    /// With `--by-remote`, the remote it counts under (`remote::RemoteKey`'s family and
-    /// address): where its count is taken back, also when its socket is gone.
-    pub remote_family: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 5],
     pub comm: [u8; 16],
-    pub remote_addr: [u8; 16],
 }
 crate::pod!(Conn);
 
@@ -101,12 +92,9 @@ impl Conn {
             direction,
             state: counted,
             flags: if established { FLAG_ESTABLISHED } else { 0 },
-            remote_place: 0,
             slot: 0,
-            remote_family: 0,
-            _pad: [0; 3],
+            _pad: [0; 5],
             comm: [0; 16],
-            remote_addr: [0; 16],
         }
     }
 
@@ -243,9 +231,6 @@ pub fn first_sighting(direction: u8, port: u16, old: u8, baselined: bool) -> Con
     let mut conn = Conn::new(direction, port, counted, tcp::implies_established(old));
     if !matches!(old, tcp::CLOSE | tcp::LISTEN) {
         conn.flags |= FLAG_PREEXISTING;
-    }
-    if counted != 0 {
-        conn.flags |= FLAG_SEEDED;
     }
     conn
 }

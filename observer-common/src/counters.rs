@@ -31,13 +31,6 @@ pub const NESTED_RUNS: u32 = 8;
 /// delivered (its birth and its move to ESTABLISHED both lost): counted opened then (see
 /// `conn::unseeded_sides`).
 pub const LATE_OPENS: u32 = 9;
-/// Connections not counted under their remote's own key (`--by-remote`): its map, or the
-/// per-socket map of where counts went, was full; counted under `remote="other"` instead, or
-/// (the latter) not per remote at all.
-pub const REMOTES_FULL: u32 = 10;
-/// A connection's per-remote count not found where it went when it was taken back (never
-/// expected: the entry of a count is not deleted while it is above 0).
-pub const REMOTE_LOST: u32 = 11;
 /// A target's child process not made a target: the map of target processes was full.
-pub const PIDS_FULL: u32 = 12;
-pub const LEN: u32 = 13;
+pub const PIDS_FULL: u32 = 10;
+pub const LEN: u32 = 11;

@@ -137,8 +137,6 @@ pub mod flags {
     pub const ALL_LISTENERS: u32 = 2;
     /// Processes are targets (`--pid`, `--cgroup`): their listen() and connect() are watched.
     pub const PROCESS_TARGETS: u32 = 4;
-    /// Count established connections per remote (`--by-remote`, see `remote`).
-    pub const BY_REMOTE: u32 = 8;
 }
 
 /// Names of the program's read-only globals, set by the daemon at load time.
@@ -267,9 +265,6 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
     pub const DOOMED: &str = "DOOMED";
-    pub const BY_REMOTE_0: &str = "BY_REMOTE_0";
-    pub const BY_REMOTE_1: &str = "BY_REMOTE_1";
-    pub const REMOTE_OTHER: &str = "REMOTE_OTHER";
 }
 
 /// Name of the main program (what `bpftool prog show` lists; at most 15 characters).
@@ -281,6 +276,12 @@ pub const BACKUP_PROGRAM: &str = "observer_backup";
 pub const FORK_PROGRAM: &str = "observer_fork";
 /// Name of the program that takes an exited descendant's PID out of the filter.
 pub const EXIT_PROGRAM: &str = "observer_exit";
+/// Name of the iterator that lists the remotes of the established watched connections
+/// (`--by-remote`).
+pub const REMOTES_PROGRAM: &str = "observer_remotes";
+/// Name of the iterator that lists the remotes of the start-up snapshot's established
+/// connections that have not changed since.
+pub const SEEDS_PROGRAM: &str = "observer_seeds";
 /// Name of the iterator that lists the watched sockets whose memory says CLOSE (see `sweep`).
 pub const SWEEP_PROGRAM: &str = "observer_sweep";
 /// Name of the iterator that retires the sockets the daemon confirmed dead (see `sweep`).

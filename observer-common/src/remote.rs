@@ -1,15 +1,10 @@
-//! Per-client counts (`--by-remote`): established connections per remote address or prefix,
-//! kept in the kernel like every other count.
+//! Per-client counts (`--by-remote`): established connections per remote address or prefix.
 //!
-//! The program adds one to its connection's `RemoteKey` when a connection enters ESTABLISHED and
-//! takes it back when it leaves, in one of two maps (`BY_REMOTE_0`, `BY_REMOTE_1`): the
-//! *active* one, which `CONTROL[CONTROL_REMOTE_GEN]` names, takes every new count; a connection
-//! remembers its key and where it counted (in its `Conn`) and takes its count back there.
-//! So the other map only ever goes down, and once no program can still be adding to it (an RCU
-//! grace period after the switch), an entry at 0 there stays 0: the daemon deletes those, then
-//! switches again. That is how remotes that are gone leave the kernel without a count lost.
-//! A full map sends the count to its port's overflow (`REMOTE_OTHER`, by counters' slot),
-//! which the daemon shows under `remote="other"`.
+//! Nothing is counted per remote on the program's hot path. The per-socket map holds every
+//! watched connection in the state the counters hold it in, and the start-up snapshot's seeds
+//! stay in their map until their first transition: at a scrape, one iterator over each lists
+//! the remote (`RemoteKey`, masked to the prefix) of every connection counted in ESTABLISHED,
+//! and the daemon counts them. The counts sum to the `established` gauge by construction.
 
 use crate::tracepoint::AF_INET6;
 
@@ -17,22 +12,9 @@ use crate::tracepoint::AF_INET6;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
-/// `Conn::remote_place`: not counted per remote.
-pub const PLACE_NONE: u8 = 0;
-/// Counted in map 0 (`BY_REMOTE_0`); map 1 is `PLACE_MAP0 + 1`.
-pub const PLACE_MAP0: u8 = 1;
-pub const PLACE_MAP1: u8 = 2;
-/// Counted in its port's overflow, its map full.
-pub const PLACE_OTHER: u8 = 3;
-
-/// Index in the `CONTROL` array: the map (0 or 1) that takes new counts.
-pub const CONTROL_REMOTE_GEN: u32 = 3;
-
-/// Remote addresses (or prefixes) with an entry at once, in each of the two maps.
-pub const MAX_REMOTES: u32 = 65_536;
-
 /// A remote as counted: the connection's (direction, port) and its peer's address, masked to
-/// the prefix. IPv4 fills the first 4 bytes of `addr`.
+/// the prefix. IPv4 fills the first 4 bytes of `addr`. What the iterators write, one after
+/// another.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RemoteKey {
@@ -43,6 +25,10 @@ pub struct RemoteKey {
 }
 crate::pod!(RemoteKey);
 
+impl RemoteKey {
+    pub const SIZE: usize = core::mem::size_of::<RemoteKey>();
+}
+
 /// The prefix masks, as the program applies them to the address's two 8-byte words (in memory
 /// order): `[IPv4, IPv6 first half, IPv6 second half]` (global `REMOTE_MASKS`).
 pub type Masks = [u64; 3];
@@ -50,7 +36,7 @@ pub type Masks = [u64; 3];
 /// No prefix: every address is its own remote.
 pub const FULL_MASKS: Masks = [u32::MAX as u64, u64::MAX, u64::MAX];
 
-/// The masks of a `/v4` IPv4 and `/v6` IPv6 prefix.
+/// The masks of a `/v4` IPv4 and `/v6` IPv6 prefix (global `REMOTE_MASKS`).
 pub fn masks(v4: u8, v6: u8) -> Masks {
     let mut m = [0u8; 16];
     for (i, byte) in m.iter_mut().enumerate() {

@@ -14,7 +14,7 @@ use observer_common::limits::{
     DEFAULT_RING_BYTES, MAX_BASELINE, MAX_BUCKETS, MAX_CGROUPS, MAX_DOOMED, MAX_LOCAL_PORTS,
     MAX_PIDS, MAX_PORTS, MAX_SEEN, MAX_SOCKETS,
 };
-use observer_common::remote::{FULL_MASKS, MAX_REMOTES, Masks, RemoteKey};
+use observer_common::remote::{FULL_MASKS, Masks};
 use observer_common::snapshot::{
     CONTROL_BASELINE_ACTIVE, CONTROL_LEN, CONTROL_SNAPSHOT_DONE, Seed, TupleKey,
 };
@@ -141,16 +141,6 @@ pub(crate) static DOOMED: HashMap<u64, Doomed> = HashMap::with_max_entries(MAX_D
 /// time (see `adopt`).
 #[map]
 pub(crate) static DONE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
-/// Established connections per remote (`--by-remote`): the two maps of
-/// `observer_common::remote`, shared by every CPU (counts are atomic adds). The daemon sizes
-/// them, and the overflow below, to one entry without the flag.
-#[map]
-pub(crate) static BY_REMOTE_0: HashMap<RemoteKey, u64> = HashMap::with_max_entries(MAX_REMOTES, 0);
-#[map]
-pub(crate) static BY_REMOTE_1: HashMap<RemoteKey, u64> = HashMap::with_max_entries(MAX_REMOTES, 0);
-/// Per counters' slot: the counts that found their remote's map full.
-#[map]
-pub(crate) static REMOTE_OTHER: Array<u64> = Array::with_max_entries(MAX_PORTS, 0);
 /// Per CPU: what the two programs keep between and within their runs (see `Scratch`).
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -102,23 +102,6 @@ impl Sock {
         (family, s, d)
     }
 
-    /// (family, remote address as two words in memory order): IPv4 in the low 4 bytes of the
-    /// first. Fewer loads than `addrs`, for the per-remote counts.
-    #[inline(always)]
-    pub(crate) fn remote_words(&self) -> (u16, u64, u64) {
-        let o = SOCK_OFFSETS.load();
-        let family: u16 = self.field(o.family);
-        if family == AF_INET {
-            (family, self.field::<u32>(o.daddr) as u64, 0)
-        } else {
-            (
-                family,
-                self.field::<u64>(o.daddr_v6),
-                self.field::<u64>(o.daddr_v6 + 8),
-            )
-        }
-    }
-
     /// A 16-byte field (an IPv6 address) as two 8-byte loads.
     #[inline(always)]
     pub(crate) fn field16(&self, off: u32) -> [u8; 16] {

@@ -6,7 +6,6 @@ use crate::maps::{
     SOCKETS, STATS, STATS_SLOTS, TARGET_REMOTES, baseline_active, bound, control, count, now,
     port_flags, snapshot_open,
 };
-use crate::remote;
 use crate::scratch::transition_key;
 use crate::sock::{Sock, netns_of};
 use crate::target::{
@@ -197,18 +196,6 @@ pub(crate) fn track_new(
         count(counters::SOCKETS_FULL);
         return None; // untracked: counting its entry now would leave the gauge stuck
     }
-    if by_remote() {
-        // Into the entry, now that it is in place (or the ended copy): where its count went.
-        let entry = if step.ended {
-            None
-        } else {
-            SOCKETS.get_ptr_mut(sk)
-        };
-        // SAFETY: the socket's entry; its transitions are serialised by the socket's lock.
-        let target = entry.map_or(&mut conn, |p| unsafe { &mut *p });
-        remote::follow(tp, target, &open);
-        remote::follow(tp, target, &step);
-    }
     if late {
         count(counters::LATE_OPENS);
         finish(tp, sk, &conn, &open, netns, mark_seen);
@@ -219,9 +206,6 @@ pub(crate) fn track_new(
 #[inline(always)]
 pub(crate) fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8, line: Line) -> Option<()> {
     let step = conn.advance(new, now);
-    if by_remote() {
-        remote::follow(tp, conn, &step);
-    }
     let conn = *conn;
     if step.ended {
         let _ = SOCKETS.remove(sk);
@@ -282,16 +266,8 @@ pub(crate) fn close_unseen(sk: u64, conn: &Conn, step: &Step, ends: Option<&Ends
         ..*step
     };
     count_step(conn, &step);
-    if by_remote() && step.leave == tcp::ESTABLISHED {
-        remote::left(&mut { *conn });
-    }
     count(counters::STALE_SOCKETS);
     emit_unseen_close(sk, conn, &step, ends);
-}
-
-#[inline(always)]
-fn by_remote() -> bool {
-    FLAGS.load() & flags::BY_REMOTE != 0
 }
 
 #[inline(always)]

@@ -1,25 +1,21 @@
-//! `--by-remote`: established connections per remote address or prefix. The kernel keeps the
-//! counts (`observer_common::remote`); this module chooses which remotes get a series of their
-//! own, names them, and has the kernel forget the remotes that are gone.
+//! `--by-remote`: established connections per remote address or prefix, as the kernel's
+//! iterators list them (`observer_common::remote`). This module chooses which remotes get a
+//! series of their own, and names them.
 //!
 //! Which remotes keep a series is sticky, so that series do not flap between scrapes: per
 //! watched (direction, port), a remote with connections gets a series while fewer than
 //! `--max-remotes` have one; a remote keeps its series while it has connections, and at 0 keeps
 //! it until another remote with connections needs the room. The rest are summed under
-//! `remote="other"`, with what the kernel could not count under a remote of its own.
+//! `remote="other"`.
 use std::{
     collections::{BTreeSet, HashMap},
     net::{Ipv4Addr, Ipv6Addr},
-    sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use observer_common::{
     remote::{FAMILY_V4, Masks, RemoteKey},
     stats::StatsKey,
 };
-
-use crate::kernel::Kernel;
 
 /// The `--remote-prefix` lengths, and the most remotes with a series per (direction, port).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,13 +70,11 @@ impl Selection {
         }
     }
 
-    /// This scrape's series for each of `groups`, from the counts per remote (the kernel's and
-    /// the snapshot's, summed) and the kernel's overflow per (direction, port).
+    /// This scrape's series for each of `groups`, from the established connections per remote.
     pub fn series(
         &mut self,
         groups: &[StatsKey],
         counts: &HashMap<RemoteKey, i64>,
-        overflow: &HashMap<StatsKey, i64>,
     ) -> HashMap<StatsKey, Series> {
         let mut by_group: HashMap<StatsKey, Vec<(RemoteKey, i64)>> = HashMap::new();
         for (k, n) in counts {
@@ -94,10 +88,7 @@ impl Selection {
             let live = by_group.remove(g).unwrap_or_default();
             let chosen = self.chosen.entry(*g).or_default();
             choose(chosen, &live, self.max);
-            let mut series = Series {
-                other: overflow.get(g).copied().unwrap_or(0),
-                ..Series::default()
-            };
+            let mut series = Series::default();
             for (k, n) in &live {
                 if !chosen.contains(k) {
                     series.other += n;
@@ -131,69 +122,6 @@ fn choose(chosen: &mut BTreeSet<RemoteKey>, live: &[(RemoteKey, i64)], max: usiz
         }
         chosen.insert(*k);
     }
-}
-
-/// How often the kernel's per-remote maps switch (see `observer_common::remote`): each switch
-/// lets the map that stopped taking counts forget its remotes at 0. `OBSERVER_REMOTE_SWITCH_MS`
-/// overrides it (the tests).
-pub fn switch_interval() -> Duration {
-    std::env::var("OBSERVER_REMOTE_SWITCH_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(Duration::from_secs(10), Duration::from_millis)
-}
-
-/// Switches the kernel's per-remote maps every `interval`, and deletes the entries at 0 of the
-/// one that stopped taking counts, once no program can still be adding to it.
-pub async fn forget_gone(kernel: Arc<Mutex<Kernel>>, interval: Duration) {
-    let mut warned = false;
-    loop {
-        tokio::time::sleep(interval).await;
-        let switched = kernel.lock().expect("kernel lock").switch_remote_map();
-        let old = match switched {
-            Ok(Some(old)) => old,
-            Ok(None) => return,
-            Err(e) => {
-                eprintln!("observer: warning: switching the per-remote maps: {e:#}");
-                continue;
-            }
-        };
-        match tokio::task::spawn_blocking(grace_period).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                if !warned {
-                    eprintln!(
-                        "observer: warning: cannot wait for the kernel's programs to finish (membarrier: {e}): remotes that are gone stay in the kernel's per-remote map, and once it is full new ones are counted under remote=\"other\""
-                    );
-                    warned = true;
-                }
-                continue;
-            }
-            Err(_) => return,
-        }
-        let keys = kernel.lock().expect("kernel lock").idle_remotes(old);
-        // In chunks: a scrape waits for the lock at most one chunk's deletions.
-        for chunk in keys.chunks(1024) {
-            kernel
-                .lock()
-                .expect("kernel lock")
-                .delete_idle_remotes(old, chunk);
-            tokio::task::yield_now().await;
-        }
-    }
-}
-
-/// Waits until every program run that began before the call has ended: they run inside an RCU
-/// read-side section, and `membarrier(MEMBARRIER_CMD_GLOBAL)` is a `synchronize_rcu()` (it is
-/// refused on `nohz_full` CPUs).
-fn grace_period() -> std::io::Result<()> {
-    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-    // SAFETY: a system call with plain integer arguments.
-    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -230,14 +158,14 @@ mod tests {
     fn every_remote_has_a_series_under_the_limit() {
         let mut s = Selection::new(100);
         let c = counts(&[(remote(80, 2), 30), (remote(80, 3), 20)]);
-        let out = s.series(&[G], &c, &HashMap::new());
+        let out = s.series(&[G], &c);
         assert_eq!(
             out[&G].remotes,
             vec![(remote(80, 2), 30), (remote(80, 3), 20)]
         );
         assert_eq!(out[&G].other, 0);
         // Gone to 0: the series stay, at 0.
-        let out = s.series(&[G], &HashMap::new(), &HashMap::new());
+        let out = s.series(&[G], &HashMap::new());
         assert_eq!(
             out[&G].remotes,
             vec![(remote(80, 2), 0), (remote(80, 3), 0)]
@@ -248,31 +176,23 @@ mod tests {
     fn the_rest_is_other_and_the_choice_does_not_flap() {
         let mut s = Selection::new(1);
         let c = counts(&[(remote(80, 2), 30), (remote(80, 3), 20)]);
-        let out = s.series(&[G], &c, &HashMap::new());
+        let out = s.series(&[G], &c);
         assert_eq!(out[&G].remotes, vec![(remote(80, 2), 30)]);
         assert_eq!(out[&G].other, 20);
         // .3 overtakes .2: .2 keeps its series while it has connections.
         let c = counts(&[(remote(80, 2), 1), (remote(80, 3), 50)]);
-        let out = s.series(&[G], &c, &HashMap::new());
+        let out = s.series(&[G], &c);
         assert_eq!(out[&G].remotes, vec![(remote(80, 2), 1)]);
         assert_eq!(out[&G].other, 50);
         // .2 at 0 and nobody waiting: it keeps its series.
         let c = counts(&[(remote(80, 2), 0)]);
-        let out = s.series(&[G], &c, &HashMap::new());
+        let out = s.series(&[G], &c);
         assert_eq!(out[&G].remotes, vec![(remote(80, 2), 0)]);
         // .2 at 0 and .3 waiting: .3 takes the room.
         let c = counts(&[(remote(80, 3), 5)]);
-        let out = s.series(&[G], &c, &HashMap::new());
+        let out = s.series(&[G], &c);
         assert_eq!(out[&G].remotes, vec![(remote(80, 3), 5)]);
         assert_eq!(out[&G].other, 0);
-    }
-
-    #[test]
-    fn the_kernels_overflow_is_other() {
-        let mut s = Selection::new(10);
-        let other = HashMap::from([(G, 7)]);
-        let out = s.series(&[G], &counts(&[(remote(80, 2), 3)]), &other);
-        assert_eq!((out[&G].remotes.len(), out[&G].other), (1, 7));
     }
 
     #[test]
@@ -282,7 +202,7 @@ mod tests {
         let mut out_key = remote(5432, 9);
         out_key.direction = DIR_OUTBOUND;
         let c = counts(&[(remote(80, 2), 1), (out_key, 4)]);
-        let out = s.series(&[G, h, StatsKey::new(DIR_INBOUND, 81)], &c, &HashMap::new());
+        let out = s.series(&[G, h, StatsKey::new(DIR_INBOUND, 81)], &c);
         assert_eq!(out[&G].remotes, vec![(remote(80, 2), 1)]);
         assert_eq!(out[&h].remotes, vec![(out_key, 4)]);
         assert_eq!(out[&StatsKey::new(DIR_INBOUND, 81)], Series::default());

@@ -16,14 +16,14 @@ use observer_common::{
     counters,
     filter::{
         BACKUP_PROGRAM, EXIT_PROGRAM, FORK_PROGRAM, PID_DESCENDANT, PID_TARGET, PROGRAM,
-        REAP_PROGRAM, SWEEP_PROGRAM,
+        REAP_PROGRAM, REMOTES_PROGRAM, SEEDS_PROGRAM, SWEEP_PROGRAM,
     },
     filter::{
         CgroupOffsets, CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS,
         PORT_REMOTE, PortOwner, SockOffsets, flags, globals, maps,
     },
     limits::{MAX_BUCKETS, MAX_DOOMED, MAX_PORTS},
-    remote::{CONTROL_REMOTE_GEN, FULL_MASKS, MAX_REMOTES, Masks, RemoteKey},
+    remote::{FULL_MASKS, Masks, RemoteKey},
     snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
     stats::{PortStats, StatsKey},
     sweep::Doomed,
@@ -77,26 +77,12 @@ pub struct Kernel {
     control: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
     doomed: HashMap<MapData, u64, Doomed>,
-    /// `--by-remote`: the two maps of per-remote counts and the overflow per counters' slot.
-    by_remote: Option<ByRemoteMaps>,
+    /// `--by-remote`: the iterators that list the remotes of the established connections, over
+    /// SOCKETS and BASELINE (see `observer_common::remote`).
+    by_remote: Option<[MapIterator; 2]>,
     /// The two iterators of the sweep (see `observer_common::sweep`), over SOCKETS and DOOMED.
     sweep: MapIterator,
     reap: MapIterator,
-}
-
-/// The per-remote maps (see `observer_common::remote`), and which one takes new counts.
-struct ByRemoteMaps {
-    counts: [HashMap<MapData, RemoteKey, u64>; 2],
-    other: Array<MapData, u64>,
-    active: usize,
-}
-
-/// What `Kernel::remote_counts` reads.
-#[derive(Clone, Debug, Default)]
-pub struct RemoteCounts {
-    pub remotes: std::collections::HashMap<RemoteKey, i64>,
-    /// Counts that found the kernel's map full, per (direction, port).
-    pub other: std::collections::HashMap<StatsKey, i64>,
 }
 
 /// Everything the program could not do, summed over CPUs (see `observer_common::counters`).
@@ -126,10 +112,6 @@ pub struct Health {
     pub nested_runs: u64,
     /// Connections counted opened when first met past ESTABLISHED, their open never delivered.
     pub late_opens: u64,
-    /// Connections not counted under their own remote (`--by-remote`: a map full).
-    pub remotes_full: u64,
-    /// Per-remote counts not found where they went (never expected).
-    pub remote_lost: u64,
     /// A target's child process not made a target (the map of targets full).
     pub pids_full: u64,
 }
@@ -155,9 +137,6 @@ impl Kernel {
         if s.process_targets {
             f |= flags::PROCESS_TARGETS;
         }
-        if s.by_remote.is_some() {
-            f |= flags::BY_REMOTE;
-        }
         let masks = s.by_remote.unwrap_or(FULL_MASKS);
         let (sk_net, net_inum) = s.netns.map_or((0, 0), |o| (o.sk_net, o.net_inum));
         let n_cgroups = s.cgroups.len() as u32;
@@ -166,7 +145,6 @@ impl Kernel {
         // A quarter full ring wakes the reader at once; below that it reads on its tick.
         let wakeup_bytes = u64::from(s.ring_bytes / 4);
         let preemptible = u32::from(crate::features::preemptible_tracepoints());
-        let remote_size = |n: u32| if s.by_remote.is_some() { n } else { 1 };
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::FLAGS, &f, true)
             .override_global(globals::SK_NET_OFFSET, &sk_net, true)
@@ -190,10 +168,6 @@ impl Kernel {
                     MIN_RING_BYTES
                 },
             )
-            // The per-remote maps are kernel memory too: one entry each without --by-remote.
-            .map_max_entries(maps::BY_REMOTE_0, remote_size(MAX_REMOTES))
-            .map_max_entries(maps::BY_REMOTE_1, remote_size(MAX_REMOTES))
-            .map_max_entries(maps::REMOTE_OTHER, remote_size(MAX_PORTS))
             .load(PROGRAM_OBJECT)
             .map_err(privilege_hint)
             .context("loading the eBPF program into the kernel")?;
@@ -229,8 +203,17 @@ impl Kernel {
         }
         let sockets: HashMap<MapData, u64, Conn> = take(&mut ebpf, maps::SOCKETS)?;
         let doomed: HashMap<MapData, u64, Doomed> = take(&mut ebpf, maps::DOOMED)?;
+        let baseline: HashMap<MapData, TupleKey, Seed> = take(&mut ebpf, maps::BASELINE)?;
         let mut iterators = Vec::new();
-        for (name, map) in [(SWEEP_PROGRAM, sockets.map()), (REAP_PROGRAM, doomed.map())] {
+        let mut wanted = vec![(SWEEP_PROGRAM, sockets.map()), (REAP_PROGRAM, doomed.map())];
+        // --by-remote: the remotes of the established connections and of the snapshot's seeds.
+        if s.by_remote.is_some() {
+            wanted.extend([
+                (REMOTES_PROGRAM, sockets.map()),
+                (SEEDS_PROGRAM, baseline.map()),
+            ]);
+        }
+        for (name, map) in wanted {
             let program: &mut Iter = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
@@ -243,6 +226,13 @@ impl Kernel {
                 map.fd().as_fd(),
             )?);
         }
+        let by_remote = if s.by_remote.is_some() {
+            let seeds = iterators.pop().expect("the seeds' iterator");
+            let remotes = iterators.pop().expect("the remotes' iterator");
+            Some([remotes, seeds])
+        } else {
+            None
+        };
         let reap = iterators.pop().expect("two iterators");
         let sweep = iterators.pop().expect("two iterators");
         drop(vmlinux);
@@ -264,17 +254,6 @@ impl Kernel {
         } else {
             None
         };
-        let by_remote = match s.by_remote {
-            Some(_) => Some(ByRemoteMaps {
-                counts: [
-                    take(&mut ebpf, maps::BY_REMOTE_0)?,
-                    take(&mut ebpf, maps::BY_REMOTE_1)?,
-                ],
-                other: take(&mut ebpf, maps::REMOTE_OTHER)?,
-                active: 0,
-            }),
-            None => None,
-        };
         Ok(Kernel {
             by_remote,
             prog_fd,
@@ -286,7 +265,7 @@ impl Kernel {
             target_remotes: take(&mut ebpf, maps::TARGET_REMOTES)?,
             local_ports: take(&mut ebpf, maps::LOCAL_PORTS)?,
             pids: take(&mut ebpf, maps::PIDS)?,
-            baseline: take(&mut ebpf, maps::BASELINE)?,
+            baseline,
             seen: take(&mut ebpf, maps::SEEN)?,
             control: take(&mut ebpf, maps::CONTROL)?,
             events,
@@ -428,69 +407,22 @@ impl Kernel {
         out
     }
 
-    /// `--by-remote`: the kernel's per-remote counts, summed over its two maps (signed: a
-    /// connection the snapshot counted takes its count back from the kernel's), and the
-    /// overflow of each (direction, port). `None` without the flag.
-    pub fn remote_counts(&self) -> Option<RemoteCounts> {
-        let m = self.by_remote.as_ref()?;
-        let mut out = RemoteCounts::default();
-        for map in &m.counts {
-            for entry in map.iter() {
-                let Ok((key, n)) = entry else { continue };
-                *out.remotes.entry(key).or_insert(0) += n as i64;
-            }
-        }
-        for entry in self.stats_slots.iter() {
-            let Ok((key, slot)) = entry else { continue };
-            if let Ok(n) = m.other.get(&slot, 0)
-                && n != 0
-            {
-                *out.other.entry(key).or_insert(0) += n as i64;
-            }
-        }
-        Some(out)
-    }
-
-    /// `--by-remote`: makes the other map the one that takes new counts, and returns the one
-    /// that no longer does. Its entries at 0 may be deleted once no program can still be adding
-    /// to it (`remote_sweep`, after an RCU grace period).
-    pub fn switch_remote_map(&mut self) -> Result<Option<usize>> {
-        let Some(active) = self.by_remote.as_ref().map(|m| m.active) else {
+    /// `--by-remote`: the established connections per remote, listed by the two iterators
+    /// (see `observer_common::remote`). `None` without the flag.
+    pub fn remote_counts(&self) -> Result<Option<std::collections::HashMap<RemoteKey, i64>>> {
+        let Some(iterators) = &self.by_remote else {
             return Ok(None);
         };
-        let next = 1 - active;
-        self.set_control(CONTROL_REMOTE_GEN, next as u32)?;
-        self.by_remote.as_mut().expect("checked").active = next;
-        Ok(Some(active))
-    }
-
-    /// The keys at 0 of per-remote map `index` (see `switch_remote_map`).
-    pub fn idle_remotes(&self, index: usize) -> Vec<RemoteKey> {
-        let Some(m) = &self.by_remote else {
-            return Vec::new();
-        };
-        m.counts[index]
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(_, n)| *n == 0)
-            .map(|(k, _)| k)
-            .collect()
-    }
-
-    /// Deletes entries of per-remote map `index` that must be at 0 and stay there: no program
-    /// adds to that map any more (see `switch_remote_map`). One at 0 means no connection counts
-    /// there; it is checked again before it goes.
-    pub fn delete_idle_remotes(&mut self, index: usize, keys: &[RemoteKey]) -> usize {
-        let Some(m) = &mut self.by_remote else {
-            return 0;
-        };
-        if m.active == index {
-            return 0; // switched back meanwhile: counts may be added again
+        let mut out = std::collections::HashMap::new();
+        for it in iterators {
+            let bytes = it.run().context("listing the remotes of the connections")?;
+            for chunk in bytes.chunks_exact(RemoteKey::SIZE) {
+                // SAFETY: the iterators write whole keys; read_unaligned copies one out.
+                let key = unsafe { std::ptr::read_unaligned(chunk.as_ptr() as *const RemoteKey) };
+                *out.entry(key).or_insert(0) += 1;
+            }
         }
-        let map = &mut m.counts[index];
-        keys.iter()
-            .filter(|k| map.get(k, 0).is_ok_and(|n| n == 0) && map.remove(k).is_ok())
-            .count()
+        Ok(Some(out))
     }
 
     /// One sweep (see `observer_common::sweep`): the watched sockets whose memory says CLOSE
@@ -543,8 +475,6 @@ impl Kernel {
             cgroup_unknown: sum(counters::CGROUP_UNKNOWN),
             nested_runs: sum(counters::NESTED_RUNS),
             late_opens: sum(counters::LATE_OPENS),
-            remotes_full: sum(counters::REMOTES_FULL),
-            remote_lost: sum(counters::REMOTE_LOST),
             pids_full: sum(counters::PIDS_FULL),
         }
     }

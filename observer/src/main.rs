@@ -110,13 +110,9 @@ async fn run(config: Config) -> Result<()> {
         layout.netns.is_some(),
         own_endpoint,
     )?;
-    let masks = config.by_remote.map(|b| b.masks());
-    let baseline = snapshot::take(
-        &mut kernel,
-        &watched.namespaces,
-        &|ns, s| watched.classify(ns, s),
-        masks.as_ref(),
-    )
+    let baseline = snapshot::take(&mut kernel, &watched.namespaces, &|ns, s| {
+        watched.classify(ns, s)
+    })
     .context("counting the connections that already exist")?;
     // Their sock_diag sockets are opened in each namespace now, while observer may enter them.
     let census = match config.metrics_addr {
@@ -273,12 +269,6 @@ async fn serve(
         tokio::spawn(watch_exit(p.clone(), kernel.clone()));
     }
     let sweeper = tokio::spawn(sweep::run(kernel.clone(), config.sweep_interval));
-    let remotes = config.by_remote.map(|_| {
-        tokio::spawn(by_remote::forget_gone(
-            kernel.clone(),
-            by_remote::switch_interval(),
-        ))
-    });
     if let Some(s) = scanner {
         s.spawn(Arc::downgrade(&kernel), daemon_events.clone())?;
     }
@@ -350,9 +340,9 @@ async fn serve(
     }
     sweeper.abort();
     let _ = sweeper.await;
-    for task in [limits, remotes].into_iter().flatten() {
-        task.abort();
-        let _ = task.await;
+    if let Some(l) = limits {
+        l.abort();
+        let _ = l.await;
     }
     // The last reference: dropping it detaches the program and frees its maps.
     drop(kernel);

@@ -136,7 +136,7 @@ const FAMILIES: [Family; 23] = [
     },
     Family {
         name: "observer_tcp_connections_by_remote",
-        help: "Established watched connections per remote address, or prefix (--remote-prefix); remotes beyond --max-remotes per port, and those the kernel had no room for, summed under remote=\"other\".",
+        help: "Established watched connections per remote address, or prefix (--remote-prefix); remotes beyond --max-remotes per port summed under remote=\"other\".",
         kind: Kind::Gauge,
     },
     Family {
@@ -212,7 +212,11 @@ impl ConnCollector {
             .map(|c| c.lock().expect("census").latest(&self.kernel));
         let (stats, local_ports, health, remotes) = {
             let k = self.kernel.lock().expect("kernel lock");
-            (k.stats(), k.local_ports(), k.health(), k.remote_counts())
+            let remotes = k.remote_counts().unwrap_or_else(|e| {
+                eprintln!("observer: warning: {e:#}");
+                None
+            });
+            (k.stats(), k.local_ports(), k.health(), remotes)
         };
         // Every watched key, even those the kernel has not counted anything for yet.
         let mut keys: BTreeSet<StatsKey> = self.static_keys.iter().copied().collect();
@@ -333,8 +337,6 @@ impl ConnCollector {
             ("listeners_map_full", Some(health.local_ports_full)),
             ("stale_socket_retired", Some(health.stale_sockets)),
             ("late_open_counted", Some(health.late_opens)),
-            ("remotes_map_full", Some(health.remotes_full)),
-            ("remote_count_lost", Some(health.remote_lost)),
             ("pids_map_full", Some(health.pids_full)),
             ("cgroup_unknown", Some(health.cgroup_unknown)),
             // Only where the kernel counts skipped runs: lost is derived from that count.
@@ -378,16 +380,12 @@ impl ConnCollector {
             }
         }
         let f = fams.next().expect("by remote");
-        if let (Some((settings, selection)), Some(mut counts)) = (&self.by_remote, remotes) {
-            for (k, n) in &self.baseline.remotes {
-                *counts.remotes.entry(*k).or_insert(0) += n;
-            }
+        if let (Some((settings, selection)), Some(counts)) = (&self.by_remote, remotes) {
             let groups: Vec<StatsKey> = keys.iter().copied().collect();
-            let series = selection.lock().expect("selection").series(
-                &groups,
-                &counts.remotes,
-                &counts.other,
-            );
+            let series = selection
+                .lock()
+                .expect("selection")
+                .series(&groups, &counts);
             if !rows.is_empty() {
                 t.family(f.name, f.help, f.kind);
             }

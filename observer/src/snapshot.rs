@@ -22,7 +22,6 @@ use anyhow::{Context as _, Result};
 use observer_common::{
     DIR_OUTBOUND,
     filter::Owner,
-    remote::{self, Masks, RemoteKey},
     snapshot::{CONTROL_ADOPT_UNSEEDED, Seed, TupleKey},
     stats::StatsKey,
     tcp::{self, NUM_STATES},
@@ -55,9 +54,6 @@ pub struct Baseline {
     pub seen: usize,
     /// Listed connections the kernel had no room to seed: counted from their next transition.
     pub unseeded: usize,
-    /// With `--by-remote`: the established connections counted, per remote (see
-    /// `observer_common::remote`; the kernel takes each back as it leaves ESTABLISHED).
-    pub remotes: HashMap<RemoteKey, i64>,
 }
 
 impl Baseline {
@@ -75,7 +71,6 @@ pub fn take(
     kernel: &mut Kernel,
     namespaces: &[Namespace],
     classify: &Classify,
-    remote_masks: Option<&Masks>,
 ) -> Result<Baseline> {
     let mask = diag::state_mask(&COUNTED_STATES);
     let mut listed: Vec<(TupleKey, StatsKey, u8)> = Vec::new();
@@ -111,7 +106,7 @@ pub fn take(
         kernel.set_control(CONTROL_ADOPT_UNSEEDED, 1)?;
     }
     let seen = kernel.close_snapshot_window()?;
-    let mut baseline = count(listed, remote_masks, |k| {
+    let mut baseline = count(listed, |k| {
         let changed = seen.contains(k);
         if changed {
             kernel.unseed(k);
@@ -125,7 +120,6 @@ pub fn take(
 /// The snapshot's gauges: the listed connections that did not change while it was taken.
 fn count(
     listed: Vec<(TupleKey, StatsKey, u8)>,
-    remote_masks: Option<&Masks>,
     mut changed: impl FnMut(&TupleKey) -> bool,
 ) -> Baseline {
     let mut b = Baseline::default();
@@ -135,11 +129,6 @@ fn count(
             continue;
         }
         b.gauges.entry(key).or_insert([0; NUM_STATES])[state as usize] += 1;
-        if let Some(masks) = remote_masks.filter(|_| state == tcp::ESTABLISHED) {
-            let remote =
-                remote::key_of_bytes(key.direction, key.port, tuple.family, &tuple.daddr, masks);
-            *b.remotes.entry(remote).or_insert(0) += 1;
-        }
     }
     b
 }
@@ -213,23 +202,11 @@ mod tests {
             ),
         ];
         let changed = tuple(1, &sock(8080, 40001, tcp::ESTABLISHED));
-        let b = count(listed.clone(), None, |t| *t == changed);
+        let b = count(listed, |t| *t == changed);
         assert_eq!(b.seen, 1);
         let g = b.gauges[&k];
         assert_eq!(g[tcp::ESTABLISHED as usize], 1);
         assert_eq!(g[tcp::CLOSE_WAIT as usize], 1);
-        assert!(b.remotes.is_empty());
-        // Per remote: the established connection left, under the same key as the kernel's.
-        let masks = remote::FULL_MASKS;
-        let b = count(listed, Some(&masks), |t| *t == changed);
-        let r = remote::key_of_bytes(
-            DIR_INBOUND,
-            8080,
-            AF_INET,
-            &[127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            &masks,
-        );
-        assert_eq!(b.remotes, HashMap::from([(r, 1)]));
     }
 
     #[test]

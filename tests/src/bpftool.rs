@@ -79,11 +79,12 @@ pub fn set_u32(map: u64, index: u32, value: u32) -> u32 {
     u32::from_le_bytes(old.try_into().expect("a u32"))
 }
 
-/// A map's size (`max_entries`), as the kernel allocated it.
-pub fn map_max_entries(map: u64) -> u64 {
-    json(&["map", "show", "id", &map.to_string()])["max_entries"]
-        .as_u64()
-        .expect("max_entries")
+/// A program's name, as the kernel holds it.
+pub fn program_name(prog: u64) -> String {
+    json(&["prog", "show", "id", &prog.to_string()])["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[cfg(test)]
