@@ -76,12 +76,12 @@ impl Selection {
         groups: &[StatsKey],
         counts: &HashMap<RemoteKey, i64>,
     ) -> HashMap<StatsKey, Series> {
-        let mut by_group: HashMap<StatsKey, Vec<(RemoteKey, i64)>> = HashMap::new();
+        let mut by_group: HashMap<StatsKey, HashMap<RemoteKey, i64>> = HashMap::new();
         for (k, n) in counts {
             by_group
                 .entry(StatsKey::new(k.direction, k.port))
                 .or_default()
-                .push((*k, *n));
+                .insert(*k, *n);
         }
         let mut out = HashMap::with_capacity(groups.len());
         for g in groups {
@@ -94,8 +94,10 @@ impl Selection {
                     series.other += n;
                 }
             }
-            let count = |k: &RemoteKey| live.iter().find(|(l, _)| l == k).map_or(0, |(_, n)| *n);
-            series.remotes = chosen.iter().map(|k| (*k, count(k))).collect();
+            series.remotes = chosen
+                .iter()
+                .map(|k| (*k, live.get(k).copied().unwrap_or(0)))
+                .collect();
             out.insert(*g, series);
         }
         out
@@ -103,18 +105,19 @@ impl Selection {
 }
 
 /// Gives remotes with connections a series while there is room, or room at 0 (see the module).
-fn choose(chosen: &mut BTreeSet<RemoteKey>, live: &[(RemoteKey, i64)], max: usize) {
-    let mut waiting: Vec<&(RemoteKey, i64)> = live
+fn choose(chosen: &mut BTreeSet<RemoteKey>, live: &HashMap<RemoteKey, i64>, max: usize) {
+    let mut waiting: Vec<(&RemoteKey, &i64)> = live
         .iter()
-        .filter(|(k, n)| *n > 0 && !chosen.contains(k))
+        .filter(|(k, n)| **n > 0 && !chosen.contains(k))
         .collect();
     // The most connections first; the address breaks ties, so the choice is reproducible.
     waiting.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut at_zero: Vec<RemoteKey> = chosen
         .iter()
-        .filter(|k| !live.iter().any(|(l, n)| l == *k && *n > 0))
+        .filter(|k| live.get(k).is_none_or(|n| *n <= 0))
         .copied()
         .collect();
+    // Room at 0 is taken from the highest address first (`pop`), the same way every time.
     for (k, _) in waiting {
         if chosen.len() >= max {
             let Some(gone) = at_zero.pop() else { break };
