@@ -111,7 +111,7 @@ fn choose(chosen: &mut BTreeSet<RemoteKey>, live: &HashMap<RemoteKey, i64>, max:
         .filter(|(k, n)| **n > 0 && !chosen.contains(k))
         .collect();
     // The most connections first; the address breaks ties, so the choice is reproducible.
-    waiting.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    waiting.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let mut at_zero: Vec<RemoteKey> = chosen
         .iter()
         .filter(|k| live.get(k).is_none_or(|n| *n <= 0))
