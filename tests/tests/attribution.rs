@@ -124,30 +124,38 @@ fn split_ipv4_and_ipv6_owners_name_no_wrong_process() {
 }
 
 /// One process's listener: its connections name it. When it stops listening and another
-/// process listens on the port (a restarted server), they name the new one.
+/// process listens on the port (a restarted server), they name the new one: with no target,
+/// and under `--pid` of the old one (its port stays watched).
 #[test]
 fn a_restarted_server_is_named_not_the_old_one() {
     require_root();
-    let (o, rx) = Observer::start_with_events(&["--events", "json"]);
-    let mut old = Helper::start();
-    let port = old.listen("127.0.0.1:0");
-    let mut client = Helper::start();
-    assert_eq!(client.connect(&format!("127.0.0.1:{port}"), 5), (5, 0));
-    let first = opens(&rx, port, 5);
-    assert_eq!(
-        named_rightly(&first, &mut [&mut old]),
-        5,
-        "one listener: known"
-    );
-    assert_eq!(old.unlisten(), 1);
-    let mut new = Helper::start();
-    new.listen(&format!("127.0.0.1:{port}"));
-    assert_eq!(client.connect(&format!("127.0.0.1:{port}"), 5), (5, 0));
-    let second = opens(&rx, port, 5);
-    assert_eq!(
-        named_rightly(&second, &mut [&mut new]),
-        5,
-        "the new server, known"
-    );
-    drop(o);
+    for under_pid in [false, true] {
+        let mut old = Helper::start();
+        let port = old.listen("127.0.0.1:0");
+        let target = old.pid().to_string();
+        let mut args = vec!["--events", "json"];
+        if under_pid {
+            args.extend(["--pid", &target]);
+        }
+        let (o, rx) = Observer::start_with_events(&args);
+        let mut client = Helper::start();
+        assert_eq!(client.connect(&format!("127.0.0.1:{port}"), 5), (5, 0));
+        let first = opens(&rx, port, 5);
+        assert_eq!(
+            named_rightly(&first, &mut [&mut old]),
+            5,
+            "one listener: known"
+        );
+        assert_eq!(old.unlisten(), 1);
+        let mut new = Helper::start();
+        new.listen(&format!("127.0.0.1:{port}"));
+        assert_eq!(client.connect(&format!("127.0.0.1:{port}"), 5), (5, 0));
+        let second = opens(&rx, port, 5);
+        assert_eq!(
+            named_rightly(&second, &mut [&mut new]),
+            5,
+            "the new server, known (--pid: {under_pid})"
+        );
+        drop(o);
+    }
 }
