@@ -265,6 +265,7 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
     pub const DOOMED: &str = "DOOMED";
+    pub const DONE: &str = "DONE";
 }
 
 /// Name of the main program (what `bpftool prog show` lists; at most 15 characters).

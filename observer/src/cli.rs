@@ -118,6 +118,18 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_remotes: u32,
 
+    /// The most connections tracked at once, in kernel memory sized at start (~128 bytes
+    /// each): 1024 to 16777216 [default: 65536, or twice the watched connections open at start]
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1_024..=16_777_216))]
+    pub max_connections: Option<u32>,
+
+    /// The most (direction, port) pairs with counters of their own, in per-CPU kernel memory
+    /// (~450 bytes each per CPU): 1 to 4096 [default: the named ports; 1024 where ports are found
+    /// as they come (--pid, --cgroup, no target)]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4_096))]
+    pub max_ports: Option<u32>,
+
     /// (for packagers) Print the man page or a shell's completion script, then exit.
     #[arg(long, value_name = "KIND", hide = true)]
     pub generate: Option<Generate>,
@@ -303,6 +315,22 @@ mod tests {
         for flag in ["--remote-prefix", "--max-remotes"] {
             let e = Cli::try_parse_from(["observer", flag, "24"]).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{flag}");
+        }
+    }
+
+    #[test]
+    fn map_sizes_are_bounded() {
+        let c = Cli::try_parse_from(["observer", "--max-connections", "3000000"]).unwrap();
+        assert_eq!(c.max_connections, Some(3_000_000));
+        let c = Cli::try_parse_from(["observer", "--max-ports", "16"]).unwrap();
+        assert_eq!(c.max_ports, Some(16));
+        for bad in ["0", "1023", "16777217", "lots"] {
+            let e = Cli::try_parse_from(["observer", "--max-connections", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
+        for bad in ["0", "4097"] {
+            let e = Cli::try_parse_from(["observer", "--max-ports", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
         }
     }
 

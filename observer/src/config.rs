@@ -78,6 +78,9 @@ pub struct Config {
     pub warn_connections: Option<u32>,
     /// `--by-remote` and its settings (see `by_remote`).
     pub by_remote: Option<by_remote::Settings>,
+    /// `--max-connections` and `--max-ports`, when given (see `sizing`).
+    pub max_connections: Option<u32>,
+    pub max_ports: Option<u32>,
 }
 
 impl Config {
@@ -135,6 +138,8 @@ impl Config {
         };
         Ok(Config {
             by_remote,
+            max_connections: cli.max_connections,
+            max_ports: cli.max_ports,
             ports: dedup(cli.ports),
             remote_ports: dedup(cli.remote_ports),
             pids: dedup(cli.pids),

@@ -5,27 +5,32 @@ use std::collections::HashMap;
 
 use observer_common::{
     conn::{EVENT_CLOSE, EVENT_FAILED, EVENT_OPEN},
-    limits::MAX_SOCKETS,
     record::{Ends, RECORD_ADDRESSES_GONE, Record},
 };
 
 /// The open connections' addresses, by socket address; never more entries than the kernel
 /// tracks connections (a close record dropped in a full ring leaves its entry until the address
 /// opens again).
-#[derive(Default)]
 pub struct Endpoints {
     open: HashMap<u64, Ends>,
+    /// The most connections the kernel tracks at once (`--max-connections`).
+    max: usize,
 }
 
 impl Endpoints {
+    pub fn new(max_connections: u32) -> Endpoints {
+        Endpoints {
+            open: HashMap::new(),
+            max: max_connections as usize,
+        }
+    }
+
     /// Gives a close record without addresses those of its connection's open record, and keeps
     /// or forgets what later records need. A close whose open was not seen (a connection from
     /// before observer) keeps its flag: its addresses are unknown.
     pub fn complete(&mut self, r: &mut Record) {
         match r.event {
-            EVENT_OPEN
-                if self.open.len() < MAX_SOCKETS as usize || self.open.contains_key(&r.sock) =>
-            {
+            EVENT_OPEN if self.open.len() < self.max || self.open.contains_key(&r.sock) => {
                 self.open.insert(r.sock, r.ends());
             }
             EVENT_CLOSE | EVENT_FAILED => {
@@ -86,7 +91,7 @@ mod tests {
 
     #[test]
     fn a_close_without_addresses_gets_those_of_its_open() {
-        let mut e = Endpoints::default();
+        let mut e = Endpoints::new(1_000);
         let open = record(1, EVENT_OPEN, 8080);
         e.complete(&mut open.clone());
         let mut close = gone(1);
@@ -107,7 +112,7 @@ mod tests {
 
     #[test]
     fn a_close_with_addresses_is_left_alone_and_forgets_its_open() {
-        let mut e = Endpoints::default();
+        let mut e = Endpoints::new(1_000);
         e.complete(&mut record(1, EVENT_OPEN, 8080));
         let mut close = record(1, EVENT_CLOSE, 8080);
         let before = close;
@@ -118,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_close_whose_open_was_not_seen_keeps_its_flag() {
-        let mut e = Endpoints::default();
+        let mut e = Endpoints::new(1_000);
         let mut close = gone(9);
         e.complete(&mut close);
         assert_ne!(close.flags & RECORD_ADDRESSES_GONE, 0);

@@ -30,12 +30,14 @@ pub const DAEMON_LINES: usize = 4096;
 
 /// Streams events until stdout is closed (then returns Ok), or writing to it or reading the
 /// ring fails. `daemon` brings the lines of the events the daemon makes itself, already
-/// formatted, into the same stream.
+/// formatted, into the same stream. `max_connections` bounds what is kept of the open
+/// connections (see `Endpoints`).
 pub async fn stream(
     ring: RingBuf<MapData>,
     format: Format,
     clock: Clock,
     mut daemon: mpsc::Receiver<String>,
+    max_connections: u32,
 ) -> Result<()> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(BATCHES_IN_FLIGHT);
     // Either thread says when stdout is done with: the writer when a write failed (EPIPE or
@@ -62,7 +64,7 @@ pub async fn stream(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("watching the event ring buffer")?;
-    let mut endpoints = Endpoints::default();
+    let mut endpoints = Endpoints::new(max_connections);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -22,7 +22,7 @@ use observer_common::{
         CgroupOffsets, CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS,
         PORT_REMOTE, PortOwner, SockOffsets, flags, globals, maps,
     },
-    limits::{MAX_BUCKETS, MAX_DOOMED, MAX_PORTS},
+    limits::{MAX_BUCKETS, MAX_DOOMED},
     remote::{FULL_MASKS, Masks, RemoteKey},
     snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
     stats::{PortStats, StatsKey},
@@ -30,7 +30,7 @@ use observer_common::{
     tracepoint,
 };
 
-use crate::{btf::NetnsOffsets, iterator::MapIterator};
+use crate::{btf::NetnsOffsets, iterator::MapIterator, sizing::MapSizes};
 
 /// The smallest ring buffer the kernel takes: one page.
 const MIN_RING_BYTES: u32 = 4096;
@@ -38,7 +38,7 @@ const MIN_RING_BYTES: u32 = 4096;
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
 /// How the program is set up; fixed at load time.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     pub emit_events: bool,
     pub all_listeners: bool,
@@ -56,6 +56,8 @@ pub struct Settings {
     pub by_remote: Option<Masks>,
     /// `--pid`: the programs that follow the targets' forks and exits are loaded.
     pub pid_targets: bool,
+    /// The maps' sizes (see `sizing`).
+    pub sizes: MapSizes,
     /// Offset of `tgid` in `struct task_struct`.
     pub task_tgid: u32,
 }
@@ -77,6 +79,12 @@ pub struct Kernel {
     control: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
     doomed: HashMap<MapData, u64, Doomed>,
+    /// Held so that the process's map fds account for all of its kernel memory (their fdinfo's
+    /// `memlock:`), as a tool that sums them would read it.
+    _sockets: HashMap<MapData, u64, Conn>,
+    _free_slots: Queue<MapData, u32>,
+    /// The maps' sizes (`sizing`).
+    sizes: MapSizes,
     /// `--by-remote`: the iterators that list the remotes of the established connections, over
     /// SOCKETS and BASELINE (see `observer_common::remote`).
     by_remote: Option<[MapIterator; 2]>,
@@ -168,6 +176,16 @@ impl Kernel {
                     MIN_RING_BYTES
                 },
             )
+            .map_max_entries(maps::SOCKETS, s.sizes.sockets)
+            .map_max_entries(maps::BASELINE, s.sizes.baseline)
+            .map_max_entries(maps::SEEN, s.sizes.seen)
+            .map_max_entries(maps::STATS, s.sizes.ports)
+            .map_max_entries(maps::STATS_SLOTS, s.sizes.ports)
+            .map_max_entries(maps::FREE_SLOTS, s.sizes.ports)
+            .map_max_entries(maps::LOCAL_PORTS, s.sizes.local_ports)
+            .map_max_entries(maps::PIDS, s.sizes.pids)
+            .map_max_entries(maps::TARGET_REMOTES, s.sizes.target_remotes)
+            .map_max_entries(maps::DONE, s.sizes.done)
             .load(PROGRAM_OBJECT)
             .map_err(privilege_hint)
             .context("loading the eBPF program into the kernel")?;
@@ -240,7 +258,7 @@ impl Kernel {
         let prog_fd = prog_fds.pop().expect("two programs");
 
         let mut free_slots: Queue<MapData, u32> = take(&mut ebpf, maps::FREE_SLOTS)?;
-        for slot in 0..MAX_PORTS {
+        for slot in 0..s.sizes.ports {
             free_slots
                 .push(slot, 0)
                 .context("handing the program its counters' slots")?;
@@ -255,6 +273,9 @@ impl Kernel {
             None
         };
         Ok(Kernel {
+            _sockets: sockets,
+            _free_slots: free_slots,
+            sizes: s.sizes,
             by_remote,
             prog_fd,
             backup_fd,
@@ -294,6 +315,11 @@ impl Kernel {
                 .with_context(|| format!("attaching {name} to its tracepoint"))?;
         }
         Ok(())
+    }
+
+    /// The maps' sizes, as loaded.
+    pub fn sizes(&self) -> MapSizes {
+        self.sizes
     }
 
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
@@ -392,7 +418,7 @@ impl Kernel {
     /// Every port's counters, summed over CPUs.
     pub fn stats(&self) -> std::collections::HashMap<StatsKey, PortStats> {
         // Sized at once: with thousands of ports, growing by doubling holds two copies.
-        let mut out = std::collections::HashMap::with_capacity(MAX_PORTS as usize);
+        let mut out = std::collections::HashMap::with_capacity(self.sizes.ports as usize);
         for entry in self.stats_slots.iter() {
             let Ok((key, slot)) = entry else { continue };
             let Ok(per_cpu) = self.stats.get(&slot, 0) else {

@@ -27,6 +27,7 @@ mod netns;
 mod output;
 mod privilege;
 mod process;
+mod sizing;
 mod snapshot;
 mod sweep;
 mod targets;
@@ -100,7 +101,8 @@ async fn run(config: Config) -> Result<()> {
         None => None,
     };
     let layout = btf::Layout::read(!targets.cgroups.is_empty())?;
-    let mut kernel = load_and_attach(&config, &targets, &layout)?;
+    let sizes = map_sizes(&config, &targets, layout.netns.is_some());
+    let mut kernel = load_and_attach(&config, &targets, &layout, sizes)?;
     // From here on the kernel sees every transition; now find what already exists.
     let own_endpoint = listener.as_ref().and_then(socket_inode);
     let watched = Watched::discover(
@@ -159,8 +161,35 @@ fn needs(config: &Config, targets: &Targets) -> Vec<privilege::Need> {
     )
 }
 
+/// The maps' sizes for this configuration and what is on the system now (see `sizing`).
+fn map_sizes(config: &Config, targets: &Targets, namespaces_known: bool) -> sizing::MapSizes {
+    let found_ports = config.all_listeners() || targets.any();
+    let namespaces = watched::namespaces(config, targets, namespaces_known);
+    let survey = sizing::survey(
+        &namespaces,
+        &config.ports,
+        &config.remote_ports,
+        found_ports,
+    );
+    let wants = sizing::Wants {
+        max_connections: config.max_connections,
+        max_ports: config.max_ports,
+        named_ports: (config.ports.len() + config.remote_ports.len()) as u32,
+        found_ports,
+        pid_targets: !targets.processes.is_empty(),
+        process_targets: targets.any(),
+        preemptible: features::preemptible_tracepoints(),
+    };
+    sizing::sizes(&wants, &survey)
+}
+
 /// Loads the programs with their settings, hands them the static targets, and attaches them.
-fn load_and_attach(config: &Config, targets: &Targets, layout: &btf::Layout) -> Result<Kernel> {
+fn load_and_attach(
+    config: &Config,
+    targets: &Targets,
+    layout: &btf::Layout,
+    sizes: sizing::MapSizes,
+) -> Result<Kernel> {
     let mut kernel = Kernel::load(&Settings {
         emit_events: config.events.is_some(),
         all_listeners: config.all_listeners(),
@@ -174,6 +203,7 @@ fn load_and_attach(config: &Config, targets: &Targets, layout: &btf::Layout) -> 
         by_remote: config.by_remote.map(|b| b.masks()),
         pid_targets: !targets.processes.is_empty(),
         task_tgid: layout.task_tgid,
+        sizes,
     })?;
     // Loading parsed the kernel's BTF once more (aya does, for relocations this program does not
     // have): hand the freed heap back rather than keep it resident for observer's whole life.
@@ -217,6 +247,7 @@ async fn serve(
 ) -> Result<()> {
     let mut kernel = kernel;
     let events = kernel.take_events();
+    let max_connections = kernel.sizes().sockets;
     let kernel = Arc::new(Mutex::new(kernel));
     // The events the daemon makes itself (idle, limit) join the kernel's in the event stream.
     let (daemon_tx, daemon_rx) = tokio::sync::mpsc::channel(events::DAEMON_LINES);
@@ -262,6 +293,7 @@ async fn serve(
             format,
             Clock::now(),
             daemon_rx,
+            max_connections,
         ))),
         _ => None,
     };

@@ -32,6 +32,23 @@ pub struct Watched {
     remote: HashSet<u16>,
 }
 
+/// The network namespaces watched: every one where ports are watched in every namespace
+/// (`--port`, `--remote-port`, no target), the targets' own otherwise; one, unnamed (inode 0),
+/// where namespaces cannot be told apart.
+pub fn namespaces(config: &Config, targets: &Targets, namespaces_known: bool) -> Vec<Namespace> {
+    if !namespaces_known {
+        vec![Namespace {
+            inode: 0,
+            ..Namespace::own()
+        }]
+    } else if config.all_listeners() || !config.ports.is_empty() || !config.remote_ports.is_empty()
+    {
+        netns::all()
+    } else {
+        targets::namespaces_of(&targets.pids())
+    }
+}
+
 impl Watched {
     /// Finds the namespaces, the owners and the targets' listening ports, and hands the ports to
     /// the kernel. `own_endpoint` is the inode of observer's metrics socket: with no target every
@@ -46,16 +63,7 @@ impl Watched {
     ) -> Result<Watched> {
         let all = config.all_listeners();
         let target_pids = targets.pids();
-        let namespaces = if !namespaces_known {
-            vec![Namespace {
-                inode: 0,
-                ..Namespace::own()
-            }]
-        } else if all || !config.ports.is_empty() || !config.remote_ports.is_empty() {
-            netns::all()
-        } else {
-            targets::namespaces_of(&target_pids)
-        };
+        let namespaces = namespaces(config, targets, namespaces_known);
         let owners = if all {
             targets::socket_owners(targets::all_pids())
         } else {

@@ -79,6 +79,14 @@ pub fn set_u32(map: u64, index: u32, value: u32) -> u32 {
     u32::from_le_bytes(old.try_into().expect("a u32"))
 }
 
+/// A map's name, as the kernel holds it.
+pub fn map_name(map: u64) -> String {
+    json(&["map", "show", "id", &map.to_string()])["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A program's name, as the kernel holds it.
 pub fn program_name(prog: u64) -> String {
     json(&["prog", "show", "id", &prog.to_string()])["name"]
