@@ -85,7 +85,7 @@ pub fn sizes(wants: &Wants, survey: &Survey) -> MapSizes {
         baseline,
         // The sockets that change while the snapshot is taken: at most every listed one, and
         // those born meanwhile.
-        seen: baseline.max(8_192).min(MAX_SEEN),
+        seen: baseline.clamp(8_192, MAX_SEEN),
         ports,
         local_ports: if wants.found_ports {
             MAX_LOCAL_PORTS
