@@ -823,7 +823,11 @@ fn least_privilege() -> Outcome {
     let pid = h.pid().to_string();
     let mut details = vec![format!(
         "kernel {} memlock",
-        if charged { "charges" } else { "does not charge" }
+        if charged {
+            "charges"
+        } else {
+            "does not charge"
+        }
     )];
     let mut documented: Vec<&str> = DOCUMENTED.to_vec();
     if charged {
@@ -857,6 +861,15 @@ fn least_privilege() -> Outcome {
                 "{what}: CapEff {caps:x?} once started, not CAP_BPF alone"
             )));
         }
+        // A lifted limit is put back once everything is loaded.
+        let given = user
+            .memlock
+            .map_or_else(|| "unlimited".to_string(), |m| m.to_string());
+        if limit != given {
+            return Err(o.failure(&format!(
+                "{what}: memlock limit {limit} once started, not {given} as given"
+            )));
+        }
         details.push(format!(
             "{what}: {counted}, CapEff CAP_BPF, {} KiB charged, limit now {limit}",
             charge / 1024
@@ -866,7 +879,10 @@ fn least_privilege() -> Outcome {
     // charges memlock, nothing loaded; counted exactly where it does not.
     let what = "--port, no CAP_SYS_RESOURCE, 64 KiB";
     let user = Unprivileged::new(&DOCUMENTED, Some(HOST_MEMLOCK));
-    match (charged, Observer::start_as(what, &["--port", &port], Some(&user))) {
+    match (
+        charged,
+        Observer::start_as(what, &["--port", &port], Some(&user)),
+    ) {
         (false, Ok(o)) => {
             let counted = connections_counted(&o, P, "inbound")?;
             details.push(format!("{what}: {counted}"));
@@ -881,7 +897,9 @@ fn least_privilege() -> Outcome {
             {
                 return Err(format!("{what}: {e}; programs left: {left:?}"));
             }
-            details.push(format!("{what}: refused, naming CAP_SYS_RESOURCE, nothing loaded"));
+            details.push(format!(
+                "{what}: refused, naming CAP_SYS_RESOURCE, nothing loaded"
+            ));
         }
     }
     Ok(details.join("; "))
@@ -1037,7 +1055,11 @@ impl Observer {
     }
 
     /// `start`, as root or as `user`.
-    fn start_as(label: &str, args: &[&str], user: Option<&Unprivileged>) -> Result<Observer, String> {
+    fn start_as(
+        label: &str,
+        args: &[&str],
+        user: Option<&Unprivileged>,
+    ) -> Result<Observer, String> {
         let port = NEXT_METRICS_PORT.fetch_add(1, Ordering::Relaxed);
         let addr = format!("127.0.0.1:{port}");
         let mut command = match user {
@@ -1894,6 +1916,15 @@ observer: refused",
         );
         let log = lines("callee:\n frame1: R1_w=map_value(off=0) R10=fp0\nR1=ctx() R10=fp0\n");
         assert_eq!(verifier_message(&log), None);
+    }
+
+    #[test]
+    fn kernels_before_5_11_charge_memlock() {
+        assert!(charges_memlock("5.10.0-46-amd64"));
+        assert!(!charges_memlock("5.11.0"));
+        assert!(!charges_memlock("6.1.0-50-amd64"));
+        assert!(!charges_memlock("6.12.95+deb12-amd64"));
+        assert!(!charges_memlock("7.2.13+deb14-amd64"));
     }
 
     #[test]
