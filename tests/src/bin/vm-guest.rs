@@ -853,7 +853,7 @@ fn least_privilege() -> Outcome {
     for (what, args, user) in runs {
         let o = Observer::start_as(what, args, Some(&user))?;
         let caps = cap_eff(o.pid());
-        let charge = memlock_charged(o.pid());
+        let charge = bpf_memory(o.pid());
         let limit = locked_memory_limit(o.pid());
         let counted = connections_counted(&o, P, "inbound").map_err(|e| format!("{what}: {e}"))?;
         if caps != Some(CAP_BPF) {
@@ -871,7 +871,7 @@ fn least_privilege() -> Outcome {
             )));
         }
         details.push(format!(
-            "{what}: {counted}, CapEff CAP_BPF, {} KiB charged, limit now {limit}",
+            "{what}: {counted}, CapEff CAP_BPF, {} KiB of maps and programs, limit now {limit}",
             charge / 1024
         ));
     }
@@ -1484,9 +1484,9 @@ fn cap_eff(pid: u32) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-/// What a process's eBPF maps and programs are charged, in bytes: the `memlock:` of each one's
-/// fdinfo.
-fn memlock_charged(pid: u32) -> u64 {
+/// The memory of a process's eBPF maps and programs, in bytes: the `memlock:` of each one's
+/// fdinfo (what kernels before 5.11 charge to the memlock limit).
+fn bpf_memory(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .into_iter()
         .flatten()
