@@ -833,21 +833,28 @@ fn least_privilege() -> Outcome {
     if charged {
         documented.push("CAP_SYS_RESOURCE");
     }
-    let runs: [(&str, &[&str], Unprivileged); 3] = [
+    let runs: [(&str, &[&str], Unprivileged); 4] = [
         (
             "--port, documented set, 64 KiB",
             &["--port", &port],
-            Unprivileged::new(&documented, Some(HOST_MEMLOCK)),
+            Unprivileged::new(&documented, HOST_MEMLOCK),
         ),
         (
             "--pid, documented set, 64 KiB",
             &["--pid", &pid],
-            Unprivileged::new(&documented, Some(HOST_MEMLOCK)),
+            Unprivileged::new(&documented, HOST_MEMLOCK),
         ),
+        // systemd's LimitMEMLOCK=infinity.
         (
             "--port, no CAP_SYS_RESOURCE, memlock unlimited",
             &["--port", &port],
-            Unprivileged::new(&DOCUMENTED, None),
+            Unprivileged::new(&DOCUMENTED, (None, None)),
+        ),
+        // A soft limit that may be raised without a capability.
+        (
+            "--port, no CAP_SYS_RESOURCE, 64 KiB soft, unlimited hard",
+            &["--port", &port],
+            Unprivileged::new(&DOCUMENTED, (HOST_MEMLOCK.0, None)),
         ),
     ];
     for (what, args, user) in runs {
@@ -862,9 +869,7 @@ fn least_privilege() -> Outcome {
             )));
         }
         // A lifted limit is put back once everything is loaded.
-        let given = user
-            .memlock
-            .map_or_else(|| "unlimited".to_string(), |m| m.to_string());
+        let given = user.memlock_text();
         if limit != given {
             return Err(o.failure(&format!(
                 "{what}: memlock limit {limit} once started, not {given} as given"
@@ -878,7 +883,7 @@ fn least_privilege() -> Outcome {
     // Without CAP_SYS_RESOURCE under the host's limit: one line naming it where the kernel
     // charges memlock, nothing loaded; counted exactly where it does not.
     let what = "--port, no CAP_SYS_RESOURCE, 64 KiB";
-    let user = Unprivileged::new(&DOCUMENTED, Some(HOST_MEMLOCK));
+    let user = Unprivileged::new(&DOCUMENTED, HOST_MEMLOCK);
     match (
         charged,
         Observer::start_as(what, &["--port", &port], Some(&user)),
@@ -1389,39 +1394,44 @@ const DOCUMENTED: [&str; 4] = [
     "CAP_DAC_READ_SEARCH",
 ];
 /// A host's RLIMIT_MEMLOCK, soft and hard: the kernel's default before 5.16.
-const HOST_MEMLOCK: u64 = 64 * 1024;
+const HOST_MEMLOCK: (Option<u64>, Option<u64>) = (Some(64 * 1024), Some(64 * 1024));
 /// Bit 39 of a capability set: CAP_BPF.
 const CAP_BPF: u64 = 1 << 39;
 
 /// How `Observer::start_as` runs observer: as nobody, with `caps` ambient, and `memlock` as
-/// RLIMIT_MEMLOCK (soft and hard; None: unlimited).
+/// RLIMIT_MEMLOCK (soft, hard; None: unlimited).
 struct Unprivileged {
     caps: String,
-    memlock: Option<u64>,
+    memlock: (Option<u64>, Option<u64>),
 }
 
 impl Unprivileged {
-    fn new(caps: &[&str], memlock: Option<u64>) -> Unprivileged {
+    fn new(caps: &[&str], memlock: (Option<u64>, Option<u64>)) -> Unprivileged {
         Unprivileged {
             caps: caps.join(","),
             memlock,
         }
     }
 
-    /// `vm-guest as-user UID CAPS MEMLOCK PROGRAM`, for `Command::args` before observer's own.
+    /// The memlock limit as `SOFT:HARD`, as /proc/PID/limits says them (`65536:unlimited`).
+    fn memlock_text(&self) -> String {
+        let text = |l: Option<u64>| l.map_or_else(|| "unlimited".into(), |m| m.to_string());
+        format!("{}:{}", text(self.memlock.0), text(self.memlock.1))
+    }
+
+    /// `vm-guest as-user UID CAPS SOFT:HARD PROGRAM`, for `Command::args` before observer's own.
     fn wrapper(&self) -> Vec<String> {
         vec![
             AS_USER.into(),
             NOBODY.to_string(),
             self.caps.clone(),
-            self.memlock
-                .map_or_else(|| "unlimited".into(), |m| m.to_string()),
+            self.memlock_text(),
             OBSERVER.into(),
         ]
     }
 }
 
-/// `as-user UID CAPS MEMLOCK PROGRAM ARGS...`: sets RLIMIT_MEMLOCK, becomes UID (and its group,
+/// `as-user UID CAPS SOFT:HARD PROGRAM ARGS...`: sets RLIMIT_MEMLOCK, becomes UID (and its group,
 /// no other groups) keeping CAPS (comma-separated, e.g. CAP_BPF) as ambient capabilities, and
 /// execs PROGRAM, which then holds exactly CAPS. Runs before any thread starts.
 fn exec_as_user(args: &[String]) -> ! {
@@ -1437,20 +1447,23 @@ fn as_user(args: &[String]) -> Result<std::convert::Infallible, String> {
     use std::os::unix::process::CommandExt as _;
     use std::str::FromStr as _;
     let [uid, caps, memlock, program, rest @ ..] = args else {
-        return Err("usage: as-user UID CAPS MEMLOCK PROGRAM ARGS...".into());
+        return Err("usage: as-user UID CAPS SOFT:HARD PROGRAM ARGS...".into());
     };
     let uid: u32 = uid.parse().map_err(|_| format!("bad uid {uid}"))?;
     let caps: caps::CapsHashSet = caps
         .split(',')
         .map(|c| caps::Capability::from_str(c).map_err(|e| format!("{c}: {e}")))
         .collect::<Result<_, _>>()?;
-    let limit = match memlock.as_str() {
-        "unlimited" => libc::RLIM_INFINITY,
-        n => n.parse().map_err(|_| format!("bad memlock {n}"))?,
+    let limit = |n: &str| match n {
+        "unlimited" => Ok(libc::RLIM_INFINITY),
+        n => n.parse().map_err(|_| format!("bad memlock {n}")),
     };
+    let (soft, hard) = memlock
+        .split_once(':')
+        .ok_or_else(|| format!("bad memlock {memlock}"))?;
     let r = libc::rlimit {
-        rlim_cur: limit,
-        rlim_max: limit,
+        rlim_cur: limit(soft)?,
+        rlim_max: limit(hard)?,
     };
     let os = |what: &str, rc: libc::c_int| {
         if rc == 0 {
@@ -1500,14 +1513,16 @@ fn bpf_memory(pid: u32) -> u64 {
         .sum()
 }
 
-/// A process's soft RLIMIT_MEMLOCK, from /proc/PID/limits ("65536", "unlimited").
+/// A process's RLIMIT_MEMLOCK as `SOFT:HARD`, from /proc/PID/limits (`65536:unlimited`).
 fn locked_memory_limit(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/limits"))
         .ok()
         .and_then(|l| {
-            l.lines()
-                .find_map(|l| l.strip_prefix("Max locked memory"))
-                .and_then(|v| v.split_whitespace().next().map(str::to_string))
+            let v = l
+                .lines()
+                .find_map(|l| l.strip_prefix("Max locked memory"))?;
+            let mut w = v.split_whitespace();
+            Some(format!("{}:{}", w.next()?, w.next()?))
         })
         .unwrap_or_else(|| "unknown".into())
 }
