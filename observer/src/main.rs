@@ -22,6 +22,7 @@ mod idle;
 mod iterator;
 mod kernel;
 mod limit;
+mod memlock;
 mod metrics;
 mod netns;
 mod output;
@@ -95,7 +96,9 @@ fn main() -> ExitCode {
 /// observer's life, phase by phase: each one in the module it belongs to.
 async fn run(config: Config) -> Result<()> {
     let targets = Targets::resolve(&config.pids, &config.cgroups)?;
-    privilege::check(&needs(&config, &targets))?;
+    let memlock = memlock::plan_here()?;
+    privilege::check(&needs(&config, &targets, memlock))?;
+    let memlock = memlock::lift(memlock)?;
     let listener = match config.metrics_addr {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
@@ -130,13 +133,15 @@ async fn run(config: Config) -> Result<()> {
         )?),
         None => None,
     };
-    // Start-up is done: all that is left needs no capability but CAP_BPF (see `privilege`).
+    // Start-up is done: all that is left creates nothing the kernel charges to the memlock
+    // limit, and needs no capability but CAP_BPF (see `privilege`).
+    memlock.restore()?;
     privilege::drop_after_start().context("dropping capabilities")?;
     serve(config, targets, kernel, baseline, listener, scanner, census).await
 }
 
 /// The capabilities start-up needs for this configuration (see `privilege::needs`).
-fn needs(config: &Config, targets: &Targets) -> Vec<privilege::Need> {
+fn needs(config: &Config, targets: &Targets, memlock: memlock::Plan) -> Vec<privilege::Need> {
     let every_namespace =
         config.all_listeners() || !config.ports.is_empty() || !config.remote_ports.is_empty();
     let (others, hidden) = netns::survey();
@@ -158,6 +163,7 @@ fn needs(config: &Config, targets: &Targets) -> Vec<privilege::Need> {
         },
         every_namespace && hidden,
         low_port,
+        memlock == memlock::Plan::LiftHard,
     )
 }
 

@@ -17,13 +17,15 @@ pub struct Need {
 /// What start-up must be able to do: `owners`, find the process that holds each socket (`--pid`,
 /// `--cgroup`, no target); `namespaces`, list connections in other network namespaces than
 /// observer's own (`others`: some exist; `hidden`: some process's could not be read, so some
-/// may); `low_port`, bind a metrics port under 1024.
+/// may); `low_port`, bind a metrics port under 1024; `lift_memlock`, lift a hard
+/// RLIMIT_MEMLOCK that the kernel charges BPF maps to (`memlock`).
 pub fn needs(
     owners: bool,
     every_namespace: bool,
     others: bool,
     hidden: bool,
     low_port: bool,
+    lift_memlock: bool,
 ) -> Vec<Need> {
     let mut n = vec![
         Need {
@@ -61,6 +63,13 @@ pub fn needs(
         n.push(Need {
             cap: Capability::CAP_NET_BIND_SERVICE,
             why: "to serve metrics on a port under 1024",
+        });
+    }
+    if lift_memlock {
+        n.push(Need {
+            cap: Capability::CAP_SYS_RESOURCE,
+            why: "to lift RLIMIT_MEMLOCK, which this kernel (before Linux 5.11) charges BPF maps to; \
+                  or start observer with no memlock limit, as systemd's LimitMEMLOCK=infinity does",
         });
     }
     n
@@ -122,24 +131,24 @@ mod tests {
 
     #[test]
     fn a_port_needs_bpf_and_perfmon_alone_in_a_single_namespace() {
-        let n = needs(false, true, false, false, false);
+        let n = needs(false, true, false, false, false, false);
         assert_eq!(caps_of(&n), [Capability::CAP_BPF, Capability::CAP_PERFMON]);
     }
 
     #[test]
     fn other_namespaces_need_entering_and_finding() {
-        let n = needs(false, true, true, true, false);
+        let n = needs(false, true, true, true, false, false);
         assert!(caps_of(&n).contains(&Capability::CAP_SYS_ADMIN));
         assert!(caps_of(&n).contains(&Capability::CAP_SYS_PTRACE));
         // Namespaces of others' processes that cannot be read may hide some.
-        let n = needs(false, true, false, true, false);
+        let n = needs(false, true, false, true, false, false);
         assert!(caps_of(&n).contains(&Capability::CAP_SYS_PTRACE));
         assert!(!caps_of(&n).contains(&Capability::CAP_SYS_ADMIN));
     }
 
     #[test]
     fn process_targets_need_ptrace_and_a_low_port_its_capability() {
-        let n = needs(true, false, false, false, true);
+        let n = needs(true, false, false, false, true, false);
         assert_eq!(
             caps_of(&n),
             [
@@ -154,7 +163,7 @@ mod tests {
 
     #[test]
     fn the_message_names_each_missing_capability_once_with_its_reason() {
-        let n = needs(true, true, false, true, false);
+        let n = needs(true, true, false, true, false, false);
         let m = missing(&n, |c| c == Capability::CAP_BPF);
         assert_eq!(
             caps_of(&m),
@@ -171,5 +180,24 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn a_charged_memlock_limit_needs_sys_resource_and_says_how_to_do_without() {
+        let n = needs(false, true, false, false, false, true);
+        let m = missing(&n, |c| c != Capability::CAP_SYS_RESOURCE);
+        assert_eq!(caps_of(&m), [Capability::CAP_SYS_RESOURCE]);
+        let text = message(&m);
+        assert!(
+            text.contains(
+                "CAP_SYS_RESOURCE (to lift RLIMIT_MEMLOCK, which this kernel (before Linux 5.11)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("LimitMEMLOCK=infinity"), "{text}");
+        assert!(
+            !caps_of(&needs(false, true, false, false, false, false))
+                .contains(&Capability::CAP_SYS_RESOURCE)
+        );
     }
 }

@@ -43,12 +43,17 @@ pub struct Observer {
 pub enum Launch<'a> {
     /// The binary under test, as this (root) process.
     Direct,
-    /// As user nobody with only these capabilities (`["bpf", "perfmon"]`), ambient.
+    /// As user nobody with only these capabilities (`["bpf", "perfmon"]`), ambient, under a
+    /// host's memlock limit (`HOST_MEMLOCK`).
     AsUser(&'a [&'a str]),
     /// In a podman container of `image`, in the host's network and PID namespaces, with only
     /// these capabilities (`["BPF", "PERFMON"]`): as a Kubernetes DaemonSet runs it.
     Container { image: &'a str, caps: &'a [&'a str] },
 }
+
+/// RLIMIT_MEMLOCK (soft and hard) of `Launch::AsUser`: a host's default, the kernel's before
+/// 5.16 (Debian 11, Amazon Linux 2); systemd's for services from v253 is 8 MiB.
+pub const HOST_MEMLOCK: u64 = 64 * 1024;
 
 /// How to wire the child's stdout.
 pub enum Stdout {
@@ -86,7 +91,8 @@ impl Observer {
         (o, rx.expect("lines"))
     }
 
-    /// Runs as user nobody with only the capabilities `caps` (`["bpf", "perfmon"]`), ambient.
+    /// Runs as user nobody with only the capabilities `caps` (`["bpf", "perfmon"]`), ambient,
+    /// under a host's memlock limit (`HOST_MEMLOCK`).
     pub fn start_with_caps(caps: &[&str], args: &[&str]) -> Observer {
         Self::spawn_as(Launch::AsUser(caps), &[], args, Stdout::Null).0
     }
@@ -194,8 +200,10 @@ impl Observer {
             }
             Launch::AsUser(caps) => {
                 let set: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
-                let mut c = Command::new("setpriv");
-                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--memlock={HOST_MEMLOCK}:{HOST_MEMLOCK}"))
+                    .arg("setpriv")
+                    .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
                     .arg(format!("--inh-caps={}", set.join(",")))
                     .arg(format!("--ambient-caps={}", set.join(",")))
                     .arg(binary());

@@ -23,10 +23,22 @@ fn dist() -> PathBuf {
 }
 
 fn run(program: &str, args: &[&str]) -> std::process::Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"))
+    // dpkg refuses at once while another process (apt, a package install of the setup) holds
+    // its lock: wait for it, as apt's own DPkg::Lock::Timeout does, rather than fail.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"));
+        let locked = program == "dpkg"
+            && !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("lock was locked by another process");
+        if !locked || std::time::Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }
 
 fn ok(program: &str, args: &[&str]) -> String {

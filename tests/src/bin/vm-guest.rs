@@ -44,6 +44,10 @@ type Outcome = Result<String, String>;
 type Test = (&'static str, fn() -> Outcome);
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == AS_USER) {
+        exec_as_user(&args[2..]);
+    }
     let only = cmdline_tests();
     println!("VMT: info kernel {}", uname_release());
     println!(
@@ -51,7 +55,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         memlock()
     );
-    let tests: [Test; 11] = [
+    let tests: [Test; 12] = [
         ("churn_two_observers", churn_two_observers),
         ("timeouts_nest", timeouts_nest),
         ("attach_with_open_connections", attach_with_open_connections),
@@ -63,6 +67,7 @@ fn main() {
         ("skipped_runs_series", skipped_runs_series),
         ("endings", endings),
         ("by_remote", by_remote),
+        ("least_privilege", least_privilege),
     ];
     std::panic::set_hook(Box::new(|info| println!("vm-guest: panic: {info}")));
     warm_up();
@@ -816,6 +821,120 @@ fn skipped_runs_series() -> Outcome {
     }
 }
 
+/// Least privilege on this kernel: observer run as user nobody with only the README's
+/// capabilities, under a host's memlock limit (64 KiB soft and hard: the kernel's default before
+/// 5.16, Debian 11's and Amazon Linux 2's). Before 5.11 the kernel charges BPF maps and programs
+/// to that limit, and observer's need far more: there it must lift the limit (CAP_SYS_RESOURCE,
+/// dropped once started) or be started with none (systemd's `LimitMEMLOCK=infinity`), and
+/// without either say so in one line and load nothing. From 5.11 (memory cgroup accounting) the
+/// limit does not matter. Each run counts a server exactly, and keeps only CAP_BPF.
+fn least_privilege() -> Outcome {
+    const P: u16 = 9900;
+    let charged = charges_memlock(&uname_release());
+    let mut h = Helper::spawn()?;
+    h.expect(&format!("listen 127.0.0.1:{P}"), &format!("listening {P}"))?;
+    let port = P.to_string();
+    let pid = h.pid().to_string();
+    let mut details = vec![format!(
+        "kernel {} memlock",
+        if charged {
+            "charges"
+        } else {
+            "does not charge"
+        }
+    )];
+    let mut documented: Vec<&str> = DOCUMENTED.to_vec();
+    if charged {
+        documented.push("CAP_SYS_RESOURCE");
+    }
+    let runs: [(&str, &[&str], Unprivileged); 4] = [
+        (
+            "--port, documented set, 64 KiB",
+            &["--port", &port],
+            Unprivileged::new(&documented, HOST_MEMLOCK),
+        ),
+        (
+            "--pid, documented set, 64 KiB",
+            &["--pid", &pid],
+            Unprivileged::new(&documented, HOST_MEMLOCK),
+        ),
+        // systemd's LimitMEMLOCK=infinity.
+        (
+            "--port, no CAP_SYS_RESOURCE, memlock unlimited",
+            &["--port", &port],
+            Unprivileged::new(&DOCUMENTED, (None, None)),
+        ),
+        // A soft limit that may be raised without a capability.
+        (
+            "--port, no CAP_SYS_RESOURCE, 64 KiB soft, unlimited hard",
+            &["--port", &port],
+            Unprivileged::new(&DOCUMENTED, (HOST_MEMLOCK.0, None)),
+        ),
+    ];
+    for (what, args, user) in runs {
+        let o = Observer::start_as(what, args, Some(&user))?;
+        let caps = cap_eff(o.pid());
+        let charge = bpf_memory(o.pid());
+        let limit = locked_memory_limit(o.pid());
+        let counted = connections_counted(&o, P, "inbound").map_err(|e| format!("{what}: {e}"))?;
+        if caps != Some(CAP_BPF) {
+            return Err(o.failure(&format!(
+                "{what}: CapEff {caps:x?} once started, not CAP_BPF alone"
+            )));
+        }
+        // A lifted limit is put back once everything is loaded.
+        let given = user.memlock_text();
+        if limit != given {
+            return Err(o.failure(&format!(
+                "{what}: memlock limit {limit} once started, not {given} as given"
+            )));
+        }
+        details.push(format!(
+            "{what}: {counted}, CapEff CAP_BPF, {} KiB of maps and programs, limit now {limit}",
+            charge / 1024
+        ));
+    }
+    // Without CAP_SYS_RESOURCE under the host's limit: one line naming it where the kernel
+    // charges memlock, nothing loaded; counted exactly where it does not.
+    let what = "--port, no CAP_SYS_RESOURCE, 64 KiB";
+    let user = Unprivileged::new(&DOCUMENTED, HOST_MEMLOCK);
+    match (
+        charged,
+        Observer::start_as(what, &["--port", &port], Some(&user)),
+    ) {
+        (false, Ok(o)) => {
+            let counted = connections_counted(&o, P, "inbound")?;
+            details.push(format!("{what}: {counted}"));
+        }
+        (false, Err(e)) => return Err(e),
+        (true, Ok(o)) => return Err(o.failure(&format!("{what}: started"))),
+        (true, Err(e)) => {
+            let left = observer_programs()?;
+            // One line of observer's (more are joined by " / "), exit 1.
+            if !e.contains("exited (exit status: 1)")
+                || !e.contains("CAP_SYS_RESOURCE (to lift RLIMIT_MEMLOCK")
+                || e.contains(" / ")
+                || !left.is_empty()
+            {
+                return Err(format!("{what}: {e}; programs left: {left:?}"));
+            }
+            details.push(format!(
+                "{what}: refused, naming CAP_SYS_RESOURCE, nothing loaded"
+            ));
+        }
+    }
+    Ok(details.join("; "))
+}
+
+/// Whether this kernel charges BPF maps and programs to RLIMIT_MEMLOCK: before 5.11. (The
+/// test's own oracle, by release; observer probes the kernel instead.)
+fn charges_memlock(release: &str) -> bool {
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (5, 11)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Checks on a scrape.
 
@@ -1060,9 +1179,26 @@ struct Observer {
 impl Observer {
     /// Starts `observer ARGS --metrics-addr 127.0.0.1:PORT` and waits for its ready line.
     fn start(label: &str, args: &[&str]) -> Result<Observer, String> {
+        Observer::start_as(label, args, None)
+    }
+
+    /// `start`, as root or as `user`.
+    fn start_as(
+        label: &str,
+        args: &[&str],
+        user: Option<&Unprivileged>,
+    ) -> Result<Observer, String> {
         let port = NEXT_METRICS_PORT.fetch_add(1, Ordering::Relaxed);
         let addr = format!("127.0.0.1:{port}");
-        let mut child = Command::new(OBSERVER)
+        let mut command = match user {
+            None => Command::new(OBSERVER),
+            Some(u) => {
+                let mut c = Command::new("/proc/self/exe");
+                c.args(u.wrapper());
+                c
+            }
+        };
+        let mut child = command
             .args(args)
             .args(["--metrics-addr", &addr])
             .env("OBSERVER_DEBUG", "1")
@@ -1361,6 +1497,155 @@ fn parse_text_event(line: &str) -> Option<(String, String, u16)> {
     let dir = w.next()?.to_string();
     let port = w.next()?.strip_prefix("port=")?.parse().ok()?;
     Some((kind, dir, port))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A non-root user with some capabilities (the guest has no setpriv or capsh).
+
+/// The first argument that makes vm-guest `exec_as_user`.
+const AS_USER: &str = "as-user";
+/// User and group nobody.
+const NOBODY: u32 = 65534;
+/// The README's capabilities for `--port` and `--pid` on a host whose processes belong to
+/// other users (root's, here): loading and attaching, finding who holds each socket.
+const DOCUMENTED: [&str; 4] = [
+    "CAP_BPF",
+    "CAP_PERFMON",
+    "CAP_SYS_PTRACE",
+    "CAP_DAC_READ_SEARCH",
+];
+/// A host's RLIMIT_MEMLOCK, soft and hard: the kernel's default before 5.16.
+const HOST_MEMLOCK: (Option<u64>, Option<u64>) = (Some(64 * 1024), Some(64 * 1024));
+/// Bit 39 of a capability set: CAP_BPF.
+const CAP_BPF: u64 = 1 << 39;
+
+/// How `Observer::start_as` runs observer: as nobody, with `caps` ambient, and `memlock` as
+/// RLIMIT_MEMLOCK (soft, hard; None: unlimited).
+struct Unprivileged {
+    caps: String,
+    memlock: (Option<u64>, Option<u64>),
+}
+
+impl Unprivileged {
+    fn new(caps: &[&str], memlock: (Option<u64>, Option<u64>)) -> Unprivileged {
+        Unprivileged {
+            caps: caps.join(","),
+            memlock,
+        }
+    }
+
+    /// The memlock limit as `SOFT:HARD`, as /proc/PID/limits says them (`65536:unlimited`).
+    fn memlock_text(&self) -> String {
+        let text = |l: Option<u64>| l.map_or_else(|| "unlimited".into(), |m| m.to_string());
+        format!("{}:{}", text(self.memlock.0), text(self.memlock.1))
+    }
+
+    /// `vm-guest as-user UID CAPS SOFT:HARD PROGRAM`, for `Command::args` before observer's own.
+    fn wrapper(&self) -> Vec<String> {
+        vec![
+            AS_USER.into(),
+            NOBODY.to_string(),
+            self.caps.clone(),
+            self.memlock_text(),
+            OBSERVER.into(),
+        ]
+    }
+}
+
+/// `as-user UID CAPS SOFT:HARD PROGRAM ARGS...`: sets RLIMIT_MEMLOCK, becomes UID (and its group,
+/// no other groups) keeping CAPS (comma-separated, e.g. CAP_BPF) as ambient capabilities, and
+/// execs PROGRAM, which then holds exactly CAPS. Runs before any thread starts.
+fn exec_as_user(args: &[String]) -> ! {
+    let err = match as_user(args) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    eprintln!("vm-guest as-user: {err}");
+    std::process::exit(127);
+}
+
+fn as_user(args: &[String]) -> Result<std::convert::Infallible, String> {
+    use std::os::unix::process::CommandExt as _;
+    use std::str::FromStr as _;
+    let [uid, caps, memlock, program, rest @ ..] = args else {
+        return Err("usage: as-user UID CAPS SOFT:HARD PROGRAM ARGS...".into());
+    };
+    let uid: u32 = uid.parse().map_err(|_| format!("bad uid {uid}"))?;
+    let caps: caps::CapsHashSet = caps
+        .split(',')
+        .map(|c| caps::Capability::from_str(c).map_err(|e| format!("{c}: {e}")))
+        .collect::<Result<_, _>>()?;
+    let limit = |n: &str| match n {
+        "unlimited" => Ok(libc::RLIM_INFINITY),
+        n => n.parse().map_err(|_| format!("bad memlock {n}")),
+    };
+    let (soft, hard) = memlock
+        .split_once(':')
+        .ok_or_else(|| format!("bad memlock {memlock}"))?;
+    let r = libc::rlimit {
+        rlim_cur: limit(soft)?,
+        rlim_max: limit(hard)?,
+    };
+    let os = |what: &str, rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(format!("{what}: {}", std::io::Error::last_os_error()))
+        }
+    };
+    // SAFETY: plain syscalls on this single-threaded process, with valid arguments.
+    unsafe {
+        os("setrlimit", libc::setrlimit(libc::RLIMIT_MEMLOCK, &r))?;
+        caps::securebits::set_keepcaps(true).map_err(|e| e.to_string())?;
+        os("setgroups", libc::setgroups(0, std::ptr::null()))?;
+        os("setresgid", libc::setresgid(uid, uid, uid))?;
+        os("setresuid", libc::setresuid(uid, uid, uid))?;
+    }
+    // Changing the uid emptied the effective and ambient sets; the permitted set was kept.
+    caps::set(None, caps::CapSet::Permitted, &caps).map_err(|e| format!("permitted: {e}"))?;
+    caps::set(None, caps::CapSet::Inheritable, &caps).map_err(|e| format!("inheritable: {e}"))?;
+    for c in &caps {
+        caps::raise(None, caps::CapSet::Ambient, *c).map_err(|e| format!("ambient {c}: {e}"))?;
+    }
+    let e = Command::new(program).args(rest).exec();
+    Err(format!("exec {program}: {e}"))
+}
+
+/// A process's effective capabilities, from /proc/PID/status.
+fn cap_eff(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// The memory of a process's eBPF maps and programs, in bytes: the `memlock:` of each one's
+/// fdinfo (what kernels before 5.11 charge to the memlock limit).
+fn bpf_memory(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// A process's RLIMIT_MEMLOCK as `SOFT:HARD`, from /proc/PID/limits (`65536:unlimited`).
+fn locked_memory_limit(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()
+        .and_then(|l| {
+            let v = l
+                .lines()
+                .find_map(|l| l.strip_prefix("Max locked memory"))?;
+            let mut w = v.split_whitespace();
+            Some(format!("{}:{}", w.next()?, w.next()?))
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1769,6 +2054,15 @@ observer: refused",
         );
         let log = lines("callee:\n frame1: R1_w=map_value(off=0) R10=fp0\nR1=ctx() R10=fp0\n");
         assert_eq!(verifier_message(&log), None);
+    }
+
+    #[test]
+    fn kernels_before_5_11_charge_memlock() {
+        assert!(charges_memlock("5.10.0-46-amd64"));
+        assert!(!charges_memlock("5.11.0"));
+        assert!(!charges_memlock("6.1.0-50-amd64"));
+        assert!(!charges_memlock("6.12.95+deb12-amd64"));
+        assert!(!charges_memlock("7.2.13+deb14-amd64"));
     }
 
     #[test]
