@@ -347,7 +347,11 @@ impl Kernel {
     /// A target process has a connection to remote port `port` (the snapshot found it): its
     /// transitions must get past the program's port filter.
     pub fn mark_target_remote(&mut self, port: u16) -> Result<()> {
-        self.target_remotes.set(port as u32, 1, 0)?;
+        // Without process targets the map has one entry (`sizing`), and needs none: an outbound
+        // connection the snapshot finds is one to a `--remote-port`, which the filter passes.
+        if self.sizes.target_remotes > u32::from(port) {
+            self.target_remotes.set(port as u32, 1, 0)?;
+        }
         Ok(())
     }
 
