@@ -1,0 +1,122 @@
+//! BPF programs: which ones a process holds, and what the kernel measured of their runs.
+use std::{collections::BTreeSet, fs, process::Command};
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use super::{BPF_STATS, TOOL_TIMEOUT, process::run_bounded};
+
+/// `sysctl -w kernel.bpf_stats_enabled=1` for the bench (the kernel counts run_time_ns and
+/// run_cnt only then); the previous value comes back on drop.
+pub(super) struct BpfStats {
+    pub(super) previous: String,
+}
+
+impl BpfStats {
+    pub(super) fn enable() -> Result<BpfStats> {
+        let previous = fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("reading {BPF_STATS}"))?
+            .trim()
+            .to_string();
+        fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
+        Ok(BpfStats { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(BPF_STATS, &self.previous) {
+            eprintln!(
+                "bench: could not restore {BPF_STATS} to {}: {e}",
+                self.previous
+            );
+        }
+    }
+}
+
+/// run_time_ns and run_cnt of one program (counted while kernel.bpf_stats_enabled=1).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct RunStats {
+    pub(super) ns: u64,
+    pub(super) runs: u64,
+}
+
+impl RunStats {
+    pub(super) fn since(self, before: RunStats) -> RunStats {
+        RunStats {
+            ns: self.ns.saturating_sub(before.ns),
+            runs: self.runs.saturating_sub(before.runs),
+        }
+    }
+
+    pub(super) fn ns_per_run(self) -> Option<f64> {
+        (self.runs > 0).then(|| self.ns as f64 / self.runs as f64)
+    }
+}
+
+/// `bpftool prog show ... --json`.
+pub(super) fn bpftool_progs(id: Option<u32>) -> Result<Value> {
+    let mut cmd = Command::new("bpftool");
+    cmd.args(["prog", "show"]);
+    if let Some(id) = id {
+        cmd.args(["id", &id.to_string()]);
+    }
+    let out = run_bounded("bpftool", cmd.arg("--json"), TOOL_TIMEOUT)?;
+    serde_json::from_str(&out.stdout).context("parsing bpftool's JSON")
+}
+
+pub(super) fn run_stats(id: u32) -> Result<RunStats> {
+    let prog = bpftool_progs(Some(id))?;
+    let field = |name: &str| prog[name].as_u64().unwrap_or(0);
+    Ok(RunStats {
+        ns: field("run_time_ns"),
+        runs: field("run_cnt"),
+    })
+}
+
+/// The programs a process holds (id, name, type), from the `prog_id:` lines of its fdinfo
+/// (this bpftool does not show PIDs).
+pub(super) fn progs_of(pid: u32) -> Result<Vec<(u32, String, String)>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = BTreeSet::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        // An fd may close while we read: skip it.
+        let Ok(text) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        ids.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u32>().ok()),
+        );
+    }
+    ids.into_iter()
+        .map(|id| {
+            let prog = bpftool_progs(Some(id))?;
+            let field = |k: &str| prog[k].as_str().unwrap_or_default().to_string();
+            Ok((id, field("name"), field("type")))
+        })
+        .collect()
+}
+
+/// Programs on sock:inet_sock_set_state that are not the bench's (another user's tracers, or
+/// another observer).
+pub(super) fn foreign_tracers(ours: &BTreeSet<u32>) -> Result<Vec<String>> {
+    let all = bpftool_progs(None)?;
+    Ok(all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            let id = p["id"].as_u64().unwrap_or(0);
+            let name = p["name"].as_str().unwrap_or_default();
+            // bpftrace names a tracepoint's program after it; observer names its own.
+            let on_tracepoint = name.starts_with("inet_sock_set") || name.starts_with("observer_");
+            on_tracepoint && !ours.contains(&(id as u32))
+        })
+        .map(|p| {
+            let field = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+            format!("`{}` ({})", field("name"), field("type"))
+        })
+        .collect())
+}

@@ -1,0 +1,218 @@
+//! observer, the tool measured.
+use std::{
+    fs,
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use super::{
+    START_TIMEOUT,
+    bpf::{RunStats, progs_of, run_stats},
+    interrupt::check_interrupt,
+    net::http_get,
+    process::{Proc, lines_in_background},
+    stats::ms,
+    usage::cpu_secs,
+};
+
+/// A running observer, watching inbound connections to one port.
+pub(super) struct Observer {
+    pub(super) proc: Proc,
+    pub(super) metrics: SocketAddr,
+    /// The main program and the backup.
+    pub(super) main: u32,
+    pub(super) backup: u32,
+    pub(super) ready_line: String,
+    pub(super) ready_ms: f64,
+    pub(super) stderr: mpsc::Receiver<String>,
+}
+
+/// What one scrape of observer and the kernel's program statistics said.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ObserverReading {
+    pub(super) opened: f64,
+    /// utime + stime from /proc/PID/stat (clock ticks, 10 ms).
+    pub(super) cpu_secs: f64,
+    /// observer's own process_cpu_seconds_total (to the clock tick).
+    pub(super) cpu_metric: f64,
+    pub(super) dropped: f64,
+    pub(super) lost: f64,
+    pub(super) retired: f64,
+    pub(super) backup_counted: f64,
+    pub(super) main: RunStats,
+    pub(super) backup: RunStats,
+}
+
+impl Observer {
+    pub(super) fn start(bin: &Path, port: u16, events: Option<Stdio>) -> Result<Observer> {
+        Self::start_with(bin, port, events, &[])
+    }
+
+    /// The same with more flags.
+    pub(super) fn start_with(
+        bin: &Path,
+        port: u16,
+        events: Option<Stdio>,
+        extra: &[&str],
+    ) -> Result<Observer> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["--port", &port.to_string(), "--metrics-addr", "127.0.0.1:0"]);
+        cmd.args(extra);
+        match events {
+            Some(out) => cmd.args(["--events", "json"]).stdout(out),
+            None => cmd.stdout(Stdio::null()),
+        };
+        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut proc = Proc::spawn("observer", &mut cmd)?;
+        let stderr = lines_in_background(proc.child.stderr.take());
+        let ready_line = wait_ready(&mut proc, &stderr)?;
+        let ready_ms = ms(start.elapsed());
+        let metrics = ready_line
+            .split("metrics at http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok())
+            .ok_or_else(|| anyhow!("no metrics address in `{ready_line}`"))?;
+        let progs = progs_of(proc.pid())?;
+        let find = |name: &str| {
+            progs
+                .iter()
+                .find(|(_, n, _)| n == name)
+                .map(|(id, _, _)| *id)
+                .ok_or_else(|| anyhow!("observer holds no program {name}: {progs:?}"))
+        };
+        Ok(Observer {
+            main: find("observer_main")?,
+            backup: find("observer_backup")?,
+            proc,
+            metrics,
+            ready_line,
+            ready_ms,
+            stderr,
+        })
+    }
+
+    pub(super) fn scrape(&self) -> Result<Metrics> {
+        Ok(Metrics(http_get(self.metrics, "/metrics")?))
+    }
+
+    pub(super) fn read(&self, port: u16) -> Result<ObserverReading> {
+        let m = self.scrape()?;
+        let conn = [("direction", "inbound"), ("port", &port.to_string())];
+        let error = |reason| m.value("observer_kernel_errors_total", &[("reason", reason)]);
+        Ok(ObserverReading {
+            opened: m.value("observer_tcp_connections_opened_total", &conn),
+            cpu_secs: cpu_secs(self.proc.pid())?,
+            cpu_metric: m.value("process_cpu_seconds_total", &[]),
+            dropped: m.value("observer_events_dropped_total", &[]),
+            lost: error("lost_transition"),
+            retired: error("stale_socket_retired"),
+            backup_counted: m.value("observer_kernel_backup_transitions_total", &[]),
+            main: run_stats(self.main)?,
+            backup: run_stats(self.backup)?,
+        })
+    }
+
+    pub(super) fn established(&self, port: u16) -> Result<f64> {
+        let port = port.to_string();
+        Ok(self.scrape()?.value(
+            "observer_tcp_connections",
+            &[
+                ("direction", "inbound"),
+                ("port", &port),
+                ("state", "established"),
+            ],
+        ))
+    }
+
+    /// Peak and current resident set size (VmHWM, VmRSS), KiB.
+    pub(super) fn memory_kib(&self) -> Result<(u64, u64)> {
+        let path = format!("/proc/{}/status", self.proc.pid());
+        let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow!("no {name} in {path}"))
+        };
+        Ok((field("VmHWM:")?, field("VmRSS:")?))
+    }
+
+    /// SIGTERM: observer detaches and exits 0. Returns a complaint when it did not.
+    pub(super) fn stop(mut self) -> Result<Option<String>> {
+        let status = self.proc.stop(libc::SIGTERM)?;
+        if status.success() {
+            return Ok(None);
+        }
+        let said: Vec<String> = self.stderr.try_iter().collect();
+        Ok(Some(format!(
+            "observer exited with {status} on SIGTERM: {}",
+            said.join(" / ")
+        )))
+    }
+}
+
+/// Waits for observer's `observer: ready:` line, which it prints once attached.
+pub(super) fn wait_ready(proc: &mut Proc, stderr: &mpsc::Receiver<String>) -> Result<String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut said = Vec::new();
+    while Instant::now() < deadline {
+        check_interrupt()?;
+        match stderr.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) if line.starts_with("observer: ready:") => return Ok(line),
+            Ok(line) => said.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if proc.poll()?.is_some() {
+            break;
+        }
+    }
+    bail!("observer did not get ready: {}", said.join(" / "))
+}
+
+/// A Prometheus text exposition.
+pub(super) struct Metrics(String);
+
+impl Metrics {
+    /// The samples of `name`: their labels (`k="v",...`) and values.
+    pub(super) fn samples<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(move |(series, value)| {
+                let (n, labels) = series.split_once('{').unwrap_or((series, ""));
+                let value = value.parse().ok()?;
+                (n == name).then_some((labels.trim_end_matches('}'), value))
+            })
+    }
+
+    /// The first sample of `name` whose labels include `labels`; 0 when there is none (a counter
+    /// that has not counted anything yet).
+    pub(super) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples(name)
+            .find(|(have, _)| {
+                let have: Vec<&str> = have.split(',').collect();
+                labels
+                    .iter()
+                    .all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()))
+            })
+            .map_or(0.0, |(_, v)| v)
+    }
+
+    pub(super) fn sum(&self, name: &str) -> f64 {
+        self.samples(name).map(|(_, v)| v).sum()
+    }
+}
