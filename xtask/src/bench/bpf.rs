@@ -1,10 +1,10 @@
 //! BPF programs: which ones a process holds, and what the kernel measured of their runs.
-use std::{collections::BTreeSet, fs, process::Command};
+use std::{collections::BTreeSet, fs};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
 use serde_json::Value;
 
-use super::{BPF_STATS, TOOL_TIMEOUT, process::run_bounded};
+use super::BPF_STATS;
 
 /// `sysctl -w kernel.bpf_stats_enabled=1` for the bench (the kernel counts run_time_ns and
 /// run_cnt only then); the previous value comes back on drop.
@@ -42,6 +42,16 @@ pub(super) struct RunStats {
 }
 
 impl RunStats {
+    /// From one program of `bpftool prog show --json`: 0 runs when the kernel counted none
+    /// (bpftool leaves the fields out while kernel.bpf_stats_enabled is 0).
+    pub(super) fn of(prog: &Value) -> RunStats {
+        let field = |name: &str| prog[name].as_u64().unwrap_or(0);
+        RunStats {
+            ns: field("run_time_ns"),
+            runs: field("run_cnt"),
+        }
+    }
+
     pub(super) fn since(self, before: RunStats) -> RunStats {
         RunStats {
             ns: self.ns.saturating_sub(before.ns),
@@ -54,44 +64,27 @@ impl RunStats {
     }
 }
 
-/// `bpftool prog show ... --json`.
+/// `bpftool prog show [id ID] --json`, through the test harness.
 pub(super) fn bpftool_progs(id: Option<u32>) -> Result<Value> {
-    let mut cmd = Command::new("bpftool");
-    cmd.args(["prog", "show"]);
-    if let Some(id) = id {
-        cmd.args(["id", &id.to_string()]);
+    let id = id.map(|id| id.to_string());
+    let mut args = vec!["prog", "show"];
+    if let Some(id) = &id {
+        args.extend(["id", id]);
     }
-    let out = run_bounded("bpftool", cmd.arg("--json"), TOOL_TIMEOUT)?;
-    serde_json::from_str(&out.stdout).context("parsing bpftool's JSON")
+    observer_tests::bpftool::try_json(&args).map_err(|e| anyhow!(e))
 }
 
 pub(super) fn run_stats(id: u32) -> Result<RunStats> {
-    let prog = bpftool_progs(Some(id))?;
-    let field = |name: &str| prog[name].as_u64().unwrap_or(0);
-    Ok(RunStats {
-        ns: field("run_time_ns"),
-        runs: field("run_cnt"),
-    })
+    Ok(RunStats::of(&bpftool_progs(Some(id))?))
 }
 
 /// The programs a process holds (id, name, type), from the `prog_id:` lines of its fdinfo
 /// (this bpftool does not show PIDs).
 pub(super) fn progs_of(pid: u32) -> Result<Vec<(u32, String, String)>> {
-    let dir = format!("/proc/{pid}/fdinfo");
-    let mut ids = BTreeSet::new();
-    for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
-        // An fd may close while we read: skip it.
-        let Ok(text) = fs::read_to_string(entry?.path()) else {
-            continue;
-        };
-        ids.extend(
-            text.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
-                .filter_map(|v| v.trim().parse::<u32>().ok()),
-        );
-    }
-    ids.into_iter()
+    observer_tests::observer::programs_of(pid)
+        .into_iter()
         .map(|id| {
+            let id = u32::try_from(id).context("a program ID")?;
             let prog = bpftool_progs(Some(id))?;
             let field = |k: &str| prog[k].as_str().unwrap_or_default().to_string();
             Ok((id, field("name"), field("type")))
@@ -102,9 +95,12 @@ pub(super) fn progs_of(pid: u32) -> Result<Vec<(u32, String, String)>> {
 /// Programs on sock:inet_sock_set_state that are not the bench's (another user's tracers, or
 /// another observer).
 pub(super) fn foreign_tracers(ours: &BTreeSet<u32>) -> Result<Vec<String>> {
-    let all = bpftool_progs(None)?;
-    Ok(all
-        .as_array()
+    Ok(foreign_in(&bpftool_progs(None)?, ours))
+}
+
+/// The programs of `bpftool prog show --json` that sit on the tracepoint and are not `ours`.
+fn foreign_in(all: &Value, ours: &BTreeSet<u32>) -> Vec<String> {
+    all.as_array()
         .into_iter()
         .flatten()
         .filter(|p| {
@@ -118,5 +114,5 @@ pub(super) fn foreign_tracers(ours: &BTreeSet<u32>) -> Result<Vec<String>> {
             let field = |k: &str| p[k].as_str().unwrap_or_default().to_string();
             format!("`{}` ({})", field("name"), field("type"))
         })
-        .collect())
+        .collect()
 }

@@ -1,13 +1,12 @@
 //! Loopback helpers: free ports, HTTP GETs, a listener to poke the tracepoint with, `ss`.
 use std::{
     fs,
-    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, ensure};
+use anyhow::{Context as _, Result, anyhow};
 
 use super::{TOOL_TIMEOUT, process::run_bounded, stats::ms};
 
@@ -38,23 +37,7 @@ pub(super) fn free_ports<const N: usize>() -> Result<[u16; N]> {
 
 /// GET `path` over a new connection (HTTP/1.0: the server closes it); returns the 200 body.
 pub(super) fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)
-        .with_context(|| format!("reading http://{addr}{path}"))?;
-    let (head, body) = buf
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("http://{addr}{path}: no HTTP header"))?;
-    ensure!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-        "http://{addr}{path}: {}",
-        head.lines().next().unwrap_or_default()
-    );
-    Ok(body.to_string())
+    observer_tests::scrape::http_get(addr, path).map_err(|e| anyhow!("http://{addr}{path}: {e}"))
 }
 
 /// A listener of the bench's own. A connection to it fires the tracepoint without touching the

@@ -73,11 +73,7 @@ impl Nginx {
     /// Connections nginx has accepted since it started, this reading's own included.
     pub(super) fn accepts(&self) -> Result<u64> {
         let body = http_get(self.status, "/")?;
-        let mut lines = body.lines().skip_while(|l| !l.contains("accepts"));
-        lines
-            .nth(1)
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
+        observer_tests::nginx::accepts(&body)
             .ok_or_else(|| anyhow!("no accepts in nginx's stub_status: {body}"))
     }
 

@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use observer_tests::scrape::Scrape;
 
 use super::{
     START_TIMEOUT,
@@ -73,11 +74,7 @@ impl Observer {
         let stderr = lines_in_background(proc.child.stderr.take());
         let ready_line = wait_ready(&mut proc, &stderr)?;
         let ready_ms = ms(start.elapsed());
-        let metrics = ready_line
-            .split("metrics at http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|addr| addr.parse().ok())
+        let metrics = observer_tests::observer::metrics_addr(&ready_line)
             .ok_or_else(|| anyhow!("no metrics address in `{ready_line}`"))?;
         let progs = progs_of(proc.pid())?;
         let find = |name: &str| {
@@ -99,7 +96,9 @@ impl Observer {
     }
 
     pub(super) fn scrape(&self) -> Result<Metrics> {
-        Ok(Metrics(http_get(self.metrics, "/metrics")?))
+        Ok(Metrics(Scrape {
+            text: http_get(self.metrics, "/metrics")?,
+        }))
     }
 
     pub(super) fn read(&self, port: u16) -> Result<ObserverReading> {
@@ -179,40 +178,18 @@ pub(super) fn wait_ready(proc: &mut Proc, stderr: &mpsc::Receiver<String>) -> Re
     bail!("observer did not get ready: {}", said.join(" / "))
 }
 
-/// A Prometheus text exposition.
-pub(super) struct Metrics(String);
+/// A scrape of observer, read with the test harness's parser; a series with no sample reads
+/// as 0 (a counter that has not counted anything yet).
+pub(super) struct Metrics(pub(super) Scrape);
 
 impl Metrics {
-    /// The samples of `name`: their labels (`k="v",...`) and values.
-    pub(super) fn samples<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> impl Iterator<Item = (&'a str, f64)> + 'a {
-        self.0
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter_map(move |(series, value)| {
-                let (n, labels) = series.split_once('{').unwrap_or((series, ""));
-                let value = value.parse().ok()?;
-                (n == name).then_some((labels.trim_end_matches('}'), value))
-            })
-    }
-
-    /// The first sample of `name` whose labels include `labels`; 0 when there is none (a counter
-    /// that has not counted anything yet).
+    /// The first sample of `name` whose labels include `labels`; 0 when there is none.
     pub(super) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples(name)
-            .find(|(have, _)| {
-                let have: Vec<&str> = have.split(',').collect();
-                labels
-                    .iter()
-                    .all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()))
-            })
-            .map_or(0.0, |(_, v)| v)
+        self.0.value(name, labels).unwrap_or(0.0)
     }
 
+    /// All samples of `name` summed; 0 when there is none.
     pub(super) fn sum(&self, name: &str) -> f64 {
-        self.samples(name).map(|(_, v)| v).sum()
+        self.0.sum(name, &[]).unwrap_or(0.0)
     }
 }
