@@ -227,7 +227,7 @@ impl Bench<'_> {
 
     pub(super) fn start_observer(&mut self, events: Option<Stdio>) -> Result<Observer> {
         let obs = Observer::start(&self.observer, self.nginx.port, events)?;
-        self.ours.extend([obs.main, obs.backup]);
+        self.ours.extend(&obs.progs);
         Ok(obs)
     }
 

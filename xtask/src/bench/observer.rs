@@ -28,6 +28,8 @@ pub(super) struct Observer {
     /// The main program and the backup.
     pub(super) main: u32,
     pub(super) backup: u32,
+    /// Every program it holds, those two included: none of them is someone else's tracer.
+    pub(super) progs: Vec<u32>,
     pub(super) ready_line: String,
     pub(super) ready_ms: f64,
     pub(super) stderr: mpsc::Receiver<String>,
@@ -87,6 +89,7 @@ impl Observer {
         Ok(Observer {
             main: find("observer_main")?,
             backup: find("observer_backup")?,
+            progs: progs.iter().map(|(id, _, _)| *id).collect(),
             proc,
             metrics,
             ready_line,
