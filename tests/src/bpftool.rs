@@ -30,7 +30,7 @@ pub fn map_of(pid: u32, name: &str) -> u64 {
 }
 
 /// The maps a program uses, from `bpftool prog show`.
-fn map_ids(prog: &Value) -> Vec<u64> {
+pub fn map_ids(prog: &Value) -> Vec<u64> {
     prog["map_ids"]
         .as_array()
         .into_iter()

@@ -116,3 +116,61 @@ fn foreign_in(all: &Value, ours: &BTreeSet<u32>) -> Vec<String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bpftool prog show --json` with kernel.bpf_stats_enabled=1, while the bench's observer
+    /// (14768-14771) and bpftrace (14767) ran, and someone else's observer too.
+    fn all() -> Value {
+        serde_json::from_str(include_str!("testdata/bpftool_all.json")).unwrap()
+    }
+
+    #[test]
+    fn reads_run_stats_from_bpftool() {
+        let prog: Value = serde_json::from_str(include_str!("testdata/bpftool_prog.json")).unwrap();
+        let stats = RunStats::of(&prog);
+        assert_eq!((stats.ns, stats.runs), (660_641, 3_030));
+        assert!((stats.ns_per_run().unwrap() - 218.033).abs() < 0.001);
+        // A program the kernel has not counted: bpftool leaves the fields out.
+        let reap = all()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == 14771)
+            .cloned()
+            .unwrap();
+        assert_eq!(RunStats::of(&reap).runs, 0);
+        assert_eq!(RunStats::of(&reap).ns_per_run(), None);
+    }
+
+    #[test]
+    fn a_difference_of_run_stats_never_goes_below_zero() {
+        let before = RunStats { ns: 100, runs: 4 };
+        let after = RunStats { ns: 700, runs: 7 };
+        let d = after.since(before);
+        assert_eq!((d.ns, d.runs), (600, 3));
+        assert_eq!(d.ns_per_run(), Some(200.0));
+        // A program reloaded between the readings: counts start again from 0.
+        let d = before.since(after);
+        assert_eq!((d.ns, d.runs), (0, 0));
+    }
+
+    #[test]
+    fn finds_the_tracers_that_are_not_the_benchs() {
+        let ours: BTreeSet<u32> = (14767..=14771).collect();
+        assert_eq!(
+            foreign_in(&all(), &ours),
+            [
+                "`observer_main` (tracing)",
+                "`observer_backup` (tracing)",
+                "`observer_sweep` (tracing)",
+                "`observer_reap` (tracing)",
+            ]
+        );
+        let none = foreign_in(&all(), &BTreeSet::new());
+        assert_eq!(none.len(), 9);
+        assert!(none.contains(&"`inet_sock_set_s` (tracepoint)".to_string()));
+    }
+}

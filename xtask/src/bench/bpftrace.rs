@@ -117,3 +117,40 @@ pub(super) fn lost_events(output: &str) -> u64 {
         .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the counting script printed after 300 connections (303 with the bench's pokes and
+    /// the like), at SIGINT; and the printing script after 20, at SIGINT. Both start with the
+    /// warning this bpftrace prints when root cannot raise RLIMIT_MEMLOCK.
+    const COUNT: &str = include_str!("testdata/bpftrace_count.txt");
+    const PRINT: &str = include_str!("testdata/bpftrace_print.txt");
+
+    #[test]
+    fn reads_the_counting_scripts_map() {
+        assert_eq!(counted_established(COUNT), Some(303));
+        assert_eq!(counted_established("Attaching 1 probe...\n"), None);
+    }
+
+    #[test]
+    fn counts_the_printed_transitions_into_established() {
+        assert_eq!(printed_established(PRINT), 20);
+        assert_eq!(lost_events(PRINT), 0);
+        // bpftrace's report of a perf buffer overrun, between the printed lines.
+        let lost = "127.0.0.1:19100 127.0.0.1:36334 3 1\nLost 17 events\n  Lost 3 events\n";
+        assert_eq!(lost_events(lost), 20);
+        assert_eq!(printed_established(lost), 1);
+    }
+
+    #[test]
+    fn the_scripts_filter_on_the_watched_port() {
+        assert_eq!(
+            bpftrace_script(Script::Count, 19100),
+            "tracepoint:sock:inet_sock_set_state /args->sport == 19100/ { @[args->newstate] = count(); }"
+        );
+        assert!(bpftrace_script(Script::Print, 80).contains("/args->sport == 80/"));
+        assert!(!bpftrace_script(Script::Empty, 80).contains("sport"));
+    }
+}

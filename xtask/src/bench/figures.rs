@@ -18,6 +18,8 @@ pub(super) struct Figures {
     pub(super) missing_counts: u64,
     pub(super) counted_total: u64,
     pub(super) peak_rss_mib: f64,
+    /// The largest kernel memory of `observer --port P` (metrics only) for its BPF maps.
+    pub(super) maps_mib: f64,
 }
 
 impl Figures {
@@ -44,8 +46,11 @@ impl Figures {
             peak_rss_mib: r
                 .rounds
                 .iter()
-                .filter_map(|x| x.own.as_ref())
-                .map(|o| o.peak_rss_kib as f64 / 1024.0)
+                .filter(|x| x.own.is_some())
+                .map(|x| x.memory.peak_rss_mib())
+                .fold(0.0, f64::max),
+            maps_mib: rounds(Tool::Observer)
+                .map(|x| x.memory.maps_mib())
                 .fold(0.0, f64::max),
         }
     }
@@ -92,4 +97,63 @@ pub(super) fn kernel_us_per_conn(round: &Round) -> Option<f64> {
 pub(super) fn expected_ratio(round: &Round, cores: usize) -> Option<f64> {
     let cpu_per_conn_us = cores as f64 * 1e6 / round.without.rate();
     Some(1.0 - kernel_us_per_conn(round)? / cpu_per_conn_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::measure::sample::{memory, results, round};
+
+    #[test]
+    fn the_throughput_ratio_of_each_pair() {
+        let r = results();
+        let s = ratio(&r, Tool::Observer).unwrap();
+        assert!((s.median - 0.93).abs() < 1e-9);
+        assert_eq!((s.min, s.max), (0.9, 0.96));
+        assert_eq!(ratio(&r, Tool::BpftraceCount).unwrap().median, 0.75);
+        assert!(ratio(&r, Tool::BpftraceEmpty).is_none());
+    }
+
+    #[test]
+    fn kernel_cost_per_hit_and_per_connection() {
+        let r = results();
+        let first = &r.rounds[0];
+        assert_eq!(kernel(first, Prog::Main).unwrap().runs, 40_000);
+        assert!(kernel(first, Prog::Bpftrace).is_none());
+        // (8 ms + 2 ms) over 40,000 hits of the main program.
+        assert_eq!(both_per_hit(first), Some(250.0));
+        assert_eq!(both_per_hit(&r.rounds[2]), None);
+        // 10 ms of both programs over 20,000 connections.
+        assert_eq!(kernel_us_per_conn(first), Some(0.5));
+        // 2 cores at 10,000 conn/s: 200 µs of CPU per connection, 0.5 of them in the kernel.
+        assert!((expected_ratio(first, 2).unwrap() - 0.9975).abs() < 1e-12);
+        let idle = round(Tool::Observer, 1.0, 1.0, 0, Some(0), &[], memory(1, 1, 1));
+        assert_eq!(kernel_us_per_conn(&idle), None);
+    }
+
+    #[test]
+    fn counts_missing_and_extra() {
+        assert_eq!(missing(100, Some(98)), 2);
+        assert_eq!(missing(100, Some(103)), 0);
+        assert_eq!(missing(100, None), 100);
+        assert_eq!(extra(100, Some(103)), 3);
+        assert_eq!(extra(100, Some(98)), 0);
+        assert_eq!(extra(100, None), 0);
+    }
+
+    #[test]
+    fn the_figures_of_the_goals() {
+        let f = Figures::of(&results());
+        assert_eq!(f.main_ns.unwrap().median, 175.0);
+        assert_eq!(f.both_ns.unwrap().median, 225.0);
+        assert_eq!(f.count_ns.unwrap().median, 100.0);
+        assert!(f.empty_ns.is_none());
+        assert_eq!(f.hits_per_conn.unwrap().median, 2.0);
+        // Observer's rounds only: 10 of 40,000 missing.
+        assert_eq!((f.missing_counts, f.counted_total), (10, 40_000));
+        // The largest of observer's rounds, not bpftrace's.
+        assert_eq!(f.peak_rss_mib, 30.0);
+        assert_eq!(f.maps_mib, 102.0);
+        assert_eq!(f.baseline.unwrap().median, 10_000.0);
+    }
 }

@@ -52,3 +52,33 @@ pub(super) fn ab_field(report: &str, field: &str) -> Result<u64> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow!("no `{field}` in ab's report:\n{report}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ab -q -r -n 2000 -c 16` against nginx, as printed.
+    const AB: &str = include_str!("testdata/ab.txt");
+
+    #[test]
+    fn reads_abs_report() {
+        assert_eq!(ab_field(AB, "Complete requests:").unwrap(), 2000);
+        assert_eq!(ab_field(AB, "Failed requests:").unwrap(), 0);
+        assert!(ab_field(AB, "Non-2xx responses:").is_err());
+        assert!(ab_field("", "Complete requests:").is_err());
+        // With failures ab adds their kinds on the next line; the count is the first number.
+        let failed =
+            "Failed requests:        3\n   (Connect: 0, Receive: 0, Length: 3, Exceptions: 0)\n";
+        assert_eq!(ab_field(failed, "Failed requests:").unwrap(), 3);
+    }
+
+    #[test]
+    fn a_rate_is_responses_per_second() {
+        let load = Load {
+            completed: 3_000,
+            failed: 0,
+            secs: 1.5,
+        };
+        assert_eq!(load.rate(), 2_000.0);
+    }
+}

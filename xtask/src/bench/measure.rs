@@ -26,6 +26,7 @@ use super::{
     readings::{Readings, readings},
     stats::Spread,
     tool::{Prog, Tool},
+    usage::Memory,
 };
 
 /// Connections open on the watched port when the `ObserverOpen` rounds start observer.
@@ -42,14 +43,14 @@ pub(super) struct Round {
     pub(super) counted: Option<u64>,
     pub(super) kernel: Vec<(Prog, RunStats)>,
     pub(super) own: Option<OwnCost>,
+    /// The tool's process at the end of the run with it.
+    pub(super) memory: Memory,
 }
 
 /// observer's own figures over a run with load.
 pub(super) struct OwnCost {
     pub(super) cpu_secs: f64,
     pub(super) cpu_metric: f64,
-    pub(super) peak_rss_kib: u64,
-    pub(super) rss_kib: u64,
     pub(super) dropped: f64,
     pub(super) lost: f64,
     pub(super) retired: f64,
@@ -272,7 +273,7 @@ impl Bench<'_> {
         let before = obs.read(port)?;
         let (with, accepted) = self.counted_load()?;
         let after = obs.read(port)?;
-        let (peak_rss_kib, rss_kib) = obs.memory_kib()?;
+        let memory = Memory::of(obs.proc.pid())?;
         self.stop_observer(obs)?;
         drop(open);
         Ok(Round {
@@ -288,13 +289,12 @@ impl Bench<'_> {
             own: Some(OwnCost {
                 cpu_secs: after.cpu_secs - before.cpu_secs,
                 cpu_metric: after.cpu_metric - before.cpu_metric,
-                peak_rss_kib,
-                rss_kib,
                 dropped: after.dropped - before.dropped,
                 lost: after.lost - before.lost,
                 retired: after.retired - before.retired,
                 backup_counted: after.backup_counted - before.backup_counted,
             }),
+            memory,
         })
     }
 
@@ -317,6 +317,7 @@ impl Bench<'_> {
         let before = run_stats(prog)?;
         let (with, accepted) = self.counted_load()?;
         let after = run_stats(prog)?;
+        let memory = Memory::of(bt.proc.pid())?;
         self.stop_bpftrace(bt)?;
         let counted = match script {
             Script::Count => counted_established(&fs::read_to_string(&out)?),
@@ -330,6 +331,7 @@ impl Bench<'_> {
             counted,
             kernel: vec![(Prog::Bpftrace, after.since(before))],
             own: None,
+            memory,
         })
     }
 
@@ -450,5 +452,129 @@ impl Bench<'_> {
             opened: None,
             dropped: lost_events(&printed) + lost_events(&said),
         })
+    }
+}
+
+/// Measurements made up for the unit tests of the figures and the report.
+#[cfg(test)]
+pub(super) mod sample {
+    use super::*;
+    use crate::bench::readings::{Level, Readings};
+
+    pub(in crate::bench) fn load(rate: f64) -> Load {
+        Load {
+            completed: (rate * 2.0) as u64,
+            failed: 0,
+            secs: 2.0,
+        }
+    }
+
+    pub(in crate::bench) fn memory(peak_mib: u64, rss_mib: u64, maps_mib: u64) -> Memory {
+        Memory {
+            peak_rss_kib: peak_mib * 1024,
+            rss_kib: rss_mib * 1024,
+            maps_bytes: maps_mib << 20,
+        }
+    }
+
+    /// A round of `tool`: `without` and `with` conn/s, its programs' (ns, runs).
+    pub(in crate::bench) fn round(
+        tool: Tool,
+        without: f64,
+        with: f64,
+        accepted: u64,
+        counted: Option<u64>,
+        kernel: &[(Prog, u64, u64)],
+        memory: Memory,
+    ) -> Round {
+        let observer = matches!(
+            tool,
+            Tool::Observer | Tool::ObserverOpen | Tool::ObserverEvents
+        );
+        Round {
+            tool,
+            without: load(without),
+            with: load(with),
+            accepted,
+            counted,
+            kernel: kernel
+                .iter()
+                .map(|&(p, ns, runs)| (p, RunStats { ns, runs }))
+                .collect(),
+            own: observer.then_some(OwnCost {
+                cpu_secs: 0.1,
+                cpu_metric: 0.1,
+                dropped: 0.0,
+                lost: 0.0,
+                retired: 0.0,
+                backup_counted: 0.0,
+            }),
+            memory,
+        }
+    }
+
+    pub(in crate::bench) fn level(held: usize, memory: Memory) -> Level {
+        Level {
+            target: held,
+            held,
+            gauge: held as f64,
+            ss_count: held,
+            scrape_ms: vec![1.0, 1.2, 1.1],
+            back_to_back_ms: vec![0.9],
+            ss_ms: vec![5.0],
+            kernel_errors: 0.0,
+            memory,
+        }
+    }
+
+    /// Two pairs of observer (metrics only) and one of bpftrace's counting script.
+    pub(in crate::bench) fn results() -> Results {
+        use Prog::{Backup, Bpftrace, Main};
+        Results {
+            per_client: 10_000,
+            rounds: vec![
+                round(
+                    Tool::Observer,
+                    10_000.0,
+                    9_000.0,
+                    20_000,
+                    Some(20_000),
+                    &[(Main, 8_000_000, 40_000), (Backup, 2_000_000, 40_000)],
+                    memory(28, 5, 102),
+                ),
+                round(
+                    Tool::Observer,
+                    10_000.0,
+                    9_600.0,
+                    20_000,
+                    Some(19_990),
+                    &[(Main, 6_000_000, 40_000), (Backup, 2_000_000, 40_000)],
+                    memory(30, 6, 100),
+                ),
+                round(
+                    Tool::BpftraceCount,
+                    12_000.0,
+                    9_000.0,
+                    18_000,
+                    Some(18_003),
+                    &[(Bpftrace, 3_600_000, 36_000)],
+                    memory(100, 100, 1),
+                ),
+            ],
+            checks: Vec::new(),
+            profiles: None,
+            readings: Readings {
+                levels: vec![
+                    level(100, memory(9, 6, 102)),
+                    level(5_000, memory(12, 8, 103)),
+                ],
+                startup: None,
+                idle: None,
+                holders: 1,
+                gauge_after_release: 0.0,
+            },
+            foreign: BTreeSet::new(),
+            warnings: Vec::new(),
+        }
     }
 }

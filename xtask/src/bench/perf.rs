@@ -73,3 +73,29 @@ impl Profile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `perf report --stdio --sort sym -q` of 1 s of `perf record -a` with observer attached
+    /// under ab: its first 30 lines and every line on the tracepoint's path (the rest cut).
+    const REPORT: &str = include_str!("testdata/perf_report.txt");
+
+    #[test]
+    fn sums_the_tracepoints_path() {
+        let p = Profile::of(Tool::Observer, REPORT);
+        assert!((p.share - 2.32).abs() < 1e-9, "{}", p.share);
+        let top: Vec<(&str, f64)> = p.top.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+        assert_eq!(
+            top,
+            [
+                ("bpf_trace_run3", 0.75),
+                ("bpf_prog_8cc2b7f8226e39cf_observer_main", 0.52),
+                ("htab_map_update_elem", 0.18),
+                ("__traceiter_inet_sock_set_state", 0.13),
+            ]
+        );
+        assert_eq!(Profile::of(Tool::Observer, "").share, 0.0);
+    }
+}

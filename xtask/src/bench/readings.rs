@@ -15,7 +15,7 @@ use super::{
     nginx::Nginx,
     observer::Observer,
     stats::ms,
-    usage::cpu_secs,
+    usage::{Memory, cpu_secs},
 };
 
 /// Scrape and ss timings at one level of held connections.
@@ -30,6 +30,8 @@ pub(super) struct Level {
     pub(super) ss_ms: Vec<f64>,
     /// observer_kernel_errors_total, all reasons.
     pub(super) kernel_errors: f64,
+    /// observer's, once the scrapes are done.
+    pub(super) memory: Memory,
 }
 
 /// A second observer started while the large level was held: the snapshot of existing ones.
@@ -166,6 +168,7 @@ pub(super) fn level(
         back_to_back_ms,
         ss_ms,
         kernel_errors: obs.scrape()?.sum("observer_kernel_errors_total"),
+        memory: Memory::of(obs.proc.pid())?,
     })
 }
 

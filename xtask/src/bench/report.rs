@@ -14,6 +14,7 @@ use super::{
     readings::{IDLE_AFTER, IDLE_SCANS, Level},
     stats::Spread,
     tool::{Prog, Tool},
+    usage::Memory,
 };
 
 pub(super) fn thousands(n: u64) -> String {
@@ -53,6 +54,7 @@ pub(super) fn render(
     profile_section(&mut out, plan, r);
     own_cost_section(&mut out, r);
     reading_section(&mut out, plan, m, r);
+    memory_section(&mut out, r);
     anomalies(&mut out, r);
     out
 }
@@ -139,7 +141,8 @@ pub(super) fn summary(out: &mut String, f: &Figures, r: &Results) {
          | kernel cost per hit ≤ bpftrace's counting program | both programs {both:.0} ns (main {main:.0} ns) vs {count:.0} ns (an empty program: {empty:.0} ns) | {} |\n\
          | zero lost counts (`opened_total` vs nginx's accepts) | {} missing of {} | {} |\n\
          | scrape < 5 ms at 100,000 connections, flat (within 1 ms of the scrape at {FEW_HELD}) | {scrape_top:.2} ms at {}, {scrape_few:.2} ms at {FEW_HELD} | {} |\n\
-         | observer's peak RSS < 32 MiB | {:.1} MiB | {} |\n",
+         | observer's peak RSS < 32 MiB | {:.1} MiB | {} |\n\
+         | observer's kernel memory for BPF maps ≤ 16 MiB (metrics only, section 6) | {:.1} MiB | {} |\n",
         ratio(Tool::Observer),
         verdict(ratio(Tool::Observer) >= 0.99),
         ratio(Tool::ObserverEvents),
@@ -153,6 +156,8 @@ pub(super) fn summary(out: &mut String, f: &Figures, r: &Results) {
         verdict(held >= 100_000 && scrape_top < 5.0 && (scrape_top - scrape_few).abs() < 1.0),
         f.peak_rss_mib,
         verdict(f.peak_rss_mib < 32.0),
+        f.maps_mib,
+        verdict(f.maps_mib <= 16.0),
     );
     let noise = f
         .baseline
@@ -455,9 +460,10 @@ pub(super) fn own_cost_section(out: &mut String, r: &Results) {
         "## 4. observer's own cost\n\n\
          CPU time over a run, per million transitions (the run_cnt of observer's main program: \
          every hit of the tracepoint), and the resident set of each observer process at the end \
-         of its run: the peak (VmHWM) and the current (VmRSS), from /proc/PID/status.\n\n\
-         | observer | CPU s per million transitions: median (min–max) | transitions per run (median) | `process_cpu_seconds_total` increase, all runs | peak RSS, largest | RSS, median |\n\
-         |---|---|---|---|---|---|"
+         of its run: the peak (VmHWM) and the current (VmRSS), from /proc/PID/status; next to \
+         it, the kernel memory its BPF maps take (section 6).\n\n\
+         | observer | CPU s per million transitions: median (min–max) | transitions per run (median) | `process_cpu_seconds_total` increase, all runs | peak RSS, largest | RSS, median | kernel memory for BPF maps, median |\n\
+         |---|---|---|---|---|---|---|"
     );
     for tool in [Tool::Observer, Tool::ObserverEvents] {
         let rounds: Vec<(&Round, &OwnCost)> = r
@@ -473,20 +479,14 @@ pub(super) fn own_cost_section(out: &mut String, r: &Results) {
         }));
         let runs = Spread::of(rounds.iter().map(|(x, _)| transitions(x) as f64));
         let metric: f64 = rounds.iter().map(|(_, o)| o.cpu_metric).sum();
-        let peak = rounds
-            .iter()
-            .map(|(_, o)| o.peak_rss_kib)
-            .max()
-            .unwrap_or(0);
-        let rss = Spread::of(rounds.iter().map(|(_, o)| o.rss_kib as f64));
+        let memory: Vec<Memory> = rounds.iter().map(|(x, _)| x.memory).collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {metric:.2} s | {:.1} MiB | {} |",
+            "| {} | {} | {} | {metric:.2} s | {} |",
             tool.label(),
             show_spread(per_million, |v| format!("{v:.3}")),
             runs.map_or("–".into(), |s| thousands(s.median as u64)),
-            peak as f64 / 1024.0,
-            rss.map_or("–".into(), |s| format!("{:.1} MiB", s.median / 1024.0)),
+            memory_cells(&memory, false),
         );
     }
     let _ = writeln!(
@@ -637,6 +637,70 @@ pub(super) fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Re
     let _ = writeln!(out);
 }
 
+/// "peak | RSS | kernel memory" cells over some readings: the largest peak, the median RSS,
+/// and the median kernel memory, with its spread when asked.
+pub(super) fn memory_cells(readings: &[Memory], spread: bool) -> String {
+    let mib = |v: f64| format!("{v:.1} MiB");
+    let peak = readings.iter().map(Memory::peak_rss_mib).reduce(f64::max);
+    let rss = Spread::of(readings.iter().map(Memory::rss_mib));
+    let maps = Spread::of(readings.iter().map(Memory::maps_mib));
+    format!(
+        "{} | {} | {}",
+        peak.map_or("–".into(), mib),
+        rss.map_or("–".into(), |s| mib(s.median)),
+        match (maps, spread) {
+            (Some(s), true) => s.show(mib),
+            (Some(s), false) => mib(s.median),
+            (None, _) => "–".into(),
+        }
+    )
+}
+
+pub(super) fn memory_section(out: &mut String, r: &Results) {
+    let _ = writeln!(
+        out,
+        "## 6. Memory\n\n\
+         What each tool's process holds at the end of a run with it attached (and observer's, \
+         at each level of held connections of section 5): its resident set, the peak (VmHWM) \
+         and the current (VmRSS) from /proc/PID/status; and the kernel memory its BPF maps \
+         take, which no RSS shows: the `memlock:` line of /proc/PID/fdinfo for each map it \
+         holds an fd of (the fds that read `anon_inode:bpf-map`), plus `bytes_memlock` from \
+         `bpftool map show` for each map its programs use that it holds no fd of, each map \
+         counted once. Since Linux 5.11 that memory is charged to the process's memory cgroup.\n\n\
+         | process | peak RSS, largest | RSS, median | kernel memory for BPF maps: median (min–max) |\n\
+         |---|---|---|---|"
+    );
+    for tool in Tool::ALL {
+        let memory: Vec<Memory> = r
+            .rounds
+            .iter()
+            .filter(|x| x.tool == tool)
+            .map(|x| x.memory)
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} |",
+            tool.label(),
+            memory_cells(&memory, true)
+        );
+    }
+    for l in &r.readings.levels {
+        let _ = writeln!(
+            out,
+            "| observer (metrics only), {} connections held | {} |",
+            thousands(l.held as u64),
+            memory_cells(&[l.memory], true),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nNotes: bpftrace's figures are of the bpftrace process, which holds its compiler \
+         (LLVM) in memory while it runs. A map's `memlock` is what the kernel charges for it: \
+         a preallocated hash map is charged for every entry it can hold, from its creation, \
+         whatever it holds.\n"
+    );
+}
+
 pub(super) fn anomalies(out: &mut String, r: &Results) {
     if r.foreign.is_empty() && r.warnings.is_empty() {
         return;
@@ -655,4 +719,72 @@ pub(super) fn anomalies(out: &mut String, r: &Results) {
         let _ = writeln!(out, "- {w}");
     }
     let _ = writeln!(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::measure::sample::{memory, results};
+
+    #[test]
+    fn thousands_are_separated() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn memory_cells_give_the_largest_peak_and_the_medians() {
+        let m = [memory(28, 5, 102), memory(30, 7, 100), memory(29, 6, 101)];
+        assert_eq!(
+            memory_cells(&m, true),
+            "30.0 MiB | 6.0 MiB | 101.0 MiB (100.0 MiB–102.0 MiB)"
+        );
+        assert_eq!(memory_cells(&m, false), "30.0 MiB | 6.0 MiB | 101.0 MiB");
+        assert_eq!(memory_cells(&[], true), "– | – | –");
+    }
+
+    #[test]
+    fn the_report_shows_kernel_memory_next_to_rss() {
+        let machine = Machine {
+            date: "2026-11-27 22:00 UTC".into(),
+            kernel: "6.18".into(),
+            cpu: "a CPU".into(),
+            cores: 2,
+            memory_gib: 4.0,
+            debian: "12".into(),
+            nofile: "20000".into(),
+            nginx: "1.22.1".into(),
+            ab: "ApacheBench 2.3".into(),
+            bpftrace: "bpftrace v0.17.0".into(),
+            ss: "ss utility, iproute2-6.1.0".into(),
+            observer: "commit abc".into(),
+        };
+        let plan = Plan::new(true);
+        let report = render(
+            "cargo xtask bench --quick",
+            &plan,
+            &machine,
+            &results(),
+            Duration::from_secs(65),
+        );
+        assert!(report.contains(
+            "| observer's kernel memory for BPF maps ≤ 16 MiB (metrics only, section 6) | 102.0 MiB | **missed** |"
+        ));
+        assert!(report.contains("## 6. Memory"));
+        assert!(report.contains(
+            "| observer (metrics only) | 30.0 MiB | 5.5 MiB | 101.0 MiB (100.0 MiB–102.0 MiB) |"
+        ));
+        assert!(report.contains(
+            "| bpftrace, counting in the kernel | 100.0 MiB | 100.0 MiB | 1.0 MiB (1.0 MiB–1.0 MiB) |"
+        ));
+        assert!(report.contains(
+            "| observer (metrics only), 5,000 connections held | 12.0 MiB | 8.0 MiB | 103.0 MiB (103.0 MiB–103.0 MiB) |"
+        ));
+        // A tool without rounds (none in this sample) gets dashes, not zeros.
+        assert!(report.contains("| bpftrace, empty program (the floor) | – | – | – |"));
+        // Section 4: observer's own cost, with the kernel memory in its last column.
+        assert!(report.contains("| 30.0 MiB | 5.5 MiB | 101.0 MiB |"));
+    }
 }
