@@ -31,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "curl",
     "linux-perf",
+    // The bench's peers from libbpf-tools: tcplife and tcpstates.
+    "libbpf-tools",
     "qemu-system-x86",
     "busybox-static",
     "cpio",

@@ -106,8 +106,11 @@ fn foreign_in(all: &Value, ours: &BTreeSet<u32>) -> Vec<String> {
         .filter(|p| {
             let id = p["id"].as_u64().unwrap_or(0);
             let name = p["name"].as_str().unwrap_or_default();
-            // bpftrace names a tracepoint's program after it; observer names its own.
-            let on_tracepoint = name.starts_with("inet_sock_set") || name.starts_with("observer_");
+            // bpftrace and tcplife name a tracepoint's program after it; observer names its
+            // own; tcpstates calls its program handle_set_state.
+            let on_tracepoint = name.starts_with("inet_sock_set")
+                || name.starts_with("observer_")
+                || name == "handle_set_state";
             on_tracepoint && !ours.contains(&(id as u32))
         })
         .map(|p| {

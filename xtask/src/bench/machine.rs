@@ -18,6 +18,7 @@ pub(super) struct Machine {
     pub(super) nginx: String,
     pub(super) ab: String,
     pub(super) bpftrace: String,
+    pub(super) libbpf_tools: String,
     pub(super) ss: String,
     pub(super) observer: String,
 }
@@ -61,6 +62,7 @@ impl Machine {
                 .replace(", Version", "")
                 .to_string(),
             bpftrace: capture("bpftrace", &["--version"])?,
+            libbpf_tools: capture("dpkg-query", &["-W", "-f", "${Version}", "libbpf-tools"])?,
             ss: capture("ss", &["-V"])?,
             observer: observer_revision()?,
         })

@@ -17,6 +17,7 @@ use super::{
     bpf::{BpfStats, RunStats, foreign_tracers, run_stats},
     bpftrace::{Bpftrace, Script, counted_established, lost_events, printed_established},
     interrupt::{pause, say},
+    libbpf_tools::{self, LibbpfTool, Tracer},
     load::{Load, load},
     net::Poker,
     nginx::Nginx,
@@ -223,6 +224,8 @@ impl Bench<'_> {
             Tool::BpftraceEmpty => self.bpftrace_round(tool, without, Script::Empty, pair),
             Tool::BpftraceCount => self.bpftrace_round(tool, without, Script::Count, pair),
             Tool::BpftracePrint => self.bpftrace_round(tool, without, Script::Print, pair),
+            Tool::Tcplife => self.libbpf_round(tool, without, Tracer::Tcplife, pair),
+            Tool::Tcpstates => self.libbpf_round(tool, without, Tracer::Tcpstates, pair),
         }
     }
 
@@ -294,6 +297,45 @@ impl Bench<'_> {
                 retired: after.retired - before.retired,
                 backup_counted: after.backup_counted - before.backup_counted,
             }),
+            memory,
+        })
+    }
+
+    pub(super) fn libbpf_round(
+        &mut self,
+        tool: Tool,
+        without: Load,
+        tracer: Tracer,
+        pair: usize,
+    ) -> Result<Round> {
+        let name = tracer.program();
+        let out = self.dir.join(format!("{name}-{pair}.out"));
+        let err = self.dir.join(format!("{name}-{pair}.err"));
+        let t = LibbpfTool::start(tracer, self.nginx.port, &out, &err, &self.poker)?;
+        self.ours.extend(&t.progs);
+        let before = t.stats()?;
+        let (with, accepted) = self.counted_load()?;
+        let after = t.stats()?;
+        let memory = Memory::of(t.proc.pid())?;
+        let status = t.stop()?;
+        if !status.success() {
+            self.warnings
+                .push(format!("{name} exited with {status} on SIGINT"));
+        }
+        let lost = libbpf_tools::lost_events(&fs::read_to_string(&err)?);
+        if lost > 0 {
+            self.warnings.push(format!(
+                "{name} reported {lost} lost events (perf buffer full) in pair {pair}"
+            ));
+        }
+        Ok(Round {
+            tool,
+            without,
+            with,
+            accepted,
+            counted: Some(tracer.counted(&fs::read_to_string(&out)?)),
+            kernel: vec![(Prog::Libbpf, after.since(before))],
+            own: None,
             memory,
         })
     }
@@ -380,7 +422,9 @@ impl Bench<'_> {
                 run(self)?;
                 self.stop_bpftrace(bt)?;
             }
-            Tool::BpftracePrint | Tool::ObserverOpen => bail!("{} is not profiled", tool.label()),
+            Tool::BpftracePrint | Tool::ObserverOpen | Tool::Tcplife | Tool::Tcpstates => {
+                bail!("{} is not profiled", tool.label())
+            }
         }
         let report = capture(
             "perf",

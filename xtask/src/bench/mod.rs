@@ -23,6 +23,7 @@ mod bpftrace;
 mod figures;
 mod holder;
 mod interrupt;
+mod libbpf_tools;
 mod load;
 mod machine;
 mod measure;

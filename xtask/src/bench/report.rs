@@ -78,7 +78,7 @@ pub(super) fn header(
          | observer | release build of {} |\n\
          | server | nginx {} (Debian's nginx-light), {NGINX_WORKERS} workers, `return 200 \"ok\\n\"`, `access_log off` |\n\
          | load | {AB_CLIENTS} × `ab -q -r -n {} -c {AB_CONCURRENCY}` at once ({}): a new connection per request, about {} s per run |\n\
-         | peers | {}; `ss` ({}) |\n\n\
+         | peers | {}; libbpf-tools {} (Debian's); `ss` ({}) |\n\n\
          The tools, as run (PORT is nginx's port):\n\n\
          ```sh\n\
          observer --port PORT --metrics-addr 127.0.0.1:0                       # metrics only\n\
@@ -86,6 +86,8 @@ pub(super) fn header(
          bpftrace -e '{}'\n\
          bpftrace -e '{}'\n\
          bpftrace -e '{}' > /dev/null\n\
+         tcplife -L PORT > FILE\n\
+         tcpstates -L PORT > FILE\n\
          ss -Htan state established '( sport = :PORT )'\n\
          ```\n",
         m.date,
@@ -102,6 +104,7 @@ pub(super) fn header(
         m.ab,
         plan.load_secs,
         m.bpftrace,
+        m.libbpf_tools,
         m.ss,
         bpftrace_script(Script::Empty, "PORT"),
         bpftrace_script(Script::Count, "PORT"),
@@ -248,7 +251,7 @@ pub(super) fn kernel_section(out: &mut String, f: &Figures, r: &Results) {
          | program | ns per hit: median (min–max) | hits per accepted connection |\n\
          |---|---|---|"
     );
-    let rows: [(&str, Tool, Option<Prog>); 9] = [
+    let rows: [(&str, Tool, Option<Prog>); 11] = [
         (
             "observer main, metrics only",
             Tool::Observer,
@@ -293,6 +296,16 @@ pub(super) fn kernel_section(out: &mut String, f: &Figures, r: &Results) {
             "bpftrace, printf",
             Tool::BpftracePrint,
             Some(Prog::Bpftrace),
+        ),
+        (
+            "libbpf-tools tcplife, its programs",
+            Tool::Tcplife,
+            Some(Prog::Libbpf),
+        ),
+        (
+            "libbpf-tools tcpstates, its programs",
+            Tool::Tcpstates,
+            Some(Prog::Libbpf),
         ),
     ];
     for (label, tool, prog) in rows {
@@ -412,6 +425,14 @@ pub(super) fn completeness_section(out: &mut String, r: &Results) {
         (
             "bpftrace printf, ESTABLISHED lines in a file",
             checks(CheckKind::BpftracePrint, true),
+        ),
+        (
+            "libbpf-tools tcplife, lines in a file",
+            rounds(Tool::Tcplife),
+        ),
+        (
+            "libbpf-tools tcpstates, ESTABLISHED lines in a file",
+            rounds(Tool::Tcpstates),
         ),
     ];
     for (label, runs) in rows {
@@ -758,6 +779,7 @@ mod tests {
             nginx: "1.22.1".into(),
             ab: "ApacheBench 2.3".into(),
             bpftrace: "bpftrace v0.17.0".into(),
+            libbpf_tools: "0.26.0+ds-1".into(),
             ss: "ss utility, iproute2-6.1.0".into(),
             observer: "commit abc".into(),
         };
@@ -782,6 +804,9 @@ mod tests {
         assert!(report.contains(
             "| observer (metrics only), 5,000 connections held | 12.0 MiB | 8.0 MiB | 103.0 MiB (103.0 MiB–103.0 MiB) |"
         ));
+        assert!(
+            report.contains("| libbpf-tools tcplife, lines in a file | 0 | 0 | 0 | 0 | 0 | 0 |")
+        );
         // A tool without rounds (none in this sample) gets dashes, not zeros.
         assert!(report.contains("| bpftrace, empty program (the floor) | – | – | – |"));
         // Section 4: observer's own cost, with the kernel memory in its last column.

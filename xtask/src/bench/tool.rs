@@ -10,16 +10,22 @@ pub(super) enum Tool {
     /// Metrics only, started while connections are open on the port: as in production, where
     /// the start-up snapshot hands the kernel its seeds.
     ObserverOpen,
+    /// libbpf-tools' `tcplife -L PORT`, its lines in a file.
+    Tcplife,
+    /// libbpf-tools' `tcpstates -L PORT`, its lines in a file.
+    Tcpstates,
 }
 
 impl Tool {
-    pub(super) const ALL: [Tool; 6] = [
+    pub(super) const ALL: [Tool; 8] = [
         Tool::Observer,
         Tool::ObserverOpen,
         Tool::ObserverEvents,
         Tool::BpftraceEmpty,
         Tool::BpftraceCount,
         Tool::BpftracePrint,
+        Tool::Tcplife,
+        Tool::Tcpstates,
     ];
 
     pub(super) fn label(self) -> &'static str {
@@ -30,6 +36,8 @@ impl Tool {
             Tool::BpftraceEmpty => "bpftrace, empty program (the floor)",
             Tool::BpftraceCount => "bpftrace, counting in the kernel",
             Tool::BpftracePrint => "bpftrace, `printf` per event `> /dev/null`",
+            Tool::Tcplife => "libbpf-tools `tcplife -L PORT > file`",
+            Tool::Tcpstates => "libbpf-tools `tcpstates -L PORT > file`",
         }
     }
 }
@@ -40,4 +48,6 @@ pub(super) enum Prog {
     Main,
     Backup,
     Bpftrace,
+    /// A libbpf-tools tool's programs, together.
+    Libbpf,
 }
