@@ -19,6 +19,7 @@ pub(super) struct Machine {
     pub(super) ab: String,
     pub(super) bpftrace: String,
     pub(super) libbpf_tools: String,
+    pub(super) node_exporter: String,
     pub(super) ss: String,
     pub(super) observer: String,
 }
@@ -63,6 +64,10 @@ impl Machine {
                 .to_string(),
             bpftrace: capture("bpftrace", &["--version"])?,
             libbpf_tools: capture("dpkg-query", &["-W", "-f", "${Version}", "libbpf-tools"])?,
+            node_exporter: capture(
+                "dpkg-query",
+                &["-W", "-f", "${Version}", "prometheus-node-exporter"],
+            )?,
             ss: capture("ss", &["-V"])?,
             observer: observer_revision()?,
         })

@@ -568,6 +568,9 @@ pub(super) mod sample {
             ss_ms: vec![5.0],
             kernel_errors: 0.0,
             memory,
+            node_ms: vec![20.0, 30.0, 40.0],
+            node_established: (2 * held + 4) as f64,
+            node_memory: self::memory(20, 18, 0),
         }
     }
 

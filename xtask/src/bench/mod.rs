@@ -29,6 +29,7 @@ mod machine;
 mod measure;
 mod net;
 mod nginx;
+mod node_exporter;
 mod observer;
 mod perf;
 mod process;

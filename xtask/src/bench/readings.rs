@@ -13,6 +13,7 @@ use super::{
     interrupt::{pause, say},
     net::ss_established,
     nginx::Nginx,
+    node_exporter::{self, NodeExporter},
     observer::Observer,
     stats::ms,
     usage::{Memory, cpu_secs},
@@ -32,6 +33,11 @@ pub(super) struct Level {
     pub(super) kernel_errors: f64,
     /// observer's, once the scrapes are done.
     pub(super) memory: Memory,
+    /// node_exporter's tcpstat scrapes, back to back, the established sockets of the whole
+    /// host it counted, and its memory.
+    pub(super) node_ms: Vec<f64>,
+    pub(super) node_established: f64,
+    pub(super) node_memory: Memory,
 }
 
 /// A second observer started while the large level was held: the snapshot of existing ones.
@@ -73,6 +79,7 @@ pub(super) fn readings(
     let nginx = Nginx::start(dir, "hold", HOLD_WORKERS, HOLD_WORKER_CONNECTIONS, true)?;
     let port = nginx.port;
     let obs = Observer::start(observer, port, None)?;
+    let node = NodeExporter::start(dir)?;
     let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut holders: Vec<Holder> = Vec::new();
     let mut levels = Vec::new();
@@ -87,12 +94,20 @@ pub(super) fn readings(
         )?);
         let held = holders.iter().map(|h| h.held).sum();
         say(format_args!("holding {held} connections"));
-        let l = level(&obs, port, target, held, plan.reading_pairs)?;
+        let l = level(&obs, &node, port, target, held, plan.reading_pairs)?;
         if l.gauge != held as f64 || l.ss_count != held || l.kernel_errors != 0.0 {
             warnings.push(format!(
                 "holding {held} connections, observer's gauge said {}, ss counted {}, and \
                  observer_kernel_errors_total was {}",
                 l.gauge, l.ss_count, l.kernel_errors
+            ));
+        }
+        // Both ends of each held connection are on this host.
+        if l.node_established < 2.0 * held as f64 {
+            warnings.push(format!(
+                "holding {held} connections, node_exporter counted {} established sockets \
+                 on the host, fewer than both ends of them",
+                l.node_established
             ));
         }
         levels.push(l);
@@ -119,6 +134,7 @@ pub(super) fn readings(
     if let Some(complaint) = obs.stop()? {
         warnings.push(complaint);
     }
+    node.stop()?;
     nginx.stop()?;
     Ok(Readings {
         levels,
@@ -133,6 +149,7 @@ pub(super) fn readings(
 /// scrape and an ss count.
 pub(super) fn level(
     obs: &Observer,
+    node: &NodeExporter,
     port: u16,
     target: usize,
     held: usize,
@@ -159,6 +176,12 @@ pub(super) fn level(
         scrape_ms.push(timed_scrape()?);
         ss_ms.push(ss_established(port)?.1);
     }
+    let (mut node_ms, mut node_established) = (Vec::new(), 0.0);
+    for _ in 0..pairs {
+        let (m, took) = node.timed_scrape()?;
+        node_ms.push(took);
+        node_established = node_exporter::established(&m)?;
+    }
     Ok(Level {
         target,
         held,
@@ -169,6 +192,9 @@ pub(super) fn level(
         ss_ms,
         kernel_errors: obs.scrape()?.sum("observer_kernel_errors_total"),
         memory: Memory::of(obs.proc.pid())?,
+        node_ms,
+        node_established,
+        node_memory: Memory::of(node.proc.pid())?,
     })
 }
 

@@ -590,6 +590,26 @@ pub(super) fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Re
             l.kernel_errors,
         );
     }
+    let _ = writeln!(
+        out,
+        "\nnode_exporter with only its `tcpstat` collector (`--collector.disable-defaults \
+         --collector.tcpstat`, Debian's {}), scraped {} times back to back at each level: it \
+         reads /proc/net/tcp and /proc/net/tcp6 at each scrape and counts the sockets of the \
+         whole host per state, with no port of their own (so both ends of each held loopback \
+         connection, and every other socket).\n\n\
+         | connections held | node_exporter scrape ms: median (min–max) | its established sockets, whole host |\n\
+         |---|---|---|",
+        m.node_exporter, plan.reading_pairs
+    );
+    for l in &rd.levels {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            thousands(l.held as u64),
+            show_spread(Spread::of(l.node_ms.clone()), |v| format!("{v:.2}")),
+            thousands(l.node_established as u64),
+        );
+    }
     let top = rd.levels.last();
     let short = top.is_some_and(|l| l.held < l.target);
     let _ = writeln!(
@@ -713,6 +733,14 @@ pub(super) fn memory_section(out: &mut String, r: &Results) {
             memory_cells(&[l.memory], true),
         );
     }
+    for l in &r.readings.levels {
+        let _ = writeln!(
+            out,
+            "| node_exporter (tcpstat), {} connections held | {} |",
+            thousands(l.held as u64),
+            memory_cells(&[l.node_memory], true),
+        );
+    }
     let _ = writeln!(
         out,
         "\nNotes: bpftrace's figures are of the bpftrace process, which holds its compiler \
@@ -780,6 +808,7 @@ mod tests {
             ab: "ApacheBench 2.3".into(),
             bpftrace: "bpftrace v0.17.0".into(),
             libbpf_tools: "0.26.0+ds-1".into(),
+            node_exporter: "1.5.0-1+b6".into(),
             ss: "ss utility, iproute2-6.1.0".into(),
             observer: "commit abc".into(),
         };
@@ -807,6 +836,10 @@ mod tests {
         assert!(
             report.contains("| libbpf-tools tcplife, lines in a file | 0 | 0 | 0 | 0 | 0 | 0 |")
         );
+        assert!(report.contains(
+            "| node_exporter (tcpstat), 5,000 connections held | 20.0 MiB | 18.0 MiB | 0.0 MiB (0.0 MiB–0.0 MiB) |"
+        ));
+        assert!(report.contains("| 5,000 | 30.00 (20.00–40.00) | 10,004 |"));
         // A tool without rounds (none in this sample) gets dashes, not zeros.
         assert!(report.contains("| bpftrace, empty program (the floor) | – | – | – |"));
         // Section 4: observer's own cost, with the kernel memory in its last column.
