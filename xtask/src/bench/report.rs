@@ -681,7 +681,11 @@ pub(super) fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Re
 /// "peak | RSS | kernel memory" cells over some readings: the largest peak, the median RSS,
 /// and the median kernel memory, with its spread when asked.
 pub(super) fn memory_cells(readings: &[Memory], spread: bool) -> String {
-    let mib = |v: f64| format!("{v:.1} MiB");
+    // The maps of a small tool take a few KiB, which 0.0 MiB would hide.
+    let mib = |v: f64| match v < 1.0 {
+        true => format!("{:.0} KiB", v * 1024.0),
+        false => format!("{v:.1} MiB"),
+    };
     let peak = readings.iter().map(Memory::peak_rss_mib).reduce(f64::max);
     let rss = Spread::of(readings.iter().map(Memory::rss_mib));
     let maps = Spread::of(readings.iter().map(Memory::maps_mib));
@@ -792,6 +796,12 @@ mod tests {
         );
         assert_eq!(memory_cells(&m, false), "30.0 MiB | 6.0 MiB | 101.0 MiB");
         assert_eq!(memory_cells(&[], true), "– | – | –");
+        let small = Memory {
+            peak_rss_kib: 1024,
+            rss_kib: 1024,
+            maps_bytes: 394_440,
+        };
+        assert_eq!(memory_cells(&[small], false), "1.0 MiB | 1.0 MiB | 385 KiB");
     }
 
     #[test]
@@ -837,7 +847,7 @@ mod tests {
             report.contains("| libbpf-tools tcplife, lines in a file | 0 | 0 | 0 | 0 | 0 | 0 |")
         );
         assert!(report.contains(
-            "| node_exporter (tcpstat), 5,000 connections held | 20.0 MiB | 18.0 MiB | 0.0 MiB (0.0 MiB–0.0 MiB) |"
+            "| node_exporter (tcpstat), 5,000 connections held | 20.0 MiB | 18.0 MiB | 0 KiB (0 KiB–0 KiB) |"
         ));
         assert!(report.contains("| 5,000 | 30.00 (20.00–40.00) | 10,004 |"));
         // A tool without rounds (none in this sample) gets dashes, not zeros.
