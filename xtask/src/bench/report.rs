@@ -590,26 +590,6 @@ pub(super) fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Re
             l.kernel_errors,
         );
     }
-    let _ = writeln!(
-        out,
-        "\nnode_exporter with only its `tcpstat` collector (`--collector.disable-defaults \
-         --collector.tcpstat`, Debian's {}), scraped {} times back to back at each level: it \
-         reads /proc/net/tcp and /proc/net/tcp6 at each scrape and counts the sockets of the \
-         whole host per state, with no port of their own (so both ends of each held loopback \
-         connection, and every other socket).\n\n\
-         | connections held | node_exporter scrape ms: median (min–max) | its established sockets, whole host |\n\
-         |---|---|---|",
-        m.node_exporter, plan.reading_pairs
-    );
-    for l in &rd.levels {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            thousands(l.held as u64),
-            show_spread(Spread::of(l.node_ms.clone()), |v| format!("{v:.2}")),
-            thousands(l.node_established as u64),
-        );
-    }
     let top = rd.levels.last();
     let short = top.is_some_and(|l| l.held < l.target);
     let _ = writeln!(
@@ -647,6 +627,26 @@ pub(super) fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Re
                 .unwrap_or_default(),
             thousands(s.gauge as u64),
             rd.gauge_after_release,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nnode_exporter with only its `tcpstat` collector (`--collector.disable-defaults \
+         --collector.tcpstat`, Debian's {}), scraped {} times back to back at each level: it \
+         reads /proc/net/tcp and /proc/net/tcp6 at each scrape and counts the sockets of the \
+         whole host per state, with no port of their own (so both ends of each held loopback \
+         connection, and every other socket).\n\n\
+         | connections held | node_exporter scrape ms: median (min–max) | its established sockets, whole host |\n\
+         |---|---|---|",
+        m.node_exporter, plan.reading_pairs
+    );
+    for l in &rd.levels {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            thousands(l.held as u64),
+            show_spread(Spread::of(l.node_ms.clone()), |v| format!("{v:.2}")),
+            thousands(l.node_established as u64),
         );
     }
     if let Some(i) = &rd.idle {
