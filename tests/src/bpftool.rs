@@ -2,12 +2,18 @@
 //! to make a loss the kernel would make, writes.
 use serde_json::Value;
 
-use crate::{observer::programs_of, output_of};
+use crate::{observer::programs_of, output_of, try_output_of};
 
 fn json(args: &[&str]) -> Value {
+    try_json(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What `bpftool -j ARGS` prints, parsed; Err when it fails or prints no JSON.
+pub fn try_json(args: &[&str]) -> Result<Value, String> {
     let mut all = vec!["-j"];
     all.extend_from_slice(args);
-    serde_json::from_slice(&output_of("bpftool", &all)).expect("bpftool JSON")
+    let out = try_output_of("bpftool", &all)?;
+    serde_json::from_slice(&out).map_err(|e| format!("bpftool {args:?}: not JSON: {e}"))
 }
 
 /// The ID of the map called `name` of the observer running as `pid`.
@@ -24,7 +30,7 @@ pub fn map_of(pid: u32, name: &str) -> u64 {
 }
 
 /// The maps a program uses, from `bpftool prog show`.
-fn map_ids(prog: &Value) -> Vec<u64> {
+pub fn map_ids(prog: &Value) -> Vec<u64> {
     prog["map_ids"]
         .as_array()
         .into_iter()

@@ -22,16 +22,24 @@ use std::{
 
 /// Runs `program` with `args`, and returns its stdout; panics with its stderr if it fails.
 pub fn output_of(program: &str, args: &[&str]) -> Vec<u8> {
+    try_output_of(program, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The same, for callers that report errors rather than panic (the bench): Err names the
+/// command and carries its stderr.
+pub fn try_output_of(program: &str, args: &[&str]) -> Result<Vec<u8>, String> {
     let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+        .map_err(|e| format!("running {program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {args:?} ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out.stdout)
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.

@@ -146,7 +146,7 @@ http {{
 
 /// `accepts` in a stub_status page:
 /// "Active connections: 1 \nserver accepts handled requests\n 5 5 5 \nReading: ...".
-fn accepts(body: &str) -> Option<u64> {
+pub fn accepts(body: &str) -> Option<u64> {
     body.lines()
         .skip_while(|l| !l.contains("accepts"))
         .nth(1)?

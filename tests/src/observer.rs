@@ -134,13 +134,7 @@ impl Observer {
                 rx
             });
         let metrics = match ready.recv_timeout(Duration::from_secs(60)) {
-            // "metrics at http://ADDR/metrics", or https:// with a web config's TLS.
-            Ok(line) => line
-                .split("metrics at ")
-                .nth(1)
-                .and_then(|s| s.split_once("://"))
-                .and_then(|(_, s)| s.split('/').next())
-                .and_then(|a| a.parse().ok()),
+            Ok(line) => metrics_addr(&line),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -367,6 +361,17 @@ pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// The metrics address in observer's ready line: "... metrics at http://ADDR/metrics", or
+/// https:// with a web config's TLS.
+pub fn metrics_addr(ready_line: &str) -> Option<SocketAddr> {
+    ready_line
+        .split("metrics at ")
+        .nth(1)
+        .and_then(|s| s.split_once("://"))
+        .and_then(|(_, s)| s.split('/').next())
+        .and_then(|a| a.parse().ok())
+}
+
 /// IDs of the eBPF programs process `pid` holds, from the `prog_id:` lines of its fdinfo.
 pub fn programs_of(pid: u32) -> Vec<u64> {
     let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
@@ -439,6 +444,26 @@ pub fn loaded_programs() -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_the_metrics_address_of_the_ready_line() {
+        let ready = "observer: ready: watching inbound port 19100; 0 existing connections counted; metrics at http://127.0.0.1:19102/metrics";
+        assert_eq!(
+            super::metrics_addr(ready),
+            Some("127.0.0.1:19102".parse().unwrap())
+        );
+        let tls = "observer: ready: watching inbound port 443; 0 existing connections counted; metrics at https://[::1]:9100/metrics";
+        assert_eq!(
+            super::metrics_addr(tls),
+            Some("[::1]:9100".parse().unwrap())
+        );
+        assert_eq!(
+            super::metrics_addr(
+                "observer: ready: watching inbound port 80; 0 existing connections counted"
+            ),
+            None
+        );
+    }
+
     #[test]
     fn reads_the_program_of_an_fdinfo() {
         let prog = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\nprog_type:\t26\nprog_jited:\t1\nprog_tag:\t6f0c5b7b0b3e1c2a\nmemlock:\t8192\nprog_id:\t3109\n";

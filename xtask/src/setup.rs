@@ -31,6 +31,9 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "curl",
     "linux-perf",
+    // The bench's peers: tcplife and tcpstates from libbpf-tools, node_exporter's tcpstat.
+    "libbpf-tools",
+    "prometheus-node-exporter",
     "qemu-system-x86",
     "busybox-static",
     "cpio",

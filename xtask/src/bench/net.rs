@@ -1,0 +1,74 @@
+//! Loopback helpers: free ports, HTTP GETs, a listener to poke the tracepoint with, `ss`.
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+
+use super::{TOOL_TIMEOUT, process::run_bounded, stats::ms};
+
+/// `N` free ports below the ephemeral range. A client's ephemeral port then never equals a
+/// server port: a holder bound to 127.0.0.3 could otherwise get the watched port number as its
+/// own, and its outbound socket would count as a connection to that port (for ss and observer).
+pub(super) fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    const RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let range = fs::read_to_string(RANGE).with_context(|| format!("reading {RANGE}"))?;
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow!("no range in {RANGE}: {range}"))?;
+    // Held until all N are chosen, so that they differ.
+    let listeners: Vec<TcpListener> = (low.saturating_sub(10_000)..low)
+        .filter_map(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).ok())
+        .take(N)
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect::<Result<_>>()?;
+    ports
+        .try_into()
+        .map_err(|_| anyhow!("no {N} free ports below {low}"))
+}
+
+/// GET `path` over a new connection (HTTP/1.0: the server closes it); returns the 200 body.
+pub(super) fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    observer_tests::scrape::http_get(addr, path).map_err(|e| anyhow!("http://{addr}{path}: {e}"))
+}
+
+/// A listener of the bench's own. A connection to it fires the tracepoint without touching the
+/// watched port, which shows that a tracer's program is attached.
+pub(super) struct Poker(TcpListener);
+
+impl Poker {
+    pub(super) fn new() -> Result<Poker> {
+        Ok(Poker(
+            TcpListener::bind("127.0.0.1:0").context("binding the poke listener")?,
+        ))
+    }
+
+    pub(super) fn poke(&self) -> Result<()> {
+        let addr = self.0.local_addr()?;
+        let client = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        let (server, _) = self.0.accept()?;
+        drop((client, server));
+        Ok(())
+    }
+}
+
+/// `ss` counting the established connections of a local port, as a collector would poll it;
+/// returns the count and the time from spawn to the end of its output.
+pub(super) fn ss_established(port: u16) -> Result<(usize, f64)> {
+    let filter = format!("( sport = :{port} )");
+    let start = Instant::now();
+    let out = run_bounded(
+        "ss",
+        Command::new("ss").args(["-Htan", "state", "established", &filter]),
+        TOOL_TIMEOUT,
+    )?;
+    Ok((out.stdout.lines().count(), ms(out.ended - start)))
+}

@@ -1,0 +1,53 @@
+//! The tools measured, and which of their programs a kernel-cost figure is about.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Tool {
+    Observer,
+    ObserverEvents,
+    BpftraceEmpty,
+    BpftraceCount,
+    BpftracePrint,
+    /// Metrics only, started while connections are open on the port: as in production, where
+    /// the start-up snapshot hands the kernel its seeds.
+    ObserverOpen,
+    /// libbpf-tools' `tcplife -L PORT`, its lines in a file.
+    Tcplife,
+    /// libbpf-tools' `tcpstates -L PORT`, its lines in a file.
+    Tcpstates,
+}
+
+impl Tool {
+    pub(super) const ALL: [Tool; 8] = [
+        Tool::Observer,
+        Tool::ObserverOpen,
+        Tool::ObserverEvents,
+        Tool::BpftraceEmpty,
+        Tool::BpftraceCount,
+        Tool::BpftracePrint,
+        Tool::Tcplife,
+        Tool::Tcpstates,
+    ];
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Tool::Observer => "observer (metrics only)",
+            Tool::ObserverOpen => "observer (metrics only), started with 100 connections open",
+            Tool::ObserverEvents => "observer `--events json > /dev/null`",
+            Tool::BpftraceEmpty => "bpftrace, empty program (the floor)",
+            Tool::BpftraceCount => "bpftrace, counting in the kernel",
+            Tool::BpftracePrint => "bpftrace, `printf` per event `> /dev/null`",
+            Tool::Tcplife => "libbpf-tools `tcplife -L PORT > file`",
+            Tool::Tcpstates => "libbpf-tools `tcpstates -L PORT > file`",
+        }
+    }
+}
+
+/// Which program a kernel-cost figure is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Prog {
+    Main,
+    Backup,
+    Bpftrace,
+    /// A libbpf-tools tool's programs, together.
+    Libbpf,
+}
