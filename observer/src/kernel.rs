@@ -596,9 +596,11 @@ const VERIFIER_LINES: usize = 6;
 
 /// Turns a permission error (EPERM anywhere in its chain) into the one thing a user must know.
 fn privilege_hint<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
+    // The capabilities were checked before anything was loaded (`privilege`), and a memlock
+    // limit is lifted where the kernel charges it (`memlock`): what is left is a policy.
     if is_eperm(&e) {
         anyhow!(
-            "permission denied: observer needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs"
+            "the kernel refused to load the eBPF programs (permission denied) although observer has CAP_BPF and CAP_PERFMON: a security policy forbids BPF here (kernel lockdown, SELinux, AppArmor, or a seccomp filter); the kernel log may say which"
         )
     } else {
         anyhow::Error::new(e)

@@ -52,12 +52,22 @@ fn ss_from(port: u16, client: &str) -> usize {
     )
 }
 
+/// A server holding its connections on `host`, watched with `--by-remote` by the
+/// `target` flag (`--port`, `--remote-port`) for its port, and `extra`.
+fn watched(host: &str, target: &str, extra: &[&str]) -> (Server, u16, Observer) {
+    require_root();
+    let server = Server::start(&[host], Mode::Hold);
+    let port = server.port();
+    let port_arg = port.to_string();
+    let mut args = vec![target, port_arg.as_str(), "--by-remote"];
+    args.extend_from_slice(extra);
+    let o = Observer::start(&args);
+    (server, port, o)
+}
+
 #[test]
 fn counts_each_client_exactly_and_returns_to_zero() {
-    require_root();
-    let server = Server::start(&["127.0.0.1"], Mode::Hold);
-    let port = server.port();
-    let o = Observer::start(&["--port", &port.to_string(), "--by-remote"]);
+    let (server, port, o) = watched("127.0.0.1", "--port", &[]);
     let two = from("127.0.0.2", server.addrs[0], 30);
     let three = from("127.0.0.3", server.addrs[0], 20);
     let s = o.settle("50 open", |s| s.established("inbound", port) == Some(50.0));
@@ -94,16 +104,7 @@ fn counts_each_client_exactly_and_returns_to_zero() {
 
 #[test]
 fn beyond_max_remotes_the_rest_is_other_and_does_not_flap() {
-    require_root();
-    let server = Server::start(&["127.0.0.1"], Mode::Hold);
-    let port = server.port();
-    let o = Observer::start(&[
-        "--port",
-        &port.to_string(),
-        "--by-remote",
-        "--max-remotes",
-        "1",
-    ]);
+    let (server, port, o) = watched("127.0.0.1", "--port", &["--max-remotes", "1"]);
     let two = from("127.0.0.2", server.addrs[0], 30);
     o.settle("30 open", |s| s.established("inbound", port) == Some(30.0));
     let _three = from("127.0.0.3", server.addrs[0], 20);
@@ -136,10 +137,7 @@ fn beyond_max_remotes_the_rest_is_other_and_does_not_flap() {
 
 #[test]
 fn an_ipv4_client_of_a_dual_stack_listener_is_ipv4() {
-    require_root();
-    let server = Server::start(&["[::]"], Mode::Hold);
-    let port = server.port();
-    let o = Observer::start(&["--port", &port.to_string(), "--by-remote"]);
+    let (_server, port, o) = watched("[::]", "--port", &[]);
     let v4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let _a = from("127.0.0.2", v4, 4);
     let _b: Vec<TcpStream> = (0..3)
@@ -155,10 +153,7 @@ fn an_ipv4_client_of_a_dual_stack_listener_is_ipv4() {
 /// Outbound, the remote is the server this host connects to.
 #[test]
 fn outbound_connections_count_under_their_server() {
-    require_root();
-    let server = Server::start(&["127.0.0.5"], Mode::Hold);
-    let port = server.port();
-    let o = Observer::start(&["--remote-port", &port.to_string(), "--by-remote"]);
+    let (server, port, o) = watched("127.0.0.5", "--remote-port", &[]);
     let conns = from("127.0.0.1", server.addrs[0], 4);
     let s = o.settle("4 open", |s| s.established("outbound", port) == Some(4.0));
     let out = |s: &Scrape, remote: &str| {
@@ -182,16 +177,7 @@ fn outbound_connections_count_under_their_server() {
 
 #[test]
 fn a_prefix_makes_one_series_of_its_clients() {
-    require_root();
-    let server = Server::start(&["127.0.0.1"], Mode::Hold);
-    let port = server.port();
-    let o = Observer::start(&[
-        "--port",
-        &port.to_string(),
-        "--by-remote",
-        "--remote-prefix",
-        "24",
-    ]);
+    let (server, port, o) = watched("127.0.0.1", "--port", &["--remote-prefix", "24"]);
     let _two = from("127.0.0.2", server.addrs[0], 30);
     let _three = from("127.0.0.3", server.addrs[0], 20);
     let s = o.settle("50 open", |s| s.established("inbound", port) == Some(50.0));
@@ -263,10 +249,7 @@ fn without_the_flag_nothing_per_client_is_listed_or_exported() {
 /// series, the other 50 are `other`, and every count is exact.
 #[test]
 fn many_clients_are_bounded_by_max_remotes() {
-    require_root();
-    let server = Server::start(&["127.0.0.1"], Mode::Hold);
-    let port = server.port();
-    let o = Observer::start(&["--port", &port.to_string(), "--by-remote"]);
+    let (server, port, o) = watched("127.0.0.1", "--port", &[]);
     let conns: Vec<TcpStream> = (10..160)
         .flat_map(|i| from(&format!("127.0.0.{i}"), server.addrs[0], 1))
         .collect();
