@@ -8,6 +8,7 @@
 //! console log. Every test stops what it started, also when it fails, and every wait is bounded.
 //!
 //! Parameters come from the kernel command line: `vmt.tests=NAME,NAME` runs only those tests.
+use observer_tests::scrape::{Scrape, http_get};
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -1649,87 +1650,40 @@ fn locked_memory_limit(pid: u32) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Prometheus text and HTTP.
+// Prometheus text (HTTP: the harness's `http_get`).
 
-struct Metrics {
-    samples: Vec<(String, BTreeMap<String, String>, f64)>,
-}
+/// A scrape, read by the test harness's parser (`observer_tests::scrape`), with its labels as
+/// maps for the guest's checks.
+struct Metrics(Scrape);
 
 impl Metrics {
     fn parse(text: &str) -> Metrics {
-        let mut samples = Vec::new();
-        for line in text.lines() {
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split(',')
-                .filter_map(|p| {
-                    let (k, v) = p.split_once('=')?;
-                    Some((k.to_string(), v.trim_matches('"').to_string()))
-                })
-                .collect();
-            if let Ok(v) = value.parse::<f64>() {
-                samples.push((name.to_string(), labels, v));
-            }
-        }
-        Metrics { samples }
+        Metrics(Scrape {
+            text: text.to_string(),
+        })
     }
 
     fn samples(&self, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-        self.samples
-            .iter()
-            .filter(|(n, _, _)| n == name)
-            .map(|(_, l, v)| (l.clone(), *v))
+        self.0
+            .samples(name)
+            .into_iter()
+            .map(|(labels, v)| (labels.into_iter().collect(), v))
             .collect()
     }
 
     /// The sample of `name` whose labels include `labels`.
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.samples
-            .iter()
-            .find(|(n, l, _)| {
-                n == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| l.get(*k).is_some_and(|lv| lv == v))
-            })
-            .map(|(_, _, v)| *v)
+        self.0.value(name, labels)
     }
 
     /// A (direction, port)-labelled counter, summed over its other labels (the reasons of
     /// `observer_tcp_connections_failed_total`).
     fn conn(&self, name: &str, direction: &str, port: u16) -> Option<f64> {
-        let port = port.to_string();
-        let matching: Vec<f64> = self
-            .samples
-            .iter()
-            .filter(|(n, l, _)| {
-                n == name
-                    && l.get("direction").is_some_and(|d| d == direction)
-                    && l.get("port").is_some_and(|p| *p == port)
-            })
-            .map(|(_, _, v)| *v)
-            .collect();
-        (!matching.is_empty()).then(|| matching.iter().sum())
+        self.0.conn(name, direction, port)
     }
 
     fn established(&self, direction: &str, port: u16) -> Option<f64> {
-        self.value(
-            "observer_tcp_connections",
-            &[
-                ("direction", direction),
-                ("port", &port.to_string()),
-                ("state", "established"),
-            ],
-        )
+        self.0.established(direction, port)
     }
 
     /// The sum of |value| of every `observer_tcp_connections` gauge of `port` (None: none).
@@ -1746,22 +1700,6 @@ impl Metrics {
             .collect();
         (!g.is_empty()).then(|| g.iter().sum())
     }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-    s.set_write_timeout(Some(Duration::from_secs(5))).ok();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)
-        .map_err(|e| format!("reading {addr}{path}: {e}"))?;
-    let (head, body) = buf.split_once("\r\n\r\n").ok_or("no HTTP header")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(head.lines().next().unwrap_or("").to_string());
-    }
-    Ok(body.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
