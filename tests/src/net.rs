@@ -105,24 +105,26 @@ pub fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
+/// A TCP socket bound to `addr` (port 0: any), with SO_REUSEPORT when `reuse_port`: what std
+/// cannot set up before connect() or listen().
+fn bound(addr: SocketAddr, reuse_port: bool) -> socket2::Socket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    if reuse_port {
+        s.set_reuse_port(true).expect("SO_REUSEPORT");
+    }
+    s.bind(&addr.into())
+        .unwrap_or_else(|e| panic!("binding {addr}: {e}"));
+    s
+}
+
 /// One connection to `remote` from the given local address and port (bound before connect()).
 pub fn connect_from(local: SocketAddr, remote: SocketAddr) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4().expect("socket");
-        s.bind(local)
-            .unwrap_or_else(|e| panic!("binding {local}: {e}"));
-        let c = tokio::time::timeout(Duration::from_secs(5), s.connect(remote))
-            .await
-            .unwrap_or_else(|_| panic!("connecting {local} to {remote}: timed out"))
-            .unwrap_or_else(|e| panic!("connecting {local} to {remote}: {e}"));
-        let c = c.into_std().expect("std stream");
-        c.set_nonblocking(false).expect("blocking");
-        c
-    })
+    let s = bound(local, false);
+    s.connect_timeout(&remote.into(), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting {local} to {remote}: {e}"));
+    s.into()
 }
 
 /// TCP sockets with local address `addr` in any state but TIME_WAIT, as `ss` lists them.
@@ -174,19 +176,16 @@ fn queues_in(ss: &str) -> Vec<(u64, u64)> {
 
 /// A listener on `addr` with this accept backlog, which nothing accepts from.
 pub fn listen_with_backlog(addr: SocketAddr, backlog: u32) -> std::net::TcpListener {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4().expect("socket");
-        s.bind(addr)
-            .unwrap_or_else(|e| panic!("binding {addr}: {e}"));
-        let l = s.listen(backlog).expect("listen");
-        let l = l.into_std().expect("std listener");
-        l.set_nonblocking(false).expect("blocking");
-        l
-    })
+    let s = bound(addr, false);
+    s.listen(backlog as i32).expect("listen");
+    s.into()
+}
+
+/// A listener on `addr` with SO_REUSEPORT: other processes may listen on the same port.
+pub fn listen_reuseport(addr: SocketAddr) -> std::net::TcpListener {
+    let s = bound(addr, true);
+    s.listen(1024).expect("listen");
+    s.into()
 }
 
 /// The sockets in `ss -H` output: one a line, blank lines aside.

@@ -18,7 +18,7 @@
 use std::{
     io::{BufRead as _, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -40,7 +40,7 @@ fn main() {
             ["listen", addr, options @ ..] => {
                 let addr: SocketAddr = addr.parse().expect("address");
                 let l = if options == ["reuseport"] {
-                    listen_reuseport(addr)
+                    observer_tests::net::listen_reuseport(addr)
                 } else {
                     TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))
                 };
@@ -119,56 +119,6 @@ fn main() {
             _ => writeln!(out, "error unknown command: {line}").unwrap(),
         }
         out.flush().unwrap();
-    }
-}
-
-/// A listener with SO_REUSEPORT (std sets no option before bind()).
-fn listen_reuseport(addr: SocketAddr) -> TcpListener {
-    let err = |what: &str| panic!("{what} {addr}: {}", std::io::Error::last_os_error());
-    let SocketAddr::V4(v4) = addr else {
-        panic!("reuseport listeners are IPv4 here: {addr}")
-    };
-    // SAFETY: plain socket calls on a descriptor this function owns.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        if fd < 0 {
-            err("socket");
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        let opt = (&one as *const libc::c_int).cast();
-        if libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
-            opt,
-            len,
-        ) != 0
-        {
-            err("SO_REUSEPORT");
-        }
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let sl = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::bind(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            sl,
-        ) != 0
-        {
-            err("bind");
-        }
-        if libc::listen(fd.as_raw_fd(), 1024) != 0 {
-            err("listen");
-        }
-        TcpListener::from(fd)
     }
 }
 

@@ -8,7 +8,10 @@
 //! console log. Every test stops what it started, also when it fails, and every wait is bounded.
 //!
 //! Parameters come from the kernel command line: `vmt.tests=NAME,NAME` runs only those tests.
-use observer_tests::scrape::{Scrape, http_get};
+use observer_tests::{
+    net::connect_from,
+    scrape::{Scrape, http_get},
+};
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -1045,7 +1048,10 @@ fn by_remote() -> Outcome {
     let mut held = Vec::new();
     for (src, n) in [([127, 0, 0, 2], 6), ([127, 0, 0, 3], 4)] {
         for _ in 0..n {
-            held.push(connect_from(Ipv4Addr::from(src), P)?);
+            held.push(connect_from(
+                SocketAddr::from((Ipv4Addr::from(src), 0)),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, P)),
+            ));
         }
     }
     let (good, detail) = o.settle(|m| {
@@ -1078,47 +1084,6 @@ fn by_remote() -> Outcome {
         Ok(detail)
     } else {
         Err(o.failure(&detail))
-    }
-}
-
-/// A connection to 127.0.0.1:`port` from address `src` (bound before connect()).
-fn connect_from(src: Ipv4Addr, port: u16) -> Result<TcpStream, String> {
-    let err = |what: &str| format!("{what} from {src}: {}", std::io::Error::last_os_error());
-    let sin = |a: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(a).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor this function owns.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        if fd < 0 {
-            return Err(err("socket"));
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let local = sin(src, 0);
-        if libc::bind(
-            fd.as_raw_fd(),
-            (&local as *const libc::sockaddr_in).cast(),
-            len,
-        ) != 0
-        {
-            return Err(err("bind"));
-        }
-        let remote = sin(Ipv4Addr::LOCALHOST, port);
-        if libc::connect(
-            fd.as_raw_fd(),
-            (&remote as *const libc::sockaddr_in).cast(),
-            len,
-        ) != 0
-        {
-            return Err(err("connect"));
-        }
-        Ok(TcpStream::from(fd))
     }
 }
 
