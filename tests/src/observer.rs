@@ -394,6 +394,48 @@ fn prog_id(fdinfo: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// A BPF map a process holds an fd of, as its fdinfo tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFd {
+    pub id: u64,
+    pub max_entries: u64,
+    /// What the kernel charges for the map (`memlock:`), bytes.
+    pub memlock: u64,
+}
+
+/// The BPF maps process `pid` holds fds of (`anon_inode:bpf-map` in /proc/PID/fd); an fd that
+/// closes while it is read is left out.
+pub fn map_fds(pid: u32) -> Vec<MapFd> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf-map")
+        })
+        .filter_map(|fd| {
+            let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+            map_fd(&std::fs::read_to_string(info).ok()?)
+        })
+        .collect()
+}
+
+/// The map an fd's fdinfo describes, if it is a BPF map's.
+pub fn map_fd(fdinfo: &str) -> Option<MapFd> {
+    let field = |name: &str| {
+        fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some(MapFd {
+        id: field("map_id:")?,
+        max_entries: field("max_entries:")?,
+        memlock: field("memlock:")?,
+    })
+}
+
 /// Whether a program with this ID is still loaded.
 pub fn program_loaded(id: u64) -> bool {
     Command::new("bpftool")
@@ -470,5 +512,20 @@ mod tests {
         assert_eq!(super::prog_id(prog), Some(3109));
         let map = "pos:\t0\nflags:\t02000002\nmap_type:\t1\nmap_id:\t10538\n";
         assert_eq!(super::prog_id(map), None);
+    }
+
+    #[test]
+    fn reads_the_map_of_an_fdinfo() {
+        let map = "pos:\t0\nflags:\t02000002\nmap_type:\t1\nkey_size:\t8\nvalue_size:\t56\nmax_entries:\t65536\nmap_flags:\t0x0\nmap_extra:\t0x0\nmemlock:\t8390016\nmap_id:\t10538\nfrozen:\t0\n";
+        assert_eq!(
+            super::map_fd(map),
+            Some(super::MapFd {
+                id: 10538,
+                max_entries: 65536,
+                memlock: 8_390_016
+            })
+        );
+        let prog = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nmemlock:\t8192\nprog_id:\t3109\n";
+        assert_eq!(super::map_fd(prog), None);
     }
 }

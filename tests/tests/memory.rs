@@ -5,38 +5,19 @@
 use std::collections::BTreeMap;
 
 use observer_tests::{
+    bpftool,
     net::{Mode, Server, hold},
-    observer::Observer,
+    observer::{Observer, map_fds},
     process::Helper,
     require_root,
 };
 
 /// Each of a process's BPF maps: name -> (max entries, bytes charged).
 fn maps_of(pid: u32) -> BTreeMap<String, (u64, u64)> {
-    let mut out = BTreeMap::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-    {
-        if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-map")
-        {
-            let info = std::fs::read_to_string(format!(
-                "/proc/{pid}/fdinfo/{}",
-                fd.file_name().to_string_lossy()
-            ))
-            .unwrap();
-            let field = |name: &str| -> u64 {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|v| v.trim().parse().unwrap())
-                    .unwrap_or_else(|| panic!("{name} in {info}"))
-            };
-            let id = field("map_id:");
-            let name = observer_tests::bpftool::map_name(id);
-            out.insert(name, (field("max_entries:"), field("memlock:")));
-        }
-    }
-    out
+    map_fds(pid)
+        .into_iter()
+        .map(|m| (bpftool::map_name(m.id), (m.max_entries, m.memlock)))
+        .collect()
 }
 
 fn total(maps: &BTreeMap<String, (u64, u64)>) -> u64 {

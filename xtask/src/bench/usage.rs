@@ -79,22 +79,9 @@ fn status_kib(status: &str, name: &str) -> Option<u64> {
 
 /// The `memlock:` of every BPF map process `pid` keeps, summed once per map.
 fn maps_bytes(pid: u32) -> Result<u64> {
-    let dir = format!("/proc/{pid}/fd");
-    let mut held = Vec::new();
-    for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
-        let entry = entry?;
-        // An fd may close while we read: skip it.
-        let Ok(target) = fs::read_link(entry.path()) else {
-            continue;
-        };
-        if target.as_os_str() != "anon_inode:bpf-map" {
-            continue;
-        }
-        let info = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
-        if let Some(map) = fs::read_to_string(&info).ok().as_deref().and_then(map_fd) {
-            held.push(map);
-        }
-    }
+    let held = observer_tests::observer::map_fds(pid)
+        .into_iter()
+        .map(|m| (m.id, m.memlock));
     let mut used = Vec::new();
     for prog in observer_tests::observer::programs_of(pid) {
         let prog = u32::try_from(prog).context("a program ID")?;
@@ -107,17 +94,6 @@ fn maps_bytes(pid: u32) -> Result<u64> {
             .map_err(|e| anyhow!(e))?;
         map_memlock(&map).ok_or_else(|| anyhow!("no bytes_memlock for map {id}: {map}"))
     })
-}
-
-/// The map an fd's fdinfo describes, if it is a BPF map's: (map_id, memlock bytes).
-fn map_fd(fdinfo: &str) -> Option<(u64, u64)> {
-    let field = |name: &str| {
-        fdinfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    Some((field("map_id:")?, field("memlock:")?))
 }
 
 /// `bytes_memlock` of one map of `bpftool map show --json`.
@@ -143,6 +119,8 @@ fn sum_maps(
 
 #[cfg(test)]
 mod tests {
+    use observer_tests::observer::map_fd;
+
     use super::*;
 
     /// `/proc/PID/fd` of `observer --port 19103` as `readlink` shows it (`== FD TARGET`),
@@ -164,7 +142,10 @@ mod tests {
         fds(listing)
             .into_iter()
             .filter(|(target, _)| *target == "anon_inode:bpf-map")
-            .map(|(_, info)| map_fd(info).unwrap())
+            .map(|(_, info)| {
+                let m = map_fd(info).unwrap();
+                (m.id, m.memlock)
+            })
             .collect()
     }
 
