@@ -193,31 +193,27 @@ impl Kernel {
         // Both programs attach by the tracepoint's BTF type: aya parses the kernel's BTF for
         // that, and it is dropped again before anything else is allocated.
         let vmlinux = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        // The two on the TCP tracepoint, then, for --pid targets only, their process tree's.
+        let mut programs = vec![
+            (PROGRAM, tracepoint::NAME),
+            (BACKUP_PROGRAM, tracepoint::NAME),
+        ];
+        if s.pid_targets {
+            programs.extend([
+                (FORK_PROGRAM, "sched_process_fork"),
+                (EXIT_PROGRAM, "sched_process_exit"),
+            ]);
+        }
         let mut prog_fds = Vec::new();
-        for name in [PROGRAM, BACKUP_PROGRAM] {
+        for (name, tracepoint) in programs {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
                 .try_into()?;
             program
-                .load(tracepoint::NAME, &vmlinux)
+                .load(tracepoint, &vmlinux)
                 .map_err(|e| load_error(name, e))?;
             prog_fds.push(program.fd()?.try_clone()?);
-        }
-        // The process tree of --pid targets: only when there are such targets.
-        if s.pid_targets {
-            for (name, tracepoint) in [
-                (FORK_PROGRAM, "sched_process_fork"),
-                (EXIT_PROGRAM, "sched_process_exit"),
-            ] {
-                let program: &mut BtfTracePoint = ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
-                    .try_into()?;
-                program
-                    .load(tracepoint, &vmlinux)
-                    .map_err(|e| load_error(name, e))?;
-            }
         }
         let sockets: HashMap<MapData, u64, Conn> = take(&mut ebpf, maps::SOCKETS)?;
         let doomed: HashMap<MapData, u64, Doomed> = take(&mut ebpf, maps::DOOMED)?;
@@ -254,8 +250,9 @@ impl Kernel {
         let reap = iterators.pop().expect("two iterators");
         let sweep = iterators.pop().expect("two iterators");
         drop(vmlinux);
-        let backup_fd = prog_fds.pop().expect("two programs");
-        let prog_fd = prog_fds.pop().expect("two programs");
+        let mut prog_fds = prog_fds.into_iter();
+        let prog_fd = prog_fds.next().expect("the main program");
+        let backup_fd = prog_fds.next().expect("the backup program");
 
         let mut free_slots: Queue<MapData, u32> = take(&mut ebpf, maps::FREE_SLOTS)?;
         for slot in 0..s.sizes.ports {

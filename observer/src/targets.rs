@@ -63,15 +63,10 @@ impl Targets {
     /// of each `--cgroup`.
     pub fn pids(&self) -> Vec<u32> {
         let roots: Vec<u32> = self.processes.iter().map(|p| p.pid).collect();
-        let tree = if roots.is_empty() {
-            Vec::new()
-        } else {
-            descendants(&roots)
-        };
         roots
             .iter()
             .copied()
-            .chain(tree)
+            .chain(descendants(&roots))
             .chain(self.cgroups.iter().flat_map(|c| cgroup_pids(&c.path)))
             .collect()
     }
@@ -80,6 +75,9 @@ impl Targets {
 /// The processes below `roots` in the process tree now (children, theirs, ...), from each
 /// process's parent in procfs; threads are not processes.
 pub fn descendants(roots: &[u32]) -> Vec<u32> {
+    if roots.is_empty() {
+        return Vec::new(); // no process to read for
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
