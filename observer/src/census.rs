@@ -1,13 +1,16 @@
 //! The scrape-time socket census: what the kernel program's tracepoint never sees, counted from
-//! one sock_diag dump per watched namespace. TIME_WAIT sockets (the kernel's time-wait mini
+//! two sock_diag dumps per watched namespace. TIME_WAIT sockets (the kernel's time-wait mini
 //! sockets, which take over from a full socket as it reaches CLOSE), request sockets (inbound
 //! handshakes waiting for the client's ACK, which live outside the full sockets until then), and
 //! the listeners' accept queues and backlogs.
 //!
-//! The dump asks for TIME_WAIT, NEW_SYN_RECV and LISTEN. Asking for NEW_SYN_RECV and not
+//! The first dump asks for LISTEN (the kernel then walks its listening table only), the second
+//! for TIME_WAIT and NEW_SYN_RECV (its established table only). Asking for NEW_SYN_RECV and not
 //! SYN_RECV brings the request sockets without the full sockets in SYN_RECV (those the kernel
 //! program counts): the kernel reports a request socket as SYN_RECV, so every SYN_RECV of this
-//! dump is one. A time-wait socket is reported in its substate, TIME_WAIT or FIN_WAIT2 (an
+//! dump is one. A time-wait socket does not say which side opened it: on a watched local port
+//! it is inbound unless the port's listeners are all bound to other addresses (then it was
+//! connect()ed from that port number, see `Listeners`). A time-wait socket is reported in its substate, TIME_WAIT or FIN_WAIT2 (an
 //! orphan closed in FIN_WAIT2): only TIME_WAIT is asked for and counted, as `ss` does.
 //!
 //! A census runs when a scrape asks for it, at most once a second, and no sooner than 20 times
@@ -15,6 +18,7 @@
 //! scrape in between is served the last result.
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -78,6 +82,37 @@ impl Counts {
     }
 }
 
+/// The local addresses of one namespace's listeners, per port, from its LISTEN dump: which
+/// time-wait sockets may be a listener's connections.
+#[derive(Debug, Default)]
+pub struct Listeners(HashMap<u16, Vec<IpAddr>>);
+
+impl Listeners {
+    pub fn add(&mut self, s: &DiagSocket) {
+        self.0.entry(s.sport).or_default().push(plain(s.saddr));
+    }
+
+    /// Whether a socket with this local address and port may have been accepted by a listener:
+    /// a listener of its port has that address or the wildcard one, or the port has no listener
+    /// (a server that stopped leaves its connections' time-wait sockets behind). A socket from
+    /// another local address on a port whose listeners are all bound elsewhere was connect()ed.
+    pub fn may_have_accepted(&self, s: &DiagSocket) -> bool {
+        let Some(addrs) = self.0.get(&s.sport) else {
+            return true;
+        };
+        let local = plain(s.saddr);
+        addrs.iter().any(|a| a.is_unspecified() || *a == local)
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is (a dual-stack listener's IPv4 client).
+fn plain(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// The last census, for the metrics.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -87,9 +122,13 @@ pub struct Report {
     pub cpu_seconds: f64,
 }
 
-/// The states of the dump (see the module's comment).
-fn states() -> u32 {
-    state_mask(&[tcp::TIME_WAIT, tcp::NEW_SYN_RECV, tcp::LISTEN])
+/// The states of the two dumps (see the module's comment): the listeners first, whose addresses
+/// tell which time-wait sockets may be theirs, then the rest.
+fn states() -> [u32; 2] {
+    [
+        state_mask(&[tcp::LISTEN]),
+        state_mask(&[tcp::TIME_WAIT, tcp::NEW_SYN_RECV]),
+    ]
 }
 
 /// The shell: the sock_diag sockets of the watched namespaces (opened at start), what is
@@ -148,10 +187,21 @@ impl Census {
         let (wall, cpu) = (Instant::now(), crate::idle::thread_cpu());
         let mut counts = Counts::default();
         let watched = &self.watched;
+        let [listening, others] = states();
         for (ns, lister) in &mut self.listers {
-            lister.each(states(), |s: &DiagSocket, q| {
+            let mut listeners = Listeners::default();
+            lister.each(listening, |s: &DiagSocket, q| {
+                listeners.add(s);
                 let class = watched.classify(*ns, s).map(|(d, p, _)| (d, p));
                 counts.add(class, s.state, q);
+            })?;
+            lister.each(others, |s: &DiagSocket, q| {
+                let class = if s.state == tcp::TIME_WAIT && !listeners.may_have_accepted(s) {
+                    watched.classify_outbound(s)
+                } else {
+                    watched.classify(*ns, s)
+                };
+                counts.add(class.map(|(d, p, _)| (d, p)), s.state, q);
             })?;
         }
         Ok(Report {
@@ -225,11 +275,50 @@ mod tests {
     }
 
     #[test]
-    fn the_dump_asks_for_request_sockets_not_full_syn_recv_ones() {
-        let m = states();
+    fn the_dumps_ask_for_listeners_then_request_sockets_not_full_syn_recv_ones() {
+        let [listening, m] = states();
+        assert_eq!(listening, 1 << tcp::LISTEN);
         assert_ne!(m & (1 << tcp::NEW_SYN_RECV), 0);
         assert_eq!(m & (1 << tcp::SYN_RECV), 0);
         assert_ne!(m & (1 << tcp::TIME_WAIT), 0);
-        assert_ne!(m & (1 << tcp::LISTEN), 0);
+        assert_eq!(m & (1 << tcp::LISTEN), 0);
+    }
+
+    fn sock(state: u8, local: &str, port: u16) -> DiagSocket {
+        let ip: IpAddr = local.parse().unwrap();
+        DiagSocket {
+            state,
+            sport: port,
+            dport: 40_000,
+            saddr: ip,
+            daddr: ip,
+            inode: 0,
+        }
+    }
+
+    #[test]
+    fn a_time_wait_socket_is_a_listeners_only_on_an_address_it_listens_on() {
+        let mut l = Listeners::default();
+        l.add(&sock(tcp::LISTEN, "127.0.0.1", 80));
+        l.add(&sock(tcp::LISTEN, "0.0.0.0", 443));
+        l.add(&sock(tcp::LISTEN, "::", 8443));
+        // Port 80 listens on 127.0.0.1 only: a connection from 127.0.0.3:80 was connect()ed.
+        assert!(l.may_have_accepted(&sock(tcp::TIME_WAIT, "127.0.0.1", 80)));
+        assert!(!l.may_have_accepted(&sock(tcp::TIME_WAIT, "127.0.0.3", 80)));
+        // Wildcard listeners accept on every address, IPv4 clients of [::] included.
+        assert!(l.may_have_accepted(&sock(tcp::TIME_WAIT, "10.1.2.3", 443)));
+        assert!(l.may_have_accepted(&sock(tcp::TIME_WAIT, "::ffff:10.1.2.3", 8443)));
+        // A port with no listener (left) keeps the port rule: its time-wait sockets may be a
+        // stopped server's.
+        assert!(l.may_have_accepted(&sock(tcp::TIME_WAIT, "127.0.0.3", 8080)));
+    }
+
+    #[test]
+    fn a_dual_stack_listeners_ipv4_clients_match_its_ipv4_mapped_address() {
+        let mut l = Listeners::default();
+        l.add(&sock(tcp::LISTEN, "::ffff:127.0.0.1", 80));
+        assert!(l.may_have_accepted(&sock(tcp::TIME_WAIT, "127.0.0.1", 80)));
+        assert!(l.may_have_accepted(&sock(tcp::TIME_WAIT, "::ffff:127.0.0.1", 80)));
+        assert!(!l.may_have_accepted(&sock(tcp::TIME_WAIT, "::1", 80)));
     }
 }

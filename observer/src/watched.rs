@@ -149,6 +149,11 @@ impl Watched {
         {
             return Some((DIR_INBOUND, s.sport, *o));
         }
+        self.classify_outbound(s)
+    }
+
+    /// `classify` for a socket known not to be an accepted connection: outbound, or None.
+    pub fn classify_outbound(&self, s: &DiagSocket) -> Option<(u8, u16, Owner)> {
         let owner = self.owners.get(&s.inode).copied().unwrap_or(Owner::UNKNOWN);
         if self.remote.contains(&s.dport) || self.target_inodes.contains(&s.inode) {
             return Some((DIR_OUTBOUND, s.dport, owner));

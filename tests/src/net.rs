@@ -31,20 +31,25 @@ impl Server {
     /// Listens on each address (port 0: the first picks an ephemeral port, the others reuse it).
     pub fn start(hosts: &[&str], mode: Mode) -> Server {
         for _ in 0..50 {
-            if let Some(s) = Self::try_start(hosts, mode) {
+            if let Some(s) = Self::try_start(hosts, mode, 0) {
                 return s;
             }
         }
         panic!("could not bind {hosts:?} on a common port");
     }
 
-    fn try_start(hosts: &[&str], mode: Mode) -> Option<Server> {
+    /// Listens on each address at `port` (a `reserved_port`, typically).
+    pub fn start_on(hosts: &[&str], mode: Mode, port: u16) -> Server {
+        Self::try_start(hosts, mode, port)
+            .unwrap_or_else(|| panic!("could not bind {hosts:?} on port {port}"))
+    }
+
+    fn try_start(hosts: &[&str], mode: Mode, mut port: u16) -> Option<Server> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let mut port = 0;
         let mut listeners = Vec::new();
         for h in hosts {
             let addr: SocketAddr = format!("{h}:{port}").parse().expect("address");
@@ -93,6 +98,46 @@ impl Drop for Server {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
     }
+}
+
+/// A port no other socket of the tests can come to have: outside the ephemeral range (so no
+/// connect() in any namespace picks it as its own port) and held, bound, in this namespace
+/// until dropped (so no other test takes it). Sockets on it, in a namespace a test made, are
+/// that test's only: what a census across every namespace needs to be compared with `ss`.
+pub struct ReservedPort {
+    pub port: u16,
+    _held: socket2::Socket,
+}
+
+/// A `ReservedPort`, below the ephemeral range (32768-60999 by default, per namespace).
+pub fn reserved_port() -> ReservedPort {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("reading ip_local_port_range");
+    let first: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("ip_local_port_range");
+    // Below both the default range and this namespace's.
+    let top = first.min(32768);
+    assert!(top > 11_000, "no room below the ephemeral range ({range})");
+    // Tests running at once start at different places.
+    let seed = std::process::id() as usize
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as usize;
+    let span = (top - 10_000) as usize;
+    for i in 0..span {
+        let port = 10_000 + ((seed + i) % span) as u16;
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        if s.bind(&addr.into()).is_ok() {
+            return ReservedPort { port, _held: s };
+        }
+    }
+    panic!("no free port below {top}");
 }
 
 /// Opens `n` connections and keeps them.

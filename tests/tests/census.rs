@@ -6,7 +6,10 @@ use std::{
 };
 
 use observer_tests::{
-    net::{Mode, Server, churn, listen_with_backlog, open_close, ss_listen_queues, ss_state},
+    net::{
+        Mode, Server, churn, connect_from, listen_with_backlog, open_close, reserved_port,
+        ss_listen_queues, ss_state,
+    },
     observer::Observer,
     output_of, require_root,
     sandbox::Netns,
@@ -76,8 +79,11 @@ fn churn_namespace() -> Netns {
 fn time_wait_of_2000_churned_connections_equals_ss() {
     require_root();
     let ns = churn_namespace();
+    // The census counts every namespace's time-wait sockets on the port: one no other test's
+    // client can have as its own (see `reserved_port`).
+    let reserved = reserved_port();
     // The server closes first: TIME_WAIT lands on the watched (server) side.
-    let server = ns.run(|| Server::start(&["127.0.0.1"], Mode::CloseFirst));
+    let server = ns.run(|| Server::start_on(&["127.0.0.1"], Mode::CloseFirst, reserved.port));
     let port = server.port();
     let o = Observer::start(&["--port", &port.to_string()]);
     assert_eq!(time_wait(&o.scrape(), IN, port), Some(0.0), "present at 0");
@@ -117,8 +123,10 @@ fn time_wait_of_2000_churned_connections_equals_ss() {
 fn time_wait_of_connections_to_a_watched_remote_port_is_outbound() {
     require_root();
     let ns = churn_namespace();
+    // A port no other test's server or client has (see above).
+    let reserved = reserved_port();
     // The client closes first: TIME_WAIT lands on the client side, whose remote port is watched.
-    let server = ns.run(|| Server::start(&["127.0.0.1"], Mode::Hold));
+    let server = ns.run(|| Server::start_on(&["127.0.0.1"], Mode::Hold, reserved.port));
     let port = server.port();
     let o = Observer::start(&["--remote-port", &port.to_string()]);
     let ports = ns.run(|| open_close(server.addrs[0], 300));
@@ -130,6 +138,44 @@ fn time_wait_of_connections_to_a_watched_remote_port_is_outbound() {
     assert_eq!(time_wait(&s, OUT, port), Some(ss as f64), "{}", s.text);
     // No listener of a watched local port there: no listen queue series.
     assert_eq!(per_port(&s, "observer_tcp_listen_queue", port), None);
+}
+
+#[test]
+fn a_connection_made_from_a_listened_port_number_on_another_address_is_not_inbound_time_wait() {
+    require_root();
+    let ns = churn_namespace();
+    let reserved = reserved_port();
+    let port = reserved.port;
+    // The server listens on 127.0.0.1 only and closes first: its connections' time-wait
+    // sockets are on 127.0.0.1:port, inbound.
+    let server = ns.run(|| Server::start_on(&["127.0.0.1"], Mode::CloseFirst, port));
+    let elsewhere = ns.run(|| Server::start(&["127.0.0.1"], Mode::Hold));
+    let o = Observer::start(&["--port", &port.to_string()]);
+    let inbound = ns.run(|| churn(server.addrs[0], 3, 1));
+    // A client on 127.0.0.3 uses the same port number to connect elsewhere and closes first:
+    // a time-wait socket on 127.0.0.3:port that no listener of the port could have accepted.
+    let local: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
+    ns.run(|| drop(connect_from(local, elsewhere.addrs[0])));
+    let filter = format!("( sport = :{port} )");
+    let ((on_server, from_client), s) = with_oracle(&o, || {
+        let at = |f: &str| ss_state(Some(&ns.name), "time-wait", f);
+        (
+            at(&format!("( src 127.0.0.1:{port} )")),
+            at(&format!("( src 127.0.0.3:{port} )")),
+        )
+    });
+    assert_eq!(
+        (on_server, from_client),
+        (inbound.len(), 1),
+        "ss: {:?}",
+        ss_states(&ns, &filter)
+    );
+    assert_eq!(
+        time_wait(&s, IN, port),
+        Some(on_server as f64),
+        "{}",
+        s.text
+    );
 }
 
 #[test]
