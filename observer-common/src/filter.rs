@@ -165,6 +165,8 @@ pub mod globals {
     pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
     /// `remote::Masks`: the `--remote-prefix` masks.
     pub const REMOTE_MASKS: &str = "REMOTE_MASKS";
+    /// `request::RequestOffsets`: where the request programs read a request socket's fields.
+    pub const REQUEST_OFFSETS: &str = "REQUEST_OFFSETS";
 }
 
 /// Offsets of the fields the programs read in a socket: what the tracepoint's own record holds.
@@ -273,6 +275,12 @@ pub const PROGRAM: &str = "observer_main";
 /// Name of the backup program, which handles the transitions the kernel skips for the main
 /// program because they interrupted it on the same CPU.
 pub const BACKUP_PROGRAM: &str = "observer_backup";
+/// Names of the programs that count the inbound handshakes that fail as request sockets (see
+/// `request`), on IPv4's and IPv6's request socket destructor.
+pub const REQUEST_PROGRAMS: [(&str, &str); 2] = [
+    ("observer_req4", "tcp_v4_reqsk_destructor"),
+    ("observer_req6", "tcp_v6_reqsk_destructor"),
+];
 /// Name of the program that makes a target's new child process a target (`--pid`).
 pub const FORK_PROGRAM: &str = "observer_fork";
 /// Name of the program that takes an exited descendant's PID out of the filter.

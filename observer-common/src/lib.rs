@@ -18,6 +18,7 @@ pub mod filter;
 pub mod limits;
 pub mod record;
 pub mod remote;
+pub mod request;
 pub mod snapshot;
 pub mod stats;
 pub mod sweep;

@@ -18,8 +18,9 @@
 //! `scratch` (per-CPU state and the notes between the two programs), `sock` (the socket's
 //! fields), `track` (filter, first sighting, each transition, counters), `target` (who owns a
 //! port, whose a connect() or listen() is), `emit` (records), `remote` (per-client counts), `sweep` (the two iterators that
-//! close the connections whose CLOSE never came), `tree` (a `--pid` target's descendants). This
-//! file holds the programs.
+//! close the connections whose CLOSE never came), `tree` (a `--pid` target's descendants),
+//! `request` (inbound handshakes that fail before they become sockets). This file holds the
+//! programs.
 //!
 //! Written for the verifiers of every kernel from 5.10 on (the VM matrix, `cargo xtask vm-test`,
 //! proves it), which refuse more than this machine's:
@@ -40,6 +41,7 @@
 mod emit;
 mod maps;
 mod remote;
+mod request;
 mod scratch;
 mod sock;
 mod sweep;
@@ -51,8 +53,8 @@ use crate::maps::{SCRATCH, count};
 use crate::scratch::{BACKUP, LEVELS, MAIN, enter, leave, put_note, take_note, transition_key};
 use crate::sock::Sock;
 use crate::track::{Line, handle};
-use aya_ebpf::macros::btf_tracepoint;
-use aya_ebpf::programs::BtfTracePointContext;
+use aya_ebpf::macros::{btf_tracepoint, fentry};
+use aya_ebpf::programs::{BtfTracePointContext, FEntryContext};
 use observer_common::counters;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -99,6 +101,20 @@ pub fn observer_backup(ctx: BtfTracePointContext) -> i32 {
     }
     // SAFETY: as above.
     unsafe { leave(&mut (*s).depth[BACKUP], depth) };
+    0
+}
+
+/// An IPv4 request socket is freed: a failed inbound handshake is counted (see `request`).
+#[fentry(function = "tcp_v4_reqsk_destructor")]
+pub fn observer_req4(ctx: FEntryContext) -> i32 {
+    let _ = request::freed(ctx.arg::<u64>(0));
+    0
+}
+
+/// The same for IPv6 (and IPv4 clients of a dual-stack listener).
+#[fentry(function = "tcp_v6_reqsk_destructor")]
+pub fn observer_req6(ctx: FEntryContext) -> i32 {
+    let _ = request::freed(ctx.arg::<u64>(0));
     0
 }
 

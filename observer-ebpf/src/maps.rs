@@ -15,6 +15,7 @@ use observer_common::limits::{
     MAX_PIDS, MAX_PORTS, MAX_SEEN, MAX_SOCKETS,
 };
 use observer_common::remote::{FULL_MASKS, Masks};
+use observer_common::request::RequestOffsets;
 use observer_common::snapshot::{
     CONTROL_BASELINE_ACTIVE, CONTROL_LEN, CONTROL_SNAPSHOT_DONE, Seed, TupleKey,
 };
@@ -79,6 +80,11 @@ pub(crate) static CGROUP_OFFSETS: Global<CgroupOffsets> = Global::new(CgroupOffs
 /// Offset of `tgid` in `struct task_struct` (for `tree`).
 #[unsafe(no_mangle)]
 pub(crate) static TASK_TGID_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static REQUEST_OFFSETS: Global<RequestOffsets> = Global::new(RequestOffsets {
+    listener: 0,
+    child: 0,
+});
 /// The `--remote-prefix` masks (see `observer_common::remote`).
 #[unsafe(no_mangle)]
 pub(crate) static REMOTE_MASKS: Global<Masks> = Global::new(FULL_MASKS);

@@ -5,7 +5,10 @@
 //! The reader walks the raw type section in place and keeps only an index of where each type
 //! starts: a general BTF library builds every one of the kernel's ~150,000 types as objects,
 //! which took observer's peak memory from a few MiB to over 50 for a handful of offsets.
-use observer_common::filter::{CGROUP_POINTER, CGROUP_TAGGED, CgroupOffsets, SockOffsets};
+use observer_common::filter::{
+    CGROUP_POINTER, CGROUP_TAGGED, CgroupOffsets, REQUEST_PROGRAMS, SockOffsets,
+};
+use observer_common::request::RequestOffsets;
 
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 const MAGIC: u16 = 0xeb9f;
@@ -50,6 +53,8 @@ pub enum BtfError {
     NoMember { strukt: String, member: String },
     #[error("{0} is a bit field")]
     BitField(String),
+    #[error("the kernel's BTF has no function {0}")]
+    NoFunction(String),
 }
 
 /// A BTF blob and where each of its types starts.
@@ -97,6 +102,9 @@ pub struct Layout {
     pub cgroup: CgroupOffsets,
     /// Offset of `tgid` in `struct task_struct` (a `--pid` target's forks).
     pub task_tgid: u32,
+    /// Where a request socket's fields are, when the kernel lets observer count the inbound
+    /// handshakes that fail as request sockets (see `observer_common::request`).
+    pub request: Option<RequestOffsets>,
 }
 
 impl Layout {
@@ -129,13 +137,36 @@ impl Layout {
         let task_tgid = vmlinux
             .offset("task_struct", &["tgid"])
             .context("finding struct task_struct's tgid")?;
+        let request = request_offsets(&vmlinux)
+            .map_err(|e| {
+                eprintln!(
+                    "observer: warning: inbound handshakes that fail before they become \
+                     sockets (request sockets) will not be counted as failed ({e})"
+                )
+            })
+            .ok();
         Ok(Layout {
             sock,
             netns,
             cgroup,
             task_tgid,
+            request,
         })
     }
+}
+
+/// A request socket's fields, where both protocols' request socket destructors can be attached
+/// to (see `observer_common::request`).
+pub fn request_offsets(btf: &Btf) -> Result<RequestOffsets, BtfError> {
+    for (_, function) in REQUEST_PROGRAMS {
+        if !btf.has_function(function)? {
+            return Err(BtfError::NoFunction(function.into()));
+        }
+    }
+    Ok(RequestOffsets {
+        listener: btf.offset("request_sock", &["__req_common", "skc_listener"])?,
+        child: btf.offset("request_sock", &["sk"])?,
+    })
 }
 
 pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
@@ -270,6 +301,11 @@ impl Btf {
         Ok(self
             .named(KIND_TYPEDEF, &format!("btf_trace_{name}"))?
             .is_some())
+    }
+
+    /// Whether the kernel has a function of that name that programs can attach to (fentry).
+    pub fn has_function(&self, name: &str) -> Result<bool, BtfError> {
+        Ok(self.named(KIND_FUNC, name)?.is_some())
     }
 
     fn named(&self, want: u32, name: &str) -> Result<Option<u32>, BtfError> {

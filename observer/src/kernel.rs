@@ -9,14 +9,14 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, Queue, RingBuf},
-    programs::{BtfTracePoint, Iter, ProgramFd},
+    programs::{BtfTracePoint, FEntry, Iter, ProgramFd},
 };
 use observer_common::{
     conn::Conn,
     counters,
     filter::{
         BACKUP_PROGRAM, EXIT_PROGRAM, FORK_PROGRAM, PID_DESCENDANT, PID_TARGET, PROGRAM,
-        REAP_PROGRAM, REMOTES_PROGRAM, SEEDS_PROGRAM, SWEEP_PROGRAM,
+        REAP_PROGRAM, REMOTES_PROGRAM, REQUEST_PROGRAMS, SEEDS_PROGRAM, SWEEP_PROGRAM,
     },
     filter::{
         CgroupOffsets, CgroupTarget, LocalPortKey, Owner, PORT_LOCAL, PORT_LOCAL_NETNS,
@@ -24,6 +24,7 @@ use observer_common::{
     },
     limits::{MAX_BUCKETS, MAX_DOOMED},
     remote::{FULL_MASKS, Masks, RemoteKey},
+    request::RequestOffsets,
     snapshot::{CONTROL_BASELINE_ACTIVE, CONTROL_SNAPSHOT_DONE, Seed, TupleKey},
     stats::{PortStats, StatsKey},
     sweep::Doomed,
@@ -60,6 +61,9 @@ pub struct Settings {
     pub sizes: MapSizes,
     /// Offset of `tgid` in `struct task_struct`.
     pub task_tgid: u32,
+    /// Where a request socket's fields are: the programs that count the inbound handshakes
+    /// that fail as request sockets are loaded (None: the kernel lacks what they attach to).
+    pub request: Option<RequestOffsets>,
 }
 
 pub struct Kernel {
@@ -67,6 +71,8 @@ pub struct Kernel {
     _ebpf: Ebpf,
     prog_fd: ProgramFd,
     backup_fd: ProgramFd,
+    /// The request programs (see `observer_common::request`), when loaded.
+    request_fds: Vec<ProgramFd>,
     stats: PerCpuArray<MapData, PortStats>,
     stats_slots: HashMap<MapData, StatsKey, u32>,
     counters: PerCpuArray<MapData, u64>,
@@ -113,6 +119,9 @@ pub struct Health {
     /// `None` where the kernel does not count them (before 5.12).
     pub skipped_main: Option<u64>,
     pub skipped_backup: Option<u64>,
+    /// The same for the request programs, summed (None also where they are not loaded). A
+    /// skipped run may be a failed handshake not counted.
+    pub skipped_request: Option<u64>,
     /// connect()s and listen()s under `--cgroup` whose socket's cgroup could not be read.
     pub cgroup_unknown: u64,
     /// Runs of the main program nested in another on the same CPU (kernels without a recursion
@@ -166,6 +175,11 @@ impl Kernel {
             .override_global(globals::PREEMPTIBLE, &preemptible, true)
             .override_global(globals::REMOTE_MASKS, &masks, true)
             .override_global(globals::TASK_TGID_OFFSET, &s.task_tgid, true)
+            .override_global(
+                globals::REQUEST_OFFSETS,
+                &s.request.unwrap_or_default(),
+                true,
+            )
             // The ring is only read with --events: without, its smallest size (a page), not
             // what --ring-kib asked for, which would be kernel memory kept for nothing.
             .map_max_entries(
@@ -215,6 +229,17 @@ impl Kernel {
                 .map_err(|e| load_error(name, e))?;
             prog_fds.push(program.fd()?.try_clone()?);
         }
+        // On the request socket destructors, where the kernel has them (see `btf::Layout`) and
+        // lets observer attach there: without them the rest still counts exactly, so a refusal
+        // is a warning.
+        let request_fds = if s.request.is_some() {
+            load_request_programs(&mut ebpf, &vmlinux).unwrap_or_else(|e| {
+                warn_no_request_programs(&e);
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
         let sockets: HashMap<MapData, u64, Conn> = take(&mut ebpf, maps::SOCKETS)?;
         let doomed: HashMap<MapData, u64, Doomed> = take(&mut ebpf, maps::DOOMED)?;
         let baseline: HashMap<MapData, TupleKey, Seed> = take(&mut ebpf, maps::BASELINE)?;
@@ -276,6 +301,7 @@ impl Kernel {
             by_remote,
             prog_fd,
             backup_fd,
+            request_fds,
             stats: take(&mut ebpf, maps::STATS)?,
             stats_slots: take(&mut ebpf, maps::STATS_SLOTS)?,
             counters: take(&mut ebpf, maps::COUNTERS)?,
@@ -310,6 +336,35 @@ impl Kernel {
             program
                 .attach()
                 .with_context(|| format!("attaching {name} to its tracepoint"))?;
+        }
+        if let Err(e) = self.attach_request_programs() {
+            warn_no_request_programs(&e);
+            // Loaded but not all attached: none counts, rather than IPv4's alone.
+            self.request_fds.clear();
+            for (name, _) in REQUEST_PROGRAMS {
+                let program: Option<&mut FEntry> =
+                    self._ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+                if let Some(p) = program {
+                    let _ = p.unload();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_request_programs(&mut self) -> Result<()> {
+        if self.request_fds.is_empty() {
+            return Ok(()); // not loaded
+        }
+        for (name, function) in REQUEST_PROGRAMS {
+            let program: &mut FEntry = self
+                ._ebpf
+                .program_mut(name)
+                .expect("checked at load")
+                .try_into()?;
+            program
+                .attach()
+                .with_context(|| format!("attaching {name} to the kernel's {function}"))?;
         }
         Ok(())
     }
@@ -499,12 +554,51 @@ impl Kernel {
             stale_sockets: sum(counters::STALE_SOCKETS),
             skipped_main,
             skipped_backup: misses(&self.backup_fd),
+            skipped_request: if self.request_fds.is_empty() {
+                None
+            } else {
+                self.request_fds
+                    .iter()
+                    .map(misses)
+                    .try_fold(0u64, |sum, m| m.map(|m| sum + m))
+            },
             cgroup_unknown: sum(counters::CGROUP_UNKNOWN),
             nested_runs: sum(counters::NESTED_RUNS),
             late_opens: sum(counters::LATE_OPENS),
             pids_full: sum(counters::PIDS_FULL),
         }
     }
+}
+
+/// Loads the programs on the request socket destructors (see `observer_common::request`).
+fn load_request_programs(ebpf: &mut Ebpf, vmlinux: &aya::Btf) -> Result<Vec<ProgramFd>> {
+    let mut fds = Vec::new();
+    for (name, function) in REQUEST_PROGRAMS {
+        let program: &mut FEntry = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+            .try_into()?;
+        match program.load(function, vmlinux) {
+            Ok(()) => fds.push(program.fd()?.try_clone()?),
+            Err(e) if is_eperm(&e) => {
+                return Err(anyhow!(
+                    "the kernel refused to attach a program to its function {function} \
+                     (permission denied: function tracing, BPF trampolines, is forbidden or \
+                     unavailable here)"
+                ));
+            }
+            Err(e) => return Err(load_error(name, e)),
+        }
+    }
+    Ok(fds)
+}
+
+/// The one line that says failed request sockets are not counted, and why.
+fn warn_no_request_programs(e: &anyhow::Error) {
+    eprintln!(
+        "observer: warning: inbound handshakes that fail before they become sockets (request \
+         sockets) will not be counted as failed: {e:#}"
+    );
 }
 
 /// A program the kernel would not load: the verifier's verdict, or what privilege is missing.

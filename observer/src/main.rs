@@ -209,6 +209,7 @@ fn load_and_attach(
         by_remote: config.by_remote.map(|b| b.masks()),
         pid_targets: !targets.processes.is_empty(),
         task_tgid: layout.task_tgid,
+        request: layout.request,
         sizes,
     })?;
     // Loading parsed the kernel's BTF once more (aya does, for relocations this program does not

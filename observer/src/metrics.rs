@@ -352,6 +352,7 @@ impl ConnCollector {
         let skipped = [
             ("main", health.skipped_main),
             ("backup", health.skipped_backup),
+            ("request", health.skipped_request),
         ];
         let f = fams.next().expect("skipped runs");
         if skipped.iter().any(|(_, n)| n.is_some()) {

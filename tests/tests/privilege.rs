@@ -88,7 +88,7 @@ fn with_only_the_documented_capabilities_each_target_counts_exactly() {
         // The sweep, which reads the kernel's maps, runs with CAP_BPF alone.
         std::thread::sleep(Duration::from_millis(1200));
         assert!(
-            o.stderr().lines().all(|l| !l.contains("warning")),
+            observer_tests::observer::warnings(&o.stderr()).is_empty(),
             "{args:?}: {}",
             o.stderr()
         );

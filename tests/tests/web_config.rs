@@ -104,7 +104,11 @@ fn tls_and_basic_auth_from_a_web_config_file() {
         "curl: peer certificate not verified: {untrusted:?}"
     );
     // No warning: the passwords go over TLS.
-    assert!(!o.stderr().contains("warning"), "{}", o.stderr());
+    assert!(
+        observer_tests::observer::warnings(&o.stderr()).is_empty(),
+        "{}",
+        o.stderr()
+    );
 }
 
 #[test]
