@@ -600,10 +600,7 @@ pub struct ProgFd {
 
 /// The BPF programs process `pid` holds fds of, one per fd (`anon_inode:bpf-prog`).
 pub fn prog_fds(pid: u32) -> Vec<ProgFd> {
-    fdinfos_of(pid, "anon_inode:bpf-prog")
-        .iter()
-        .filter_map(|info| prog_fd(info))
-        .collect()
+    fds_of(pid, "anon_inode:bpf-prog", prog_fd)
 }
 
 /// The program an fd's fdinfo describes, if it is a BPF program's.
@@ -615,9 +612,9 @@ pub fn prog_fd(fdinfo: &str) -> Option<ProgFd> {
     })
 }
 
-/// The fdinfo of each fd of process `pid` that is a `target` (readlink of /proc/PID/fd/N); an fd
-/// that closes while it is read is left out.
-fn fdinfos_of(pid: u32, target: &str) -> Vec<String> {
+/// Each fd of process `pid` that is a `target` (readlink of /proc/PID/fd/N), as `parse` reads
+/// its fdinfo; an fd that closes while it is read is left out.
+fn fds_of<T>(pid: u32, target: &str, parse: fn(&str) -> Option<T>) -> Vec<T> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
@@ -625,7 +622,7 @@ fn fdinfos_of(pid: u32, target: &str) -> Vec<String> {
         .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == target))
         .filter_map(|fd| {
             let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
-            std::fs::read_to_string(info).ok()
+            parse(&std::fs::read_to_string(info).ok()?)
         })
         .collect()
 }
@@ -649,10 +646,7 @@ pub struct MapFd {
 
 /// The BPF maps process `pid` holds fds of (`anon_inode:bpf-map`), one per fd.
 pub fn map_fds(pid: u32) -> Vec<MapFd> {
-    fdinfos_of(pid, "anon_inode:bpf-map")
-        .iter()
-        .filter_map(|info| map_fd(info))
-        .collect()
+    fds_of(pid, "anon_inode:bpf-map", map_fd)
 }
 
 /// The map an fd's fdinfo describes, if it is a BPF map's.
