@@ -480,8 +480,8 @@ impl Observer {
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(mut self) -> ExitStatus {
-        self.signal(libc::SIGTERM);
-        self.wait(Duration::from_secs(20))
+        self.try_stop(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}:\n{}", self.stderr()))
     }
 
     /// SIGTERM (unless it has exited), then waits up to `timeout` for the exit; after that it is
