@@ -9,6 +9,7 @@ pub mod net;
 pub mod nginx;
 pub mod observer;
 pub mod pki;
+pub mod privilege;
 pub mod process;
 pub mod prometheus;
 pub mod promql;

@@ -45,21 +45,31 @@ impl Server {
     }
 
     fn try_start(hosts: &[&str], mode: Mode, mut port: u16) -> Option<Server> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
         let mut listeners = Vec::new();
         for h in hosts {
             let addr: SocketAddr = format!("{h}:{port}").parse().expect("address");
-            let std_l = std::net::TcpListener::bind(addr).ok()?;
-            std_l.set_nonblocking(true).ok()?;
-            port = std_l.local_addr().ok()?.port();
-            listeners.push(std_l);
+            let l = std::net::TcpListener::bind(addr).ok()?;
+            port = l.local_addr().ok()?.port();
+            listeners.push(l);
         }
-        let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        Self::serve(listeners, mode).ok()
+    }
+
+    /// A server on one given address (a fixed port), or why it could not listen there.
+    pub fn try_start_at(addr: SocketAddr, mode: Mode) -> Result<Server, String> {
+        let l = std::net::TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+        Self::serve(vec![l], mode).map_err(|e| format!("serving {addr}: {e}"))
+    }
+
+    fn serve(listeners: Vec<std::net::TcpListener>, mode: Mode) -> std::io::Result<Server> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let mut addrs = Vec::new();
         for l in listeners {
+            l.set_nonblocking(true)?;
+            addrs.push(l.local_addr()?);
             runtime.spawn(async move {
                 let l = tokio::net::TcpListener::from_std(l).expect("listener");
                 loop {
@@ -81,7 +91,7 @@ impl Server {
                 }
             });
         }
-        Some(Server {
+        Ok(Server {
             addrs,
             runtime: Some(runtime),
         })
@@ -153,15 +163,20 @@ pub fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 /// A TCP socket bound to `addr` (port 0: any), with SO_REUSEPORT when `reuse_port`: what std
 /// cannot set up before connect() or listen().
 fn bound(addr: SocketAddr, reuse_port: bool) -> socket2::Socket {
+    try_bound(addr, reuse_port).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_bound(addr: SocketAddr, reuse_port: bool) -> Result<socket2::Socket, String> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| format!("socket: {e}"))?;
     if reuse_port {
-        s.set_reuse_port(true).expect("SO_REUSEPORT");
+        s.set_reuse_port(true)
+            .map_err(|e| format!("SO_REUSEPORT: {e}"))?;
     }
     s.bind(&addr.into())
-        .unwrap_or_else(|e| panic!("binding {addr}: {e}"));
-    s
+        .map_err(|e| format!("binding {addr}: {e}"))?;
+    Ok(s)
 }
 
 /// One connection to `remote` from the given local address and port (bound before connect()).
@@ -221,9 +236,18 @@ fn queues_in(ss: &str) -> Vec<(u64, u64)> {
 
 /// A listener on `addr` with this accept backlog, which nothing accepts from.
 pub fn listen_with_backlog(addr: SocketAddr, backlog: u32) -> std::net::TcpListener {
-    let s = bound(addr, false);
-    s.listen(backlog as i32).expect("listen");
-    s.into()
+    try_listen_with_backlog(addr, backlog).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The same, or why it could not listen.
+pub fn try_listen_with_backlog(
+    addr: SocketAddr,
+    backlog: u32,
+) -> Result<std::net::TcpListener, String> {
+    let s = try_bound(addr, false)?;
+    s.listen(backlog as i32)
+        .map_err(|e| format!("listen on {addr}: {e}"))?;
+    Ok(s.into())
 }
 
 /// A listener on `addr` with SO_REUSEPORT: other processes may listen on the same port.
@@ -241,12 +265,25 @@ fn count_lines(ss: &str) -> usize {
 /// Opens and closes `n` connections one after the other, the client closing first; returns the
 /// client-side local ports.
 pub fn open_close(addr: SocketAddr, n: usize) -> Vec<u16> {
-    (0..n)
-        .map(|_| {
-            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-            s.local_addr().unwrap().port()
-        })
+    open_close_each(addr, n)
+        .map(|port| port.expect("connect"))
         .collect()
+}
+
+/// The same where some may fail (refused, timed out): (succeeded, failed).
+pub fn connect_n(addr: SocketAddr, n: usize) -> (usize, usize) {
+    let ok = open_close_each(addr, n).filter(Result::is_ok).count();
+    (ok, n - ok)
+}
+
+/// `n` connections opened and closed one after the other: each one's client-side port, or why
+/// it did not connect (within 5 s).
+fn open_close_each(addr: SocketAddr, n: usize) -> impl Iterator<Item = std::io::Result<u16>> {
+    (0..n).map(move |_| {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))?
+            .local_addr()
+            .map(|a| a.port())
+    })
 }
 
 /// `n` short connections as fast as `threads` clients can make them, against a server that

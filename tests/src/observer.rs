@@ -8,7 +8,8 @@ use std::{
         Arc, Mutex,
         mpsc::{self, Receiver},
     },
-    time::Duration,
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use crate::scrape::{Scrape, http_get};
@@ -34,6 +35,10 @@ pub struct Observer {
     child: Child,
     pub metrics: Option<SocketAddr>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Its stdout's lines, with `Stdout::Kept`.
+    stdout: Arc<Mutex<Vec<String>>>,
+    /// The threads that read its stderr (and kept stdout): they end when it exits.
+    readers: Vec<JoinHandle<()>>,
     /// The podman container it runs in, if it does: removed on drop.
     container: Option<String>,
 }
@@ -49,16 +54,30 @@ pub enum Launch<'a> {
     /// In a podman container of `image`, in the host's network and PID namespaces, with only
     /// these capabilities (`["BPF", "PERFMON"]`): as a Kubernetes DaemonSet runs it.
     Container { image: &'a str, caps: &'a [&'a str] },
+    /// Through a command that execs the binary under test, which it is given after these
+    /// words (the VM guest's own as-user: it has no setpriv).
+    Via(&'a [&'a str]),
 }
 
 /// RLIMIT_MEMLOCK (soft and hard) of `Launch::AsUser`: a host's default, the kernel's before
 /// 5.16 (Debian 11, Amazon Linux 2); systemd's for services from v253 is 8 MiB.
 pub const HOST_MEMLOCK: u64 = 64 * 1024;
 
+/// The names observer's programs have in the kernel: two on the tracepoint, two iterators.
+pub const PROGRAM_NAMES: [&str; 4] = [
+    "observer_main",
+    "observer_backup",
+    "observer_sweep",
+    "observer_reap",
+];
+
 /// How to wire the child's stdout.
+#[derive(Clone, Copy)]
 pub enum Stdout {
     /// Lines, read by a thread into a channel.
     Lines,
+    /// Lines, kept by a thread for `stdout_lines` (read as often as a test likes).
+    Kept,
     /// A pipe nobody reads (to make the event stream fall behind).
     Stuck,
     /// A pipe whose read end the test holds (`take_stdout`), to close it.
@@ -66,6 +85,72 @@ pub enum Stdout {
     /// /dev/full: every write fails with ENOSPC.
     Full,
     Null,
+}
+
+/// How to start observer, but for its arguments.
+#[derive(Clone, Copy)]
+pub struct Start<'a> {
+    pub launch: Launch<'a>,
+    /// Variables added to its environment.
+    pub env: &'a [(&'a str, &'a str)],
+    pub stdout: Stdout,
+    /// How long loading may take before it says it is ready (the verifier is slow under the
+    /// VM test's emulation).
+    pub ready_timeout: Duration,
+}
+
+impl Default for Start<'_> {
+    fn default() -> Self {
+        Start {
+            launch: Launch::Direct,
+            env: &[],
+            stdout: Stdout::Null,
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why observer did not get to its ready line. Each carries its stderr, line by line.
+#[derive(Debug)]
+pub enum StartError {
+    /// It could not be run at all.
+    Spawn(String),
+    /// It exited first, `after` its start.
+    Exited {
+        status: ExitStatus,
+        after: Duration,
+        stderr: Vec<String>,
+    },
+    /// It was still loading after the ready timeout (and was killed).
+    NotReady {
+        timeout: Duration,
+        stderr: Vec<String>,
+    },
+}
+
+impl StartError {
+    pub fn stderr(&self) -> &[String] {
+        match self {
+            StartError::Spawn(_) => &[],
+            StartError::Exited { stderr, .. } | StartError::NotReady { stderr, .. } => stderr,
+        }
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Spawn(e) => write!(f, "{e}"),
+            StartError::Exited { status, after, .. } => write!(
+                f,
+                "exited ({status}) before ready after {:.1} s",
+                after.as_secs_f64()
+            ),
+            StartError::NotReady { timeout, .. } => {
+                write!(f, "no ready line within {} s", timeout.as_secs())
+            }
+        }
+    }
 }
 
 impl Observer {
@@ -82,34 +167,71 @@ impl Observer {
     }
 
     pub fn spawn(args: &[&str], stdout: Stdout) -> (Observer, Option<Receiver<String>>) {
-        Self::spawn_as(Launch::Direct, &[], args, stdout)
+        Self::spawn_with(
+            Start {
+                stdout,
+                ..Start::default()
+            },
+            args,
+        )
     }
 
     /// `start_with_events`, with variables added to observer's environment.
     pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> (Observer, Receiver<String>) {
-        let (o, rx) = Self::spawn_as(Launch::Direct, env, args, Stdout::Lines);
+        let (o, rx) = Self::spawn_with(
+            Start {
+                env,
+                stdout: Stdout::Lines,
+                ..Start::default()
+            },
+            args,
+        );
         (o, rx.expect("lines"))
     }
 
     /// Runs as user nobody with only the capabilities `caps` (`["bpf", "perfmon"]`), ambient,
     /// under a host's memlock limit (`HOST_MEMLOCK`).
     pub fn start_with_caps(caps: &[&str], args: &[&str]) -> Observer {
-        Self::spawn_as(Launch::AsUser(caps), &[], args, Stdout::Null).0
+        Self::spawn_with(
+            Start {
+                launch: Launch::AsUser(caps),
+                ..Start::default()
+            },
+            args,
+        )
+        .0
     }
 
     /// Runs in a container (see `Launch::Container`).
     pub fn start_in_container(image: &str, caps: &[&str], args: &[&str]) -> Observer {
-        Self::spawn_as(Launch::Container { image, caps }, &[], args, Stdout::Null).0
+        Self::spawn_with(
+            Start {
+                launch: Launch::Container { image, caps },
+                ..Start::default()
+            },
+            args,
+        )
+        .0
     }
 
-    fn spawn_as(
-        launch: Launch,
-        env: &[(&str, &str)],
+    /// `try_start`, panicking with observer's stderr if it does not get to ready.
+    fn spawn_with(start: Start, args: &[&str]) -> (Observer, Option<Receiver<String>>) {
+        Self::try_start(start, args).unwrap_or_else(|e| {
+            panic!(
+                "observer {args:?} did not become ready: {e}:\n{}",
+                e.stderr().join("\n")
+            )
+        })
+    }
+
+    /// Starts observer as `start` says, with `args` (plus `--metrics-addr 127.0.0.1:0` unless
+    /// given), and waits until it says it is ready, it exits, or the ready timeout passes.
+    pub fn try_start(
+        start: Start,
         args: &[&str],
-        stdout: Stdout,
-    ) -> (Observer, Option<Receiver<String>>) {
-        let read_lines = matches!(stdout, Stdout::Lines);
-        let container = match launch {
+    ) -> Result<(Observer, Option<Receiver<String>>), StartError> {
+        let began = Instant::now();
+        let container = match start.launch {
             Launch::Container { .. } => Some(format!(
                 "observer-test-{}-{}",
                 std::process::id(),
@@ -117,55 +239,47 @@ impl Observer {
             )),
             _ => None,
         };
-        let (mut child, stderr, ready) =
-            Self::launch(launch, container.as_deref(), env, args, stdout);
-        let lines = read_lines
-            .then(|| child.stdout.take())
-            .flatten()
-            .map(|out: ChildStdout| {
-                let (tx, rx) = mpsc::channel();
-                std::thread::spawn(move || {
-                    for line in BufReader::new(out).lines().map_while(Result::ok) {
-                        if tx.send(line).is_err() {
-                            break;
-                        }
-                    }
-                });
-                rx
-            });
-        let metrics = match ready.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => metrics_addr(&line),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                if let Some(name) = &container {
-                    remove_container(name);
-                }
-                panic!(
-                    "observer {args:?} did not become ready:\n{}",
-                    stderr.lock().unwrap().join("\n")
-                );
-            }
+        let (child, lines) = Self::launch(start, container.as_deref(), args)?;
+        let mut o = Observer {
+            child,
+            metrics: None,
+            stderr: Arc::default(),
+            stdout: Arc::default(),
+            readers: Vec::new(),
+            container,
         };
-        (
-            Observer {
-                child,
-                metrics,
-                stderr,
-                container,
-            },
-            lines,
-        )
+        let ready = o.read_output(start.stdout);
+        loop {
+            if let Ok(line) = ready.recv_timeout(Duration::from_millis(100)) {
+                o.metrics = metrics_addr(&line);
+                return Ok((o, lines));
+            }
+            if let Ok(Some(status)) = o.child.try_wait() {
+                o.join_readers();
+                return Err(StartError::Exited {
+                    status,
+                    after: began.elapsed(),
+                    stderr: o.stderr_lines(),
+                });
+            }
+            if began.elapsed() > start.ready_timeout {
+                let _ = o.child.kill();
+                let _ = o.child.wait();
+                o.join_readers();
+                return Err(StartError::NotReady {
+                    timeout: start.ready_timeout,
+                    stderr: o.stderr_lines(),
+                });
+            }
+        }
     }
 
-    /// Spawns with stdout kept as a raw pipe when asked (`Stuck` keeps it unread).
+    /// Spawns it, with its stdout's lines in a channel when asked.
     fn launch(
-        launch: Launch,
+        start: Start,
         container: Option<&str>,
-        env: &[(&str, &str)],
         args: &[&str],
-        stdout: Stdout,
-    ) -> (Child, Arc<Mutex<Vec<String>>>, Receiver<String>) {
+    ) -> Result<(Child, Option<Receiver<String>>), StartError> {
         let mut all: Vec<&str> = args.to_vec();
         if !args
             .iter()
@@ -173,7 +287,7 @@ impl Observer {
         {
             all.extend(["--metrics-addr", "127.0.0.1:0"]);
         }
-        let mut command = match launch {
+        let mut command = match start.launch {
             Launch::Direct => Command::new(binary()),
             Launch::Container { image, caps } => {
                 let mut c = Command::new("podman");
@@ -203,28 +317,61 @@ impl Observer {
                     .arg(binary());
                 c
             }
+            Launch::Via(words) => {
+                let (program, rest) = words.split_first().expect("a command to run observer");
+                let mut c = Command::new(program);
+                c.args(rest).arg(binary());
+                c
+            }
         };
         let mut child = command
             .args(&all)
-            .envs(env.iter().copied())
+            .envs(start.env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(match stdout {
+            .stdout(match start.stdout {
                 Stdout::Null => Stdio::null(),
-                Stdout::Lines | Stdout::Stuck | Stdout::Pipe => Stdio::piped(),
+                Stdout::Lines | Stdout::Kept | Stdout::Stuck | Stdout::Pipe => Stdio::piped(),
                 Stdout::Full => std::fs::OpenOptions::new()
                     .write(true)
                     .open("/dev/full")
-                    .expect("/dev/full")
+                    .map_err(|e| StartError::Spawn(format!("/dev/full: {e}")))?
                     .into(),
             })
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting observer");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
+            .map_err(|e| StartError::Spawn(format!("starting observer: {e}")))?;
+        let lines = matches!(start.stdout, Stdout::Lines)
+            .then(|| child.stdout.take())
+            .flatten()
+            .map(|out: ChildStdout| {
+                let (tx, rx) = mpsc::channel();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(out).lines().map_while(Result::ok) {
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                });
+                rx
+            });
+        if let Stdout::Stuck = start.stdout {
+            // Keep the read end open and unread for the child's whole life.
+            let out = child.stdout.take();
+            std::thread::spawn(move || {
+                let _keep = out;
+                std::thread::sleep(Duration::from_secs(3600));
+            });
+        }
+        Ok((child, lines))
+    }
+
+    /// Starts the threads that keep its stderr (and its stdout, with `Stdout::Kept`); the
+    /// receiver gets the ready line.
+    fn read_output(&mut self, stdout: Stdout) -> Receiver<String> {
         let (ready_tx, ready) = mpsc::channel();
-        let err = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let err = self.child.stderr.take().expect("stderr");
+        let sink = self.stderr.clone();
+        self.readers.push(std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 // Kept before the ready line is handed on: a test that reads stderr as soon as
                 // observer is ready must find that line there.
@@ -234,16 +381,30 @@ impl Observer {
                     let _ = ready_tx.send(line);
                 }
             }
-        });
-        if let Stdout::Stuck = stdout {
-            // Keep the read end open and unread for the child's whole life.
-            let out = child.stdout.take();
-            std::thread::spawn(move || {
-                let _keep = out;
-                std::thread::sleep(Duration::from_secs(3600));
-            });
+        }));
+        if let (Stdout::Kept, Some(out)) = (stdout, self.child.stdout.take()) {
+            let sink = self.stdout.clone();
+            self.readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            }));
         }
-        (child, stderr, ready)
+        ready
+    }
+
+    /// Waits (5 s at most) for the output readers, which end when the pipes close: after an
+    /// exit, every line it wrote is kept.
+    fn join_readers(&mut self) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end && self.readers.iter().any(|r| !r.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for r in std::mem::take(&mut self.readers) {
+            if r.is_finished() {
+                let _ = r.join();
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -256,33 +417,60 @@ impl Observer {
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
+        self.stderr_lines().join("\n")
+    }
+
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Its stdout so far (with `Stdout::Kept`).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub fn scrape(&self) -> Scrape {
-        let addr = self.metrics.expect("observer serves metrics");
-        let text = http_get(addr, "/metrics")
-            .unwrap_or_else(|e| panic!("scraping {addr}: {e}\nstderr:\n{}", self.stderr()));
-        Scrape { text }
+        self.try_scrape()
+            .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", self.stderr()))
+    }
+
+    /// One scrape of /metrics, or why it failed.
+    pub fn try_scrape(&self) -> Result<Scrape, String> {
+        let addr = self.metrics.ok_or("observer serves no metrics")?;
+        http_get(addr, "/metrics")
+            .map(|text| Scrape { text })
+            .map_err(|e| format!("scraping {addr}: {e}"))
     }
 
     /// Scrapes until `check` holds (a close lands in the kernel a moment after the client's
     /// close() returns) and returns that scrape; panics with the last scrape otherwise.
-    pub fn settle(&self, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
-        let mut last = None;
-        crate::wait_for(Duration::from_secs(30), || {
-            let s = self.scrape();
-            let ok = check(&s);
-            last = Some(s.clone());
-            ok.then_some(s)
+    pub fn settle(&self, what: &str, check: impl FnMut(&Scrape) -> bool) -> Scrape {
+        self.try_settle(Duration::from_secs(30), check)
+            .unwrap_or_else(|last| {
+                panic!("{what}: never reached; {last}\nstderr:\n{}", self.stderr())
+            })
+    }
+
+    /// Scrapes until `check` holds or `timeout` passes: that scrape, or the last one (or why
+    /// the last one failed).
+    pub fn try_settle(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&Scrape) -> bool,
+    ) -> Result<Scrape, String> {
+        let mut last = String::new();
+        crate::wait_for(timeout, || match self.try_scrape() {
+            Ok(s) if check(&s) => Some(s),
+            Ok(s) => {
+                last = format!("last scrape:\n{}", s.text);
+                None
+            }
+            Err(e) => {
+                last = e;
+                None
+            }
         })
-        .unwrap_or_else(|| {
-            panic!(
-                "{what}: never reached; last scrape:\n{}\nstderr:\n{}",
-                last.map(|s| s.text).unwrap_or_default(),
-                self.stderr()
-            )
-        })
+        .ok_or(last)
     }
 
     /// IDs of the eBPF programs this observer has loaded.
@@ -292,8 +480,23 @@ impl Observer {
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(mut self) -> ExitStatus {
+        self.try_stop(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}:\n{}", self.stderr()))
+    }
+
+    /// SIGTERM (unless it has exited), then waits up to `timeout` for the exit; after that it is
+    /// killed, and that is an error. Again after an exit, the same status.
+    pub fn try_stop(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Ok(status);
+        }
         self.signal(libc::SIGTERM);
-        self.wait(Duration::from_secs(20))
+        self.try_wait_for(timeout).ok_or_else(|| {
+            format!(
+                "observer did not exit within {} s of SIGTERM (killed)",
+                timeout.as_secs()
+            )
+        })
     }
 
     pub fn signal(&self, sig: i32) {
@@ -308,20 +511,24 @@ impl Observer {
 
     /// Waits for the child to exit on its own; panics after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let end = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for observer") {
-                return status;
-            }
-            if std::time::Instant::now() > end {
-                let _ = self.child.kill();
-                panic!(
-                    "observer did not exit within {timeout:?}:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        self.try_wait_for(timeout).unwrap_or_else(|| {
+            panic!(
+                "observer did not exit within {timeout:?}:\n{}",
+                self.stderr()
+            )
+        })
+    }
+
+    /// Waits for the child to exit, and for its last output; None (and killed) after
+    /// `timeout`.
+    fn try_wait_for(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let exited = crate::wait_for(timeout, || self.child.try_wait().ok().flatten());
+        if exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
+        self.join_readers();
+        exited
     }
 }
 
@@ -372,25 +579,59 @@ pub fn metrics_addr(ready_line: &str) -> Option<SocketAddr> {
         .and_then(|a| a.parse().ok())
 }
 
-/// IDs of the eBPF programs process `pid` holds, from the `prog_id:` lines of its fdinfo.
+/// IDs of the eBPF programs process `pid` holds, each once.
 pub fn programs_of(pid: u32) -> Vec<u64> {
-    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| prog_id(&info))
-        .collect();
+    let mut ids: Vec<u64> = prog_fds(pid).iter().map(|p| p.id).collect();
     ids.sort_unstable();
     ids.dedup();
     ids
 }
 
+/// A BPF program a process holds an fd of, as its fdinfo tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgFd {
+    pub id: u64,
+    /// What the kernel charges for the program (`memlock:`), bytes.
+    pub memlock: u64,
+    /// Runs the kernel skipped because the program was running on that CPU already (from
+    /// 5.12; None before).
+    pub recursion_misses: Option<u64>,
+}
+
+/// The BPF programs process `pid` holds fds of, one per fd (`anon_inode:bpf-prog`).
+pub fn prog_fds(pid: u32) -> Vec<ProgFd> {
+    fds_of(pid, "anon_inode:bpf-prog", prog_fd)
+}
+
 /// The program an fd's fdinfo describes, if it is a BPF program's.
-fn prog_id(fdinfo: &str) -> Option<u64> {
+pub fn prog_fd(fdinfo: &str) -> Option<ProgFd> {
+    Some(ProgFd {
+        id: fdinfo_field(fdinfo, "prog_id:")?,
+        memlock: fdinfo_field(fdinfo, "memlock:")?,
+        recursion_misses: fdinfo_field(fdinfo, "recursion_misses:"),
+    })
+}
+
+/// Each fd of process `pid` that is a `target` (readlink of /proc/PID/fd/N), as `parse` reads
+/// its fdinfo; an fd that closes while it is read is left out.
+fn fds_of<T>(pid: u32, target: &str, parse: fn(&str) -> Option<T>) -> Vec<T> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == target))
+        .filter_map(|fd| {
+            let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+            parse(&std::fs::read_to_string(info).ok()?)
+        })
+        .collect()
+}
+
+/// The number after `name` (`memlock:`) in an fdinfo.
+fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
     fdinfo
         .lines()
-        .find_map(|l| l.strip_prefix("prog_id:"))
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().parse().ok())
 }
 
@@ -403,46 +644,60 @@ pub struct MapFd {
     pub memlock: u64,
 }
 
-/// The BPF maps process `pid` holds fds of (`anon_inode:bpf-map` in /proc/PID/fd); an fd that
-/// closes while it is read is left out.
+/// The BPF maps process `pid` holds fds of (`anon_inode:bpf-map`), one per fd.
 pub fn map_fds(pid: u32) -> Vec<MapFd> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf-map")
-        })
-        .filter_map(|fd| {
-            let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
-            map_fd(&std::fs::read_to_string(info).ok()?)
-        })
-        .collect()
+    fds_of(pid, "anon_inode:bpf-map", map_fd)
 }
 
 /// The map an fd's fdinfo describes, if it is a BPF map's.
 pub fn map_fd(fdinfo: &str) -> Option<MapFd> {
-    let field = |name: &str| {
-        fdinfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
     Some(MapFd {
-        id: field("map_id:")?,
-        max_entries: field("max_entries:")?,
-        memlock: field("memlock:")?,
+        id: fdinfo_field(fdinfo, "map_id:")?,
+        max_entries: fdinfo_field(fdinfo, "max_entries:")?,
+        memlock: fdinfo_field(fdinfo, "memlock:")?,
     })
+}
+
+/// What the kernel charges for the maps and programs process `pid` holds, bytes: the
+/// `memlock:` of each fd (what kernels before 5.11 charge to RLIMIT_MEMLOCK).
+pub fn bpf_memory(pid: u32) -> u64 {
+    let maps: u64 = map_fds(pid).iter().map(|m| m.memlock).sum();
+    maps + prog_fds(pid).iter().map(|p| p.memlock).sum::<u64>()
+}
+
+/// Every program loaded in the kernel, as (id, name), read with bpf(2) (no bpftool: the VM
+/// guest has none). A program unloaded while the list is read is left out.
+pub fn kernel_programs() -> Result<Vec<(u64, String)>, String> {
+    let mut out = Vec::new();
+    for p in aya::programs::loaded_programs() {
+        match p {
+            Ok(p) => out.push((
+                u64::from(p.id()),
+                String::from_utf8_lossy(p.name()).into_owned(),
+            )),
+            Err(aya::programs::ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(format!("listing the kernel's programs: {e}")),
+        }
+    }
+    Ok(out)
+}
+
+/// The loaded programs named like observer's (`PROGRAM_NAMES`), any instance's, as (id, name).
+pub fn observer_programs() -> Result<Vec<(u64, String)>, String> {
+    Ok(kernel_programs()?
+        .into_iter()
+        .filter(|(_, n)| PROGRAM_NAMES.contains(&n.as_str()))
+        .collect())
+}
+
+fn kernel_programs_or_panic() -> Vec<(u64, String)> {
+    kernel_programs().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Whether a program with this ID is still loaded.
 pub fn program_loaded(id: u64) -> bool {
-    Command::new("bpftool")
-        .args(["prog", "show", "id", &id.to_string()])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    kernel_programs_or_panic().iter().any(|(p, _)| *p == id)
 }
 
 /// Whether every program of `ids` is gone within a few seconds. The kernel releases a program
@@ -455,33 +710,95 @@ pub fn programs_released(ids: &[u64]) -> bool {
     .is_some()
 }
 
-/// The IDs of the observer main programs loaded on this machine (any instance), from bpftool.
-/// A set, not a count: one that an exited observer leaves to be released (asynchronously) can
-/// be told from one a new observer loaded.
+/// The IDs of the observer main programs loaded on this machine (any instance). A set, not a
+/// count: one that an exited observer leaves to be released (asynchronously) can be told from
+/// one a new observer loaded.
 pub fn loaded_program_ids() -> std::collections::BTreeSet<u64> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .expect("bpftool");
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    progs
-        .as_array()
+    kernel_programs_or_panic()
         .into_iter()
-        .flatten()
-        .filter(|p| p["name"] == "observer_main")
-        .filter_map(|p| p["id"].as_u64())
+        .filter(|(_, n)| n == "observer_main")
+        .map(|(id, _)| id)
         .collect()
 }
 
-/// How many observer programs are loaded on this machine (any instance), from bpftool.
+/// How many observer main programs are loaded on this machine (any instance).
 pub fn loaded_programs() -> usize {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool");
-    String::from_utf8_lossy(&out.stdout)
-        .matches("name observer_main")
-        .count()
+    loaded_program_ids().len()
+}
+
+/// observer's stderr on one line: its own first lines (what went wrong; a verifier log comes
+/// before them), else the first lines, and the verifier's complaint if there is one.
+pub fn stderr_summary(lines: &[String]) -> String {
+    let own: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("observer:"))
+        .collect();
+    let first = if own.is_empty() {
+        lines.iter().filter(|l| !l.trim().is_empty()).collect()
+    } else {
+        own
+    };
+    let mut head: Vec<String> = first.iter().take(3).map(|l| truncate(l, 300)).collect();
+    if let Some(v) = verifier_message(lines) {
+        head.push(format!("verifier: {}", truncate(&v, 300)));
+    }
+    head.join(" / ")
+}
+
+/// The verifier's own complaint in a log: the last line that is neither a register dump, an
+/// instruction, nor a statistic.
+pub fn verifier_message(lines: &[String]) -> Option<String> {
+    lines
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("observer:")
+                && !l.starts_with(';')
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("last_idx")
+                && !l.starts_with("regs=")
+                && !l.starts_with("parent ")
+                && !l.starts_with("frame")
+                && !l.starts_with("from ")
+                && !l.starts_with("mark_precise")
+                && !l.starts_with("func#")
+                && !l.starts_with("Func#")
+                && *l != "caller:"
+                && *l != "callee:"
+                && !is_register_state(l)
+                && !l
+                    .split_once(':')
+                    .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(str::to_string)
+}
+
+/// `R1=ctx(...)`, `R6_w=0 R7=0 ...`: the verifier's register states (not `R6 !read_ok`).
+fn is_register_state(l: &str) -> bool {
+    l.strip_prefix('R').is_some_and(|r| {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0
+            && r[digits..]
+                .split('=')
+                .next()
+                .is_some_and(|m| m.is_empty() || m == "_w")
+    })
+}
+
+/// At most `n` bytes of `s` (on a character boundary), with `...` when cut.
+fn truncate(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        return s.to_string();
+    }
+    let mut end = n;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 /// Part of the warning observer gives where the kernel lets no program attach to the request
@@ -531,9 +848,60 @@ mod tests {
     #[test]
     fn reads_the_program_of_an_fdinfo() {
         let prog = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\nprog_type:\t26\nprog_jited:\t1\nprog_tag:\t6f0c5b7b0b3e1c2a\nmemlock:\t8192\nprog_id:\t3109\n";
-        assert_eq!(super::prog_id(prog), Some(3109));
+        assert_eq!(
+            super::prog_fd(prog),
+            Some(super::ProgFd {
+                id: 3109,
+                memlock: 8192,
+                recursion_misses: None
+            })
+        );
+        let newer = format!("{prog}run_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t7\n");
+        assert_eq!(
+            super::prog_fd(&newer).and_then(|p| p.recursion_misses),
+            Some(7)
+        );
         let map = "pos:\t0\nflags:\t02000002\nmap_type:\t1\nmap_id:\t10538\n";
-        assert_eq!(super::prog_id(map), None);
+        assert_eq!(super::prog_fd(map), None);
+    }
+
+    fn lines(s: &str) -> Vec<String> {
+        s.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_verifier_complaint_is_found_under_its_statistics() {
+        let log = lines(
+            "\
+4106: (bf) r1 = r6
+R6 !read_ok
+verification time 3353832 usec
+stack depth 336+0+8
+processed 131204 insns (limit 1000000) max_states_per_insn 14
+
+observer: the kernel refused the eBPF program observer_main (Permission denied (os error 13))",
+        );
+        assert_eq!(
+            super::verifier_message(&log).as_deref(),
+            Some("R6 !read_ok")
+        );
+        assert_eq!(
+            super::stderr_summary(&log),
+            "observer: the kernel refused the eBPF program observer_main (Permission denied (os error 13)) / verifier: R6 !read_ok"
+        );
+        let log = lines(
+            "\
+; T::from_register(unsafe { *ptr as u64 })
+invalid read from stack R10 off=-312 size=8
+processed 5 insns
+observer: refused",
+        );
+        assert_eq!(
+            super::verifier_message(&log).as_deref(),
+            Some("invalid read from stack R10 off=-312 size=8")
+        );
+        let log = lines("callee:\n frame1: R1_w=map_value(off=0) R10=fp0\nR1=ctx() R10=fp0\n");
+        assert_eq!(super::verifier_message(&log), None);
     }
 
     #[test]

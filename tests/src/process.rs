@@ -1,36 +1,51 @@
 //! The `tcp-helper` binary as a child process, optionally inside a network namespace.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+    time::Duration,
 };
 
-/// The `tcp-helper` binary cargo builds beside the integration tests (target/<profile>/).
-fn binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps");
-    let path = dir.join("tcp-helper");
-    assert!(
-        path.exists(),
-        "{} is missing (cargo builds it with the tests)",
-        path.display()
-    );
-    path
+/// The `tcp-helper` binary beside this one (the VM guest's /bin), or where cargo builds it
+/// beside the integration tests (target/<profile>/, one up from their deps/).
+fn binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("tcp-helper"))
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .ok_or_else(|| {
+            format!("tcp-helper is missing (cargo builds it with the tests): not in {candidates:?}")
+        })
 }
+
+/// How long a command may take to answer: the largest (`connect` of a few hundred) take
+/// well under a second.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running `tcp-helper`; killed on drop.
 pub struct Helper {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    replies: Receiver<String>,
 }
 
 impl Helper {
     /// Starts a helper in the current network namespace.
     pub fn start() -> Helper {
-        Self::spawn(Command::new(binary()))
+        Self::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The same, or why it could not start.
+    pub fn try_start() -> Result<Helper, String> {
+        Self::spawn(Command::new(binary()?))
     }
 
     /// Starts a helper that gets PID `pid` (free now): the kernel hands out the PID after
@@ -51,24 +66,34 @@ impl Helper {
     /// Starts a helper inside network namespace `ns` (made with `ip netns add`).
     pub fn start_in(ns: &str) -> Helper {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).arg(binary());
-        Self::spawn(c)
+        c.args(["netns", "exec", ns])
+            .arg(binary().unwrap_or_else(|e| panic!("{e}")));
+        Self::spawn(c).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn spawn(mut cmd: Command) -> Helper {
+    fn spawn(mut cmd: Command) -> Result<Helper, String> {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("starting tcp-helper");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Helper {
+            .map_err(|e| format!("starting tcp-helper: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let out = child.stdout.take().expect("piped");
+        // A thread reads the replies, so that waiting for one is bounded.
+        let (tx, replies) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Helper {
             child,
             stdin,
-            stdout,
-        }
+            replies,
+        })
     }
 
     /// The helper's PID (`ip netns exec` execs it, so this is the helper itself).
@@ -77,15 +102,32 @@ impl Helper {
     }
 
     fn ask(&mut self, line: &str) -> String {
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut reply = String::new();
-        self.stdout.read_line(&mut reply).unwrap();
-        assert!(
-            !reply.starts_with("error") && !reply.is_empty(),
-            "tcp-helper: {line}: {reply}"
-        );
-        reply.trim().to_string()
+        self.try_ask(line).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sends one command; its reply, or why there is none (an `error` reply, an exit, no reply
+    /// within 30 s).
+    pub fn try_ask(&mut self, line: &str) -> Result<String, String> {
+        writeln!(self.stdin, "{line}")
+            .and_then(|_| self.stdin.flush())
+            .map_err(|e| format!("tcp-helper `{line}`: {e}"))?;
+        let reply = self.replies.recv_timeout(REPLY_TIMEOUT).map_err(|_| {
+            format!("tcp-helper `{line}`: no reply (it exited, or took over {REPLY_TIMEOUT:?})")
+        })?;
+        if reply.starts_with("error") {
+            return Err(format!("tcp-helper `{line}`: {reply}"));
+        }
+        Ok(reply.trim().to_string())
+    }
+
+    /// Sends one command, which must get exactly `reply`.
+    pub fn expect(&mut self, line: &str, reply: &str) -> Result<(), String> {
+        let got = self.try_ask(line)?;
+        if got == reply {
+            Ok(())
+        } else {
+            Err(format!("tcp-helper `{line}` said `{got}`, not `{reply}`"))
+        }
     }
 
     /// Listens on `addr`; returns the port.
@@ -150,10 +192,8 @@ impl Helper {
 
     /// Opens `n` connections and keeps them until `release`.
     pub fn hold(&mut self, addr: &str, n: usize) {
-        assert_eq!(
-            self.ask(&format!("hold {addr} {n}")),
-            format!("holding {n}")
-        );
+        self.expect(&format!("hold {addr} {n}"), &format!("holding {n}"))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Closes the held connections.

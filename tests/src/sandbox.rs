@@ -109,23 +109,33 @@ pub struct Cgroup {
 
 impl Cgroup {
     pub fn new() -> Cgroup {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        Self::try_new().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The same, or why it could not be made.
+    pub fn try_new() -> Result<Cgroup, String> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts")
+            .map_err(|e| format!("/proc/self/mounts: {e}"))?;
         let root = mounts
             .lines()
             .find_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
             })
-            .expect("a cgroup v2 hierarchy is mounted");
+            .ok_or("no cgroup v2 hierarchy is mounted")?;
         let path = root.join(unique("observer-test"));
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        Cgroup { path, root }
+        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        Ok(Cgroup { path, root })
     }
 
     /// Moves a process into this cgroup.
     pub fn add(&self, pid: u32) {
+        self.try_add(pid).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_add(&self, pid: u32) -> Result<(), String> {
         std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
-            .expect("moving a process into the cgroup");
+            .map_err(|e| format!("moving {pid} into {}: {e}", self.path.display()))
     }
 }
 
@@ -143,7 +153,10 @@ impl Drop for Cgroup {
                 let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
             }
         }
-        let _ = std::fs::remove_dir(&self.path);
+        // It can be removed a moment after its last process has gone.
+        crate::wait_for(std::time::Duration::from_secs(5), || {
+            (std::fs::remove_dir(&self.path).is_ok() || !self.path.exists()).then_some(())
+        });
     }
 }
 

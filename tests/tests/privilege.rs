@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use observer_tests::{
     observer::{HOST_MEMLOCK, Observer, binary, loaded_program_ids},
+    privilege::{CAP_BPF, effective_caps, memlock_limit},
     process::Helper,
     require_root,
     sandbox::Cgroup,
@@ -18,31 +19,6 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 const OPENED: &str = "observer_tcp_connections_opened_total";
 const CLOSED: &str = "observer_tcp_connections_closed_total";
-/// Bit 39 of a capability set: CAP_BPF.
-const CAP_BPF: u64 = 1 << 39;
-
-/// A process's soft and hard RLIMIT_MEMLOCK, from /proc/PID/limits.
-fn memlock(pid: u32) -> (String, String) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits
-        .lines()
-        .find_map(|l| l.strip_prefix("Max locked memory"))
-        .expect("a Max locked memory line");
-    let mut w = line.split_whitespace().map(str::to_string);
-    (w.next().unwrap(), w.next().unwrap())
-}
-
-/// A process's effective capabilities, from /proc/PID/status.
-fn effective(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .expect("a CapEff line")
-        .trim();
-    u64::from_str_radix(hex, 16).unwrap()
-}
-
 /// What this machine needs for each target, the README's set: CAP_SYS_PTRACE and
 /// CAP_DAC_READ_SEARCH find which process holds each socket (`--pid`, `--cgroup`: the servers
 /// here are root's), and CAP_SYS_PTRACE the network namespaces of other users' processes
@@ -69,13 +45,13 @@ fn with_only_the_documented_capabilities_each_target_counts_exactly() {
     ] {
         let o = Observer::start_with_caps(&CAPS, &args);
         assert_eq!(
-            effective(o.pid()),
+            effective_caps(o.pid()).expect("a CapEff line"),
             CAP_BPF,
             "{args:?}: only CAP_BPF is kept once started"
         );
         let host = HOST_MEMLOCK.to_string();
         assert_eq!(
-            memlock(o.pid()),
+            memlock_limit(o.pid()).expect("a Max locked memory line"),
             (host.clone(), host),
             "{args:?}: the memlock limit, which this kernel does not charge, as it was"
         );

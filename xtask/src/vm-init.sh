@@ -3,6 +3,8 @@
 # guest's tests (/bin/vm-guest, which reads its parameters from /proc/cmdline), powers off.
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
+# The observer the test harness in vm-guest runs.
+export OBSERVER_BIN=/bin/observer
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null

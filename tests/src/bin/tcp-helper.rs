@@ -20,7 +20,6 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 fn main() {
@@ -66,16 +65,7 @@ fn main() {
             }
             ["connect", addr, n] => {
                 let addr: SocketAddr = addr.parse().expect("address");
-                let (mut ok, mut failed) = (0, 0);
-                for _ in 0..n.parse::<usize>().expect("count") {
-                    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-                        Ok(s) => {
-                            ok += 1;
-                            drop(s);
-                        }
-                        Err(_) => failed += 1,
-                    }
-                }
+                let (ok, failed) = observer_tests::net::connect_n(addr, n.parse().expect("count"));
                 writeln!(out, "connected {ok} {failed}").unwrap();
             }
             ["hold", addr, n] => {

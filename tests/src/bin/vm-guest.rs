@@ -1,6 +1,8 @@
 //! The guest side of `cargo xtask vm-test`: the tests that run inside a qemu guest booted with one
 //! of Debian's kernels, as the child of the initramfs's `/init`. Only busybox, `/bin/observer` and
-//! `/bin/tcp-helper` exist there; the network is loopback; the guest has 2 vCPUs.
+//! `/bin/tcp-helper` exist there; the network is loopback; the guest has 2 vCPUs. The tests use
+//! the test harness (`observer_tests`), which finds observer through OBSERVER_BIN (set by
+//! `/init`) and tcp-helper beside this binary, and needs none of the host's tools there.
 //!
 //! Every test prints exactly one line, `VMT: ok NAME DETAIL` or `VMT: FAIL NAME DETAIL`, and the
 //! run ends with `VMT: RESULT P passed, F failed`; `VMT: info ...` lines describe the kernel.
@@ -9,40 +11,37 @@
 //!
 //! Parameters come from the kernel command line: `vmt.tests=NAME,NAME` runs only those tests.
 use observer_tests::{
-    net::connect_from,
-    scrape::{Scrape, http_get},
+    events::{json_head, text_head},
+    net::{Mode, Server, connect_from, connect_n, try_listen_with_backlog},
+    observer::{
+        self, HOST_MEMLOCK, Launch, Observer, PROGRAM_NAMES, Start, StartError, Stdout,
+        observer_programs, prog_fds,
+    },
+    privilege::{CAP_BPF, DOCUMENTED, effective_caps, memlock_limit},
+    process::Helper,
+    sandbox::Cgroup,
+    scrape::Scrape,
+    wait_for,
 };
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU16, Ordering},
-        mpsc::{self, Receiver},
+        Arc,
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-const OBSERVER: &str = "/bin/observer";
-const TCP_HELPER: &str = "/bin/tcp-helper";
 /// The verifier is slow under emulation (several seconds per program).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a test polls the metrics (or the events) for the expected values.
 const SETTLE: Duration = Duration::from_secs(20);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-const CGROUP: &str = "/sys/fs/cgroup/vmt";
-/// The names observer's programs have in the kernel: two on the tracepoint, two iterators.
-const PROGRAM_NAMES: [&str; 4] = [
-    "observer_main",
-    "observer_backup",
-    "observer_sweep",
-    "observer_reap",
-];
 
 type Outcome = Result<String, String>;
 type Test = (&'static str, fn() -> Outcome);
@@ -144,19 +143,14 @@ fn uname_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// This process's soft RLIMIT_MEMLOCK, in KiB or `unlimited`.
 fn memlock() -> String {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: r is a valid rlimit to write to.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
-        return "unknown".into();
-    }
-    if r.rlim_cur == libc::RLIM_INFINITY {
-        "unlimited".into()
-    } else {
-        format!("{}KiB", r.rlim_cur / 1024)
+    match memlock_limit(std::process::id()) {
+        Some((soft, _)) if soft == "unlimited" => soft,
+        Some((soft, _)) => soft
+            .parse::<u64>()
+            .map_or_else(|_| "unknown".into(), |b| format!("{}KiB", b / 1024)),
+        None => "unknown".into(),
     }
 }
 
@@ -171,15 +165,15 @@ fn churn_two_observers() -> Outcome {
     const R: u16 = 9101;
     const PER_CPU: usize = 300;
     const REFUSED_PER_CPU: usize = 20;
-    let _server = Server::start(P)?;
+    let _server = serve(P)?;
     // Nothing may listen on R: make sure the port is free.
     drop(TcpListener::bind((Ipv4Addr::LOCALHOST, R)).map_err(|e| format!("port {R}: {e}"))?);
     let (p, r) = (P.to_string(), R.to_string());
-    let mut a = Observer::start(
+    let mut a = Run::start(
         "A",
         &["--port", &p, "--remote-port", &r, "--events", "json"],
     )?;
-    let mut b = Observer::start(
+    let mut b = Run::start(
         "B",
         &["--port", &p, "--remote-port", &r, "--events", "text"],
     )?;
@@ -187,8 +181,8 @@ fn churn_two_observers() -> Outcome {
         .map(|cpu| {
             std::thread::spawn(move || {
                 let pinned = pin_to_cpu(cpu);
-                let (ok, _) = connect_n(P, PER_CPU);
-                let (succeeded, refused) = connect_n(R, REFUSED_PER_CPU);
+                let (ok, _) = connect_n(local(P), PER_CPU);
+                let (succeeded, refused) = connect_n(local(R), REFUSED_PER_CPU);
                 (pinned, ok, succeeded, refused)
             })
         })
@@ -243,8 +237,10 @@ fn churn_two_observers() -> Outcome {
     }
     // Events reach stdout within 50 ms of their ring buffer record; wait for them before stopping.
     let want = (opens, opens, fails);
-    let count = |o: &Observer| count_events(&o.stdout_lines(), o.label == "B", P, R);
-    wait_until(SETTLE, || count(&a).0 == want && count(&b).0 == want);
+    let count = |o: &Run| count_events(&o.stdout_lines(), o.label == "B", P, R);
+    wait_for(SETTLE, || {
+        (count(&a).0 == want && count(&b).0 == want).then_some(())
+    });
     let info: Vec<String> = [&a, &b]
         .iter()
         .filter_map(|o| o.scrape().ok())
@@ -316,13 +312,13 @@ fn timeouts_nest() -> Outcome {
     const Q: u16 = 9801;
     const N: usize = 600;
     const ROUNDS: usize = 4;
-    let _server = Server::start(P)?;
+    let _server = serve(P)?;
     let (_blackhole, _filler) = full_listener(Q)?;
     let (p, q) = (P.to_string(), Q.to_string());
     // Two observers, the second streaming events: runs of the programs take twice as long,
     // twice the chance that a timer's transition comes in the middle of one.
-    let o = Observer::start("A", &["--port", &p, "--remote-port", &q])?;
-    let second = Observer::start(
+    let o = Run::start("A", &["--port", &p, "--remote-port", &q])?;
+    let second = Run::start(
         "B",
         &["--port", &p, "--remote-port", &q, "--events", "json"],
     )?;
@@ -334,7 +330,7 @@ fn timeouts_nest() -> Outcome {
                 pin_to_cpu(cpu);
                 let mut n = 0;
                 while !done.load(Ordering::Relaxed) {
-                    n += connect_n(P, 1).0;
+                    n += connect_n(local(P), 1).0;
                 }
                 n
             })
@@ -343,7 +339,9 @@ fn timeouts_nest() -> Outcome {
     // Spread over two seconds, so that their timers fire one by one into the churn. A run of
     // the program caught by one is a matter of chance: rounds go on (at most ROUNDS) until the
     // kernel shows one, nested (5.10) or skipped and taken by the backup.
-    let (_, counts_skips) = prog_fdinfo(o.pid());
+    let counts_skips = prog_fds(o.pid())
+        .iter()
+        .any(|p| p.recursion_misses.is_some());
     let caught = |m: &Metrics| {
         let total = |name: &str| m.samples(name).iter().map(|(_, v)| v).sum::<f64>();
         if counts_skips {
@@ -439,18 +437,15 @@ fn timeouts_nest() -> Outcome {
 
 /// A listener on `port` whose accept queue is full (backlog 0, one connection waiting, never
 /// accepted): the kernel drops every further SYN. Returns it and the connection that fills it.
-fn full_listener(port: u16) -> Result<(OwnedFd, TcpStream), String> {
-    let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-        .map_err(|e| format!("binding 127.0.0.1:{port}: {e}"))?;
-    // SAFETY: a listening socket this function owns.
-    if unsafe { libc::listen(l.as_raw_fd(), 0) } != 0 {
-        return Err(format!("listen: {}", std::io::Error::last_os_error()));
-    }
-    let filler = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .map_err(|e| format!("filling the queue of {port}: {e}"))?;
-    Ok((OwnedFd::from(l), filler))
+fn full_listener(port: u16) -> Result<(TcpListener, TcpStream), String> {
+    let l = try_listen_with_backlog(local(port), 0)?;
+    let filler =
+        TcpStream::connect(local(port)).map_err(|e| format!("filling the queue of {port}: {e}"))?;
+    Ok((l, filler))
 }
 
+// Handshakes that time out: only this test makes them, with raw sockets the harness has no
+// other use for.
 /// A non-blocking connect to `port` that gives up after one retry of its SYN (about 3 s).
 fn syn_that_times_out(port: u16) -> Result<OwnedFd, String> {
     let err = || std::io::Error::last_os_error().to_string();
@@ -525,13 +520,13 @@ fn wait_for_timeouts(fds: &[OwnedFd], limit: Duration) -> usize {
 /// Connections open before observer starts are counted by its snapshot, and their close later.
 fn attach_with_open_connections() -> Outcome {
     const P2: u16 = 9200;
-    let mut h = Helper::spawn()?;
+    let mut h = Helper::try_start()?;
     h.expect(
         &format!("listen 127.0.0.1:{P2}"),
         &format!("listening {P2}"),
     )?;
     h.expect(&format!("hold 127.0.0.1:{P2} 7"), "holding 7")?;
-    let o = Observer::start("", &["--port", &P2.to_string()])?;
+    let o = Run::start("", &["--port", &P2.to_string()])?;
     let first = o.scrape().map_err(|e| o.failure(&e))?;
     let established = first.established("inbound", P2);
     let first_cmp = [Cmp::new("first scrape established", established, 7)];
@@ -566,16 +561,16 @@ fn attach_with_open_connections() -> Outcome {
 fn pid() -> Outcome {
     const P3: u16 = 9300;
     const P: u16 = 9301;
-    let mut x = Helper::spawn()?;
+    let mut x = Helper::try_start()?;
     x.expect(
         &format!("listen 127.0.0.1:{P3}"),
         &format!("listening {P3}"),
     )?;
-    let _server = Server::start(P)?;
-    let o = Observer::start("", &["--pid", &x.pid().to_string()])?;
+    let _server = serve(P)?;
+    let o = Run::start("", &["--pid", &x.pid().to_string()])?;
     let detail = process_target_test(&o, &mut x, P3, P)?;
     // A child X forks now is a target too (the fork program).
-    let reply = x.command("spawn")?;
+    let reply = x.try_ask("spawn")?;
     if !reply.starts_with("spawned 0 ") {
         return Err(format!("helper said `{reply}` to spawn"));
     }
@@ -592,17 +587,16 @@ fn pid() -> Outcome {
 /// `--cgroup DIR`: a process moved into DIR before it listens and connects.
 fn cgroup() -> Outcome {
     const P: u16 = 9401;
-    let _dir = CgroupDir::create(CGROUP)?;
-    let mut h = Helper::spawn()?;
-    std::fs::write(Path::new(CGROUP).join("cgroup.procs"), h.pid().to_string())
-        .map_err(|e| format!("moving the helper into {CGROUP}: {e}"))?;
-    let reply = h.command("listen 127.0.0.1:0")?;
+    let dir = Cgroup::try_new()?;
+    let mut h = Helper::try_start()?;
+    dir.try_add(h.pid())?;
+    let reply = h.try_ask("listen 127.0.0.1:0")?;
     let port: u16 = reply
         .strip_prefix("listening ")
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| format!("helper said `{reply}` to listen"))?;
-    let _server = Server::start(P)?;
-    let o = Observer::start("", &["--cgroup", CGROUP])?;
+    let _server = serve(P)?;
+    let o = Run::start("", &["--cgroup", &dir.path.to_string_lossy()])?;
     let r = process_target_test(&o, &mut h, port, P);
     drop(o);
     drop(h);
@@ -611,7 +605,7 @@ fn cgroup() -> Outcome {
 
 /// The common part of `pid` and `cgroup`: 10 inbound connections to the target's port `inbound`,
 /// then 5 connections from the target to `outbound` (served by this process).
-fn process_target_test(o: &Observer, target: &mut Helper, inbound: u16, outbound: u16) -> Outcome {
+fn process_target_test(o: &Run, target: &mut Helper, inbound: u16, outbound: u16) -> Outcome {
     let detail_in = connections_counted(o, inbound, "inbound")?;
     target.expect(&format!("connect 127.0.0.1:{outbound} 5"), "connected 5 0")?;
     let (good, detail_out) = o.settle(|m| opened_closed(m, "outbound", outbound, 5));
@@ -626,16 +620,16 @@ fn process_target_test(o: &Observer, target: &mut Helper, inbound: u16, outbound
 /// `--remote-port P`: outbound connections to P from any process.
 fn remote_port() -> Outcome {
     const P: u16 = 9500;
-    let _server = Server::start(P)?;
-    let o = Observer::start("", &["--remote-port", &P.to_string()])?;
+    let _server = serve(P)?;
+    let o = Run::start("", &["--remote-port", &P.to_string()])?;
     connections_counted(&o, P, "outbound")
 }
 
 /// No target: every listening port, including one that appears after observer is ready.
 fn all_listeners() -> Outcome {
     const P5: u16 = 9600;
-    let o = Observer::start("", &[])?;
-    let mut h = Helper::spawn()?;
+    let o = Run::start("", &[])?;
+    let mut h = Helper::try_start()?;
     h.expect(
         &format!("listen 127.0.0.1:{P5}"),
         &format!("listening {P5}"),
@@ -645,8 +639,8 @@ fn all_listeners() -> Outcome {
 
 /// Makes 10 connections to 127.0.0.1:`port` and waits until `o` counts each opened and closed,
 /// in `direction`.
-fn connections_counted(o: &Observer, port: u16, direction: &str) -> Outcome {
-    let (ok, _) = connect_n(port, 10);
+fn connections_counted(o: &Run, port: u16, direction: &str) -> Outcome {
+    let (ok, _) = connect_n(local(port), 10);
     if ok != 10 {
         return Err(format!("only {ok} of 10 connections to {port} succeeded"));
     }
@@ -665,8 +659,8 @@ fn endings() -> Outcome {
     const P: u16 = 9900;
     const R: u16 = 9901;
     const SENT: usize = 1000;
-    let _server = Server::start(P)?;
-    let o = Observer::start(
+    let _server = serve(P)?;
+    let o = Run::start(
         "",
         &[
             "--port",
@@ -677,7 +671,7 @@ fn endings() -> Outcome {
             "json",
         ],
     )?;
-    let (_, refused) = connect_n(R, 3);
+    let (_, refused) = connect_n(local(R), 3);
     {
         let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, P)).map_err(|e| e.to_string())?;
         c.write_all(&[7u8; SENT]).map_err(|e| e.to_string())?;
@@ -755,7 +749,7 @@ fn endings() -> Outcome {
 /// SIGTERM: exit 0 promptly, and no program of observer's stays loaded in the kernel.
 fn sigterm_unloads() -> Outcome {
     const P: u16 = 9700;
-    let mut o = Observer::start("", &["--port", &P.to_string()])?;
+    let mut o = Run::start("", &["--port", &P.to_string()])?;
     let before = observer_programs()?;
     if before.len() < PROGRAM_NAMES.len() {
         return Err(o.failure(&format!(
@@ -769,14 +763,12 @@ fn sigterm_unloads() -> Outcome {
         return Err(o.failure(&format!("exit status {status} after SIGTERM")));
     }
     let t1 = Instant::now();
-    let mut left = before.clone();
-    while t1.elapsed() < Duration::from_secs(5) {
-        left = observer_programs()?;
-        if left.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut left = Ok(before.clone());
+    wait_for(Duration::from_secs(5), || {
+        left = observer_programs();
+        left.as_ref().is_ok_and(Vec::is_empty).then_some(())
+    });
+    let left = left?;
     if left.is_empty() {
         Ok(format!(
             "{} programs loaded while running; exit 0 {exit_secs:.1} s after SIGTERM; none left after {:.1} s",
@@ -794,14 +786,15 @@ fn sigterm_unloads() -> Outcome {
 /// (`recursion_misses:` in the programs' fdinfo, from 5.12).
 fn skipped_runs_series() -> Outcome {
     const P: u16 = 9800;
-    let o = match Observer::start("", &["--port", &P.to_string()]) {
+    let o = match Run::start("", &["--port", &P.to_string()]) {
         Ok(o) => o,
         Err(e) => {
             println!("VMT: info recursion_misses unknown (observer did not load)");
             return Err(e);
         }
     };
-    let (progs, misses) = prog_fdinfo(o.pid());
+    let fds = prog_fds(o.pid());
+    let (progs, misses) = (fds.len(), fds.iter().any(|p| p.recursion_misses.is_some()));
     println!(
         "VMT: info recursion_misses {}",
         if misses { "present" } else { "absent" }
@@ -835,7 +828,7 @@ fn skipped_runs_series() -> Outcome {
 fn least_privilege() -> Outcome {
     const P: u16 = 9900;
     let charged = charges_memlock(&uname_release());
-    let mut h = Helper::spawn()?;
+    let mut h = Helper::try_start()?;
     h.expect(&format!("listen 127.0.0.1:{P}"), &format!("listening {P}"))?;
     let port = P.to_string();
     let pid = h.pid().to_string();
@@ -849,18 +842,18 @@ fn least_privilege() -> Outcome {
     )];
     let mut documented: Vec<&str> = DOCUMENTED.to_vec();
     if charged {
-        documented.push("CAP_SYS_RESOURCE");
+        documented.push("sys_resource");
     }
     let runs: [(&str, &[&str], Unprivileged); 4] = [
         (
             "--port, documented set, 64 KiB",
             &["--port", &port],
-            Unprivileged::new(&documented, HOST_MEMLOCK),
+            Unprivileged::new(&documented, HOST_LIMIT),
         ),
         (
             "--pid, documented set, 64 KiB",
             &["--pid", &pid],
-            Unprivileged::new(&documented, HOST_MEMLOCK),
+            Unprivileged::new(&documented, HOST_LIMIT),
         ),
         // systemd's LimitMEMLOCK=infinity.
         (
@@ -872,14 +865,15 @@ fn least_privilege() -> Outcome {
         (
             "--port, no CAP_SYS_RESOURCE, 64 KiB soft, unlimited hard",
             &["--port", &port],
-            Unprivileged::new(&DOCUMENTED, (HOST_MEMLOCK.0, None)),
+            Unprivileged::new(&DOCUMENTED, (Some(HOST_MEMLOCK), None)),
         ),
     ];
     for (what, args, user) in runs {
-        let o = Observer::start_as(what, args, Some(&user))?;
-        let caps = cap_eff(o.pid());
-        let charge = bpf_memory(o.pid());
-        let limit = locked_memory_limit(o.pid());
+        let o = Run::start_as(what, args, Some(&user))?;
+        let caps = effective_caps(o.pid());
+        let charge = observer::bpf_memory(o.pid());
+        let limit = memlock_limit(o.pid())
+            .map_or_else(|| "unknown".into(), |(soft, hard)| format!("{soft}:{hard}"));
         let counted = connections_counted(&o, P, "inbound").map_err(|e| format!("{what}: {e}"))?;
         if caps != Some(CAP_BPF) {
             return Err(o.failure(&format!(
@@ -901,10 +895,10 @@ fn least_privilege() -> Outcome {
     // Without CAP_SYS_RESOURCE under the host's limit: one line naming it where the kernel
     // charges memlock, nothing loaded; counted exactly where it does not.
     let what = "--port, no CAP_SYS_RESOURCE, 64 KiB";
-    let user = Unprivileged::new(&DOCUMENTED, HOST_MEMLOCK);
+    let user = Unprivileged::new(&DOCUMENTED, HOST_LIMIT);
     match (
         charged,
-        Observer::start_as(what, &["--port", &port], Some(&user)),
+        Run::start_as(what, &["--port", &port], Some(&user)),
     ) {
         (false, Ok(o)) => {
             let counted = connections_counted(&o, P, "inbound")?;
@@ -1023,10 +1017,10 @@ fn healed(reason: &str) -> bool {
 /// count back to 0 when they close.
 fn by_remote() -> Outcome {
     const P: u16 = 9950;
-    let mut h = Helper::spawn()?;
+    let mut h = Helper::try_start()?;
     h.expect(&format!("listen 127.0.0.1:{P}"), &format!("listening {P}"))?;
     h.expect(&format!("hold 127.0.0.1:{P} 3"), "holding 3")?;
-    let o = Observer::start(
+    let o = Run::start(
         "",
         &["--port", &P.to_string(), "--by-remote", "--events", "json"],
     )?;
@@ -1128,231 +1122,89 @@ fn common_health(m: &Metrics) -> Vec<Cmp> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// observer as a child process.
+// observer as a child process: the harness's, with a label for the reports.
 
-static NEXT_METRICS_PORT: AtomicU16 = AtomicU16::new(18100);
-
-struct Observer {
+/// One observer of a test (the harness's `Observer`), with the label its report lines name it
+/// by (`A`, `B`, or none), and the guest's console output of its stderr when it fails.
+struct Run {
     label: String,
-    child: Child,
-    metrics: SocketAddr,
-    stderr: Arc<Mutex<Vec<String>>>,
-    stdout: Arc<Mutex<Vec<String>>>,
-    readers: Vec<JoinHandle<()>>,
-    exited: Option<ExitStatus>,
+    o: Observer,
 }
 
-impl Observer {
-    /// Starts `observer ARGS --metrics-addr 127.0.0.1:PORT` and waits for its ready line.
-    fn start(label: &str, args: &[&str]) -> Result<Observer, String> {
-        Observer::start_as(label, args, None)
+impl std::ops::Deref for Run {
+    type Target = Observer;
+    fn deref(&self) -> &Observer {
+        &self.o
+    }
+}
+
+impl Run {
+    /// Starts `observer ARGS` (with its debug output) and waits for its ready line.
+    fn start(label: &str, args: &[&str]) -> Result<Run, String> {
+        Run::start_as(label, args, None)
     }
 
     /// `start`, as root or as `user`.
-    fn start_as(
-        label: &str,
-        args: &[&str],
-        user: Option<&Unprivileged>,
-    ) -> Result<Observer, String> {
-        let port = NEXT_METRICS_PORT.fetch_add(1, Ordering::Relaxed);
-        let addr = format!("127.0.0.1:{port}");
-        let mut command = match user {
-            None => Command::new(OBSERVER),
-            Some(u) => {
-                let mut c = Command::new("/proc/self/exe");
-                c.args(u.wrapper());
-                c
-            }
+    fn start_as(label: &str, args: &[&str], user: Option<&Unprivileged>) -> Result<Run, String> {
+        let wrapper = user.map(Unprivileged::wrapper).unwrap_or_default();
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let start = Start {
+            launch: if user.is_some() {
+                Launch::Via(&wrapper)
+            } else {
+                Launch::Direct
+            },
+            env: &[("OBSERVER_DEBUG", "1")],
+            stdout: Stdout::Kept,
+            ready_timeout: READY_TIMEOUT,
         };
-        let mut child = command
-            .args(args)
-            .args(["--metrics-addr", &addr])
-            .env("OBSERVER_DEBUG", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting {OBSERVER}: {e}"))?;
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready) = mpsc::channel();
-        let err = child.stderr.take().expect("piped");
-        let out = child.stdout.take().expect("piped");
-        let sink = stderr.clone();
-        let r1 = std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if line.starts_with("observer: ready:") {
-                    let _ = ready_tx.send(line.clone());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let sink = stdout.clone();
-        let r2 = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut o = Observer {
-            label: label.to_string(),
-            child,
-            metrics: addr.parse().expect("an address"),
-            stderr,
-            stdout,
-            readers: vec![r1, r2],
-            exited: None,
-        };
-        let start = Instant::now();
-        let who = o.who(args);
-        loop {
-            if let Ok(line) = ready.recv_timeout(Duration::from_millis(100)) {
-                if let Some(a) = line
-                    .split("metrics at http://")
-                    .nth(1)
-                    .and_then(|s| s.split('/').next())
-                    .and_then(|a| a.parse().ok())
-                {
-                    o.metrics = a;
-                }
-                return Ok(o);
-            }
-            if let Ok(Some(status)) = o.child.try_wait() {
-                o.exited = Some(status);
-                o.join_readers();
-                return Err(format!(
-                    "{who} did not load: exited ({status}) before ready after {:.1} s: {}",
-                    start.elapsed().as_secs_f64(),
-                    o.stderr_summary()
-                ));
-            }
-            if start.elapsed() > READY_TIMEOUT {
-                let _ = o.stop();
-                return Err(format!(
-                    "{who} did not load: no ready line within {} s: {}",
-                    READY_TIMEOUT.as_secs(),
-                    o.stderr_summary()
-                ));
-            }
+        let who = format!("observer {}[{}]", prefix(label), args.join(" "));
+        match Observer::try_start(start, args) {
+            Ok((o, _)) => Ok(Run {
+                label: label.to_string(),
+                o,
+            }),
+            Err(e @ StartError::Spawn(_)) => Err(format!("{who}: {e}")),
+            Err(e) => Err(format!(
+                "{who} did not load: {e}: {}",
+                stderr_summary(label, e.stderr())
+            )),
         }
     }
 
-    fn who(&self, args: &[&str]) -> String {
-        let label = if self.label.is_empty() {
-            String::new()
-        } else {
-            format!("{} ", self.label)
-        };
-        format!("observer {label}[{}]", args.join(" "))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     fn scrape(&self) -> Result<Metrics, String> {
-        http_get(self.metrics, "/metrics").map(|text| Metrics::parse(&text))
+        self.o.try_scrape().map(Metrics)
     }
 
     /// Scrapes until every comparison holds or `SETTLE` passes: (all held, the last comparison).
     fn settle(&self, expect: impl Fn(&Metrics) -> Vec<Cmp>) -> (bool, String) {
-        let start = Instant::now();
-        loop {
-            let last = match self.scrape() {
-                Ok(m) => {
-                    let c = expect(&m);
-                    if all_match(&c) {
-                        return (true, describe(&c));
-                    }
-                    describe(&c)
-                }
-                Err(e) => format!("scrape failed: {e}"),
-            };
-            if start.elapsed() > SETTLE {
-                return (false, format!("after {} s: {last}", SETTLE.as_secs()));
+        let mut last = String::new();
+        match self.o.try_settle(SETTLE, |s| {
+            let c = expect(&Metrics(s.clone()));
+            last = describe(&c);
+            all_match(&c)
+        }) {
+            Ok(_) => (true, last),
+            Err(e) => {
+                let last = if last.is_empty() {
+                    format!("scrape failed: {e}")
+                } else {
+                    last
+                };
+                (false, format!("after {} s: {last}", SETTLE.as_secs()))
             }
-            std::thread::sleep(Duration::from_millis(250));
         }
     }
 
     /// SIGTERM, then waits up to 10 s for the exit (SIGKILL after that, and an error).
     fn stop(&mut self) -> Result<ExitStatus, String> {
-        if let Some(s) = self.exited {
-            return Ok(s);
-        }
-        // SAFETY: signalling our own child, which has not been reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                self.exited = Some(s);
-                self.join_readers();
-                return Ok(s);
-            }
-            if start.elapsed() > EXIT_TIMEOUT {
-                let _ = self.child.kill();
-                let s = self.child.wait().ok();
-                self.exited = s;
-                self.join_readers();
-                return Err(format!(
-                    "observer {} did not exit within {} s of SIGTERM (killed)",
-                    self.label,
-                    EXIT_TIMEOUT.as_secs()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.o
+            .try_stop(EXIT_TIMEOUT)
+            .map_err(|e| format!("{} {e}", prefix(&self.label).trim_end()))
     }
 
-    /// Waits (bounded) for the output readers, which end when the pipes close.
-    fn join_readers(&mut self) {
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end && self.readers.iter().any(|r| !r.is_finished()) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        for r in std::mem::take(&mut self.readers) {
-            if r.is_finished() {
-                let _ = r.join();
-            }
-        }
-    }
-
-    fn stdout_lines(&self) -> Vec<String> {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    /// The first lines of stderr and the verifier's message, on one line; the whole stderr goes
-    /// to the console (prefixed), for the log.
     fn stderr_summary(&self) -> String {
-        let lines = self.stderr.lock().unwrap().clone();
-        let label = if self.label.is_empty() {
-            "observer".to_string()
-        } else {
-            format!("observer {}", self.label)
-        };
-        let n = lines.len();
-        for (i, l) in lines.iter().enumerate() {
-            // The verifier's log can be long: its start and its end are what tell.
-            if i < 40 || i + 60 >= n {
-                println!("  {label} stderr | {l}");
-            } else if i == 40 {
-                println!("  {label} stderr | ... {} lines ...", n - 100);
-            }
-        }
-        // observer's own lines say what went wrong; a verifier log comes before them.
-        let own: Vec<&String> = lines
-            .iter()
-            .filter(|l| l.starts_with("observer:"))
-            .collect();
-        let first = if own.is_empty() {
-            lines.iter().filter(|l| !l.trim().is_empty()).collect()
-        } else {
-            own
-        };
-        let mut head: Vec<String> = first.iter().take(3).map(|l| truncate(l, 300)).collect();
-        if let Some(v) = verifier_message(&lines) {
-            head.push(format!("verifier: {}", truncate(&v, 300)));
-        }
-        format!("{label} stderr: {}", head.join(" / "))
+        stderr_summary(&self.label, &self.o.stderr_lines())
     }
 
     /// A test failure with the first lines of observer's stderr.
@@ -1361,65 +1213,29 @@ impl Observer {
     }
 }
 
-impl Drop for Observer {
-    fn drop(&mut self) {
-        let _ = self.stop();
+/// `A ` for observer A, nothing for an unlabelled one.
+fn prefix(label: &str) -> String {
+    if label.is_empty() {
+        String::new()
+    } else {
+        format!("{label} ")
     }
 }
 
-/// The verifier's own complaint in a log: the last line that is neither a register dump, an
-/// instruction, nor a statistic.
-fn verifier_message(lines: &[String]) -> Option<String> {
-    lines
-        .iter()
-        .rev()
-        .map(|l| l.trim())
-        .find(|l| {
-            !l.is_empty()
-                && !l.starts_with("observer:")
-                && !l.starts_with(';')
-                && !l.starts_with("processed ")
-                && !l.starts_with("verification time")
-                && !l.starts_with("stack depth")
-                && !l.starts_with("last_idx")
-                && !l.starts_with("regs=")
-                && !l.starts_with("parent ")
-                && !l.starts_with("frame")
-                && !l.starts_with("from ")
-                && !l.starts_with("mark_precise")
-                && !l.starts_with("func#")
-                && !l.starts_with("Func#")
-                && *l != "caller:"
-                && *l != "callee:"
-                && !is_register_state(l)
-                && !l
-                    .split_once(':')
-                    .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .map(str::to_string)
-}
-
-/// `R1=ctx(...)`, `R6_w=0 R7=0 ...`: the verifier's register states (not `R6 !read_ok`).
-fn is_register_state(l: &str) -> bool {
-    l.strip_prefix('R').is_some_and(|r| {
-        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
-        digits > 0
-            && r[digits..]
-                .split('=')
-                .next()
-                .is_some_and(|m| m.is_empty() || m == "_w")
-    })
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.len() <= n {
-        return s.to_string();
+/// The first lines of stderr and the verifier's message, on one line; the whole stderr goes to
+/// the console (prefixed), for the log.
+fn stderr_summary(label: &str, lines: &[String]) -> String {
+    let label = format!("observer {}", prefix(label)).trim_end().to_string();
+    let n = lines.len();
+    for (i, l) in lines.iter().enumerate() {
+        // The verifier's log can be long: its start and its end are what tell.
+        if i < 40 || i + 60 >= n {
+            println!("  {label} stderr | {l}");
+        } else if i == 40 {
+            println!("  {label} stderr | ... {} lines ...", n - 100);
+        }
     }
-    let mut end = n;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    format!("{label} stderr: {}", observer::stderr_summary(lines))
 }
 
 /// (opens of P inbound, closes of P inbound, failures of R outbound) in observer's event lines,
@@ -1427,42 +1243,22 @@ fn truncate(s: &str, n: usize) -> String {
 fn count_events(lines: &[String], text: bool, p: u16, r: u16) -> ((usize, usize, usize), usize) {
     let (mut open, mut close, mut failed, mut other) = (0, 0, 0, 0);
     for line in lines {
-        let parsed = if text {
-            parse_text_event(line)
+        let head = if text {
+            text_head(line)
         } else {
-            parse_json_event(line)
+            json_head(line)
         };
-        match parsed {
-            Some((kind, dir, port)) => match (kind.as_str(), dir.as_str()) {
-                ("open", "inbound") if port == p => open += 1,
-                ("close", "inbound") if port == p => close += 1,
-                ("failed", "outbound") if port == r => failed += 1,
+        match head {
+            Some(h) => match (h.kind.as_str(), h.direction.as_str()) {
+                ("open", "inbound") if h.port == p => open += 1,
+                ("close", "inbound") if h.port == p => close += 1,
+                ("failed", "outbound") if h.port == r => failed += 1,
                 _ => other += 1,
             },
             None => other += 1,
         }
     }
     ((open, close, failed), other)
-}
-
-/// `{"ts":..,"type":"open","direction":"inbound","port":8080,...}`
-fn parse_json_event(line: &str) -> Option<(String, String, u16)> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    Some((
-        v["type"].as_str()?.to_string(),
-        v["direction"].as_str()?.to_string(),
-        u16::try_from(v["port"].as_u64()?).ok()?,
-    ))
-}
-
-/// `2025-11-24T16:00:00.000001Z close  inbound  port=8080 127.0.0.1:8080 <- ...`
-fn parse_text_event(line: &str) -> Option<(String, String, u16)> {
-    let mut w = line.split_whitespace();
-    let _ts = w.next()?;
-    let kind = w.next()?.to_string();
-    let dir = w.next()?.to_string();
-    let port = w.next()?.strip_prefix("port=")?.parse().ok()?;
-    Some((kind, dir, port))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1472,20 +1268,10 @@ fn parse_text_event(line: &str) -> Option<(String, String, u16)> {
 const AS_USER: &str = "as-user";
 /// User and group nobody.
 const NOBODY: u32 = 65534;
-/// The README's capabilities for `--port` and `--pid` on a host whose processes belong to
-/// other users (root's, here): loading and attaching, finding who holds each socket.
-const DOCUMENTED: [&str; 4] = [
-    "CAP_BPF",
-    "CAP_PERFMON",
-    "CAP_SYS_PTRACE",
-    "CAP_DAC_READ_SEARCH",
-];
 /// A host's RLIMIT_MEMLOCK, soft and hard: the kernel's default before 5.16.
-const HOST_MEMLOCK: (Option<u64>, Option<u64>) = (Some(64 * 1024), Some(64 * 1024));
-/// Bit 39 of a capability set: CAP_BPF.
-const CAP_BPF: u64 = 1 << 39;
+const HOST_LIMIT: (Option<u64>, Option<u64>) = (Some(HOST_MEMLOCK), Some(HOST_MEMLOCK));
 
-/// How `Observer::start_as` runs observer: as nobody, with `caps` ambient, and `memlock` as
+/// How `Run::start_as` runs observer: as nobody, with `caps` ambient, and `memlock` as
 /// RLIMIT_MEMLOCK (soft, hard; None: unlimited).
 struct Unprivileged {
     caps: String,
@@ -1506,20 +1292,20 @@ impl Unprivileged {
         format!("{}:{}", text(self.memlock.0), text(self.memlock.1))
     }
 
-    /// `vm-guest as-user UID CAPS SOFT:HARD PROGRAM`, for `Command::args` before observer's own.
+    /// `vm-guest as-user UID CAPS SOFT:HARD`, which the harness runs observer through.
     fn wrapper(&self) -> Vec<String> {
         vec![
+            "/proc/self/exe".into(),
             AS_USER.into(),
             NOBODY.to_string(),
             self.caps.clone(),
             self.memlock_text(),
-            OBSERVER.into(),
         ]
     }
 }
 
 /// `as-user UID CAPS SOFT:HARD PROGRAM ARGS...`: sets RLIMIT_MEMLOCK, becomes UID (and its group,
-/// no other groups) keeping CAPS (comma-separated, e.g. CAP_BPF) as ambient capabilities, and
+/// no other groups) keeping CAPS (comma-separated, e.g. bpf,perfmon) as ambient capabilities, and
 /// execs PROGRAM, which then holds exactly CAPS. Runs before any thread starts.
 fn exec_as_user(args: &[String]) -> ! {
     let err = match as_user(args) {
@@ -1539,7 +1325,10 @@ fn as_user(args: &[String]) -> Result<std::convert::Infallible, String> {
     let uid: u32 = uid.parse().map_err(|_| format!("bad uid {uid}"))?;
     let caps: caps::CapsHashSet = caps
         .split(',')
-        .map(|c| caps::Capability::from_str(c).map_err(|e| format!("{c}: {e}")))
+        .map(|c| {
+            caps::Capability::from_str(&format!("CAP_{}", c.to_uppercase()))
+                .map_err(|e| format!("{c}: {e}"))
+        })
         .collect::<Result<_, _>>()?;
     let limit = |n: &str| match n {
         "unlimited" => Ok(libc::RLIM_INFINITY),
@@ -1577,43 +1366,6 @@ fn as_user(args: &[String]) -> Result<std::convert::Infallible, String> {
     Err(format!("exec {program}: {e}"))
 }
 
-/// A process's effective capabilities, from /proc/PID/status.
-fn cap_eff(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
-}
-
-/// The memory of a process's eBPF maps and programs, in bytes: the `memlock:` of each one's
-/// fdinfo (what kernels before 5.11 charge to the memlock limit).
-fn bpf_memory(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("memlock:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .sum()
-}
-
-/// A process's RLIMIT_MEMLOCK as `SOFT:HARD`, from /proc/PID/limits (`65536:unlimited`).
-fn locked_memory_limit(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/limits"))
-        .ok()
-        .and_then(|l| {
-            let v = l
-                .lines()
-                .find_map(|l| l.strip_prefix("Max locked memory"))?;
-            let mut w = v.split_whitespace();
-            Some(format!("{}:{}", w.next()?, w.next()?))
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Prometheus text (HTTP: the harness's `http_get`).
 
@@ -1622,12 +1374,6 @@ fn locked_memory_limit(pid: u32) -> String {
 struct Metrics(Scrape);
 
 impl Metrics {
-    fn parse(text: &str) -> Metrics {
-        Metrics(Scrape {
-            text: text.to_string(),
-        })
-    }
-
     fn samples(&self, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
         self.0
             .samples(name)
@@ -1668,65 +1414,20 @@ impl Metrics {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Servers, clients, helpers, cgroups, the kernel's programs.
+// Addresses, servers, clients.
 
-/// A server in this process: accepts on 127.0.0.1:PORT and closes each connection at EOF.
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+/// 127.0.0.1:`port`.
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
-impl Server {
-    fn start(port: u16) -> Result<Server, String> {
-        let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-            .map_err(|e| format!("binding 127.0.0.1:{port}: {e}"))?;
-        l.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut c, _)) => {
-                        std::thread::spawn(move || {
-                            let _ = c.set_nonblocking(false);
-                            let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-                            let mut buf = [0u8; 256];
-                            while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        Ok(Server {
-            stop,
-            thread: Some(thread),
-        })
-    }
+/// A server in this process on 127.0.0.1:`port` that closes each connection at EOF.
+fn serve(port: u16) -> Result<Server, String> {
+    Server::try_start_at(local(port), Mode::Hold)
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Opens and closes `n` connections to 127.0.0.1:port, one after the other: (ok, failed).
-fn connect_n(port: u16, n: usize) -> (usize, usize) {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut ok = 0;
-    for _ in 0..n {
-        if TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok() {
-            ok += 1;
-        }
-    }
-    (ok, n - ok)
-}
-
-/// Pins the calling thread to one CPU; says how that went.
+/// Pins the calling thread to one CPU; says how that went. (Only the guest pins its clients:
+/// one on each of its two vCPUs makes transitions nest.)
 fn pin_to_cpu(cpu: usize) -> String {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it for cpu < 1024.
     let rc = unsafe {
@@ -1741,222 +1442,12 @@ fn pin_to_cpu(cpu: usize) -> String {
     }
 }
 
-/// Polls `f` every 100 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A `tcp-helper` process, driven by commands on its stdin. Killed on drop.
-struct Helper {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
-
-impl Helper {
-    fn spawn() -> Result<Helper, String> {
-        let mut child = Command::new(TCP_HELPER)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("starting {TCP_HELPER}: {e}"))?;
-        let stdin = child.stdin.take().expect("piped");
-        let out = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Helper {
-            child,
-            stdin,
-            lines,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends one command; returns the reply line (30 s at most).
-    fn command(&mut self, cmd: &str) -> Result<String, String> {
-        writeln!(self.stdin, "{cmd}")
-            .and_then(|_| self.stdin.flush())
-            .map_err(|e| format!("tcp-helper `{cmd}`: {e}"))?;
-        self.lines
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| format!("tcp-helper `{cmd}`: no reply within 30 s"))
-    }
-
-    fn expect(&mut self, cmd: &str, reply: &str) -> Result<(), String> {
-        let got = self.command(cmd)?;
-        if got == reply {
-            Ok(())
-        } else {
-            Err(format!("tcp-helper `{cmd}` said `{got}`, not `{reply}`"))
-        }
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A cgroup v2 directory, removed on drop (once its processes are gone).
-struct CgroupDir(PathBuf);
-
-impl CgroupDir {
-    fn create(path: &str) -> Result<CgroupDir, String> {
-        let _ = std::fs::remove_dir(path);
-        std::fs::create_dir(path).map_err(|e| format!("mkdir {path}: {e}"))?;
-        Ok(CgroupDir(path.into()))
-    }
-}
-
-impl Drop for CgroupDir {
-    fn drop(&mut self) {
-        // The directory can be removed only after its last process is gone; that takes a moment.
-        wait_until(Duration::from_secs(5), || {
-            std::fs::remove_dir(&self.0).is_ok() || !self.0.exists()
-        });
-    }
-}
-
-/// (program fds of process `pid`, whether their fdinfo has `recursion_misses:`).
-fn prog_fdinfo(pid: u32) -> (usize, bool) {
-    let (mut progs, mut misses) = (0, false);
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let Ok(info) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        if info.lines().any(|l| l.starts_with("prog_type:")) {
-            progs += 1;
-            misses |= info.lines().any(|l| l.starts_with("recursion_misses:"));
-        }
-    }
-    (progs, misses)
-}
-
-/// The loaded programs named like observer's, as (id, name), from the kernel's list (bpf(2)).
-fn observer_programs() -> Result<Vec<(u32, String)>, String> {
-    Ok(loaded_programs()?
-        .into_iter()
-        .filter(|(_, n)| PROGRAM_NAMES.contains(&n.as_str()))
-        .collect())
-}
-
-const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-
-/// bpf(2) with an attribute block of 16 bytes (every command used here fits).
-fn bpf(cmd: libc::c_long, attr: &mut [u32; 4]) -> std::io::Result<i64> {
-    // SAFETY: attr is a valid, writable block of the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// Every program loaded in the kernel, as (id, name).
-fn loaded_programs() -> Result<Vec<(u32, String)>, String> {
-    let mut out = Vec::new();
-    let mut id = 0u32;
-    loop {
-        let mut attr = [id, 0, 0, 0];
-        match bpf(BPF_PROG_GET_NEXT_ID, &mut attr) {
-            Ok(_) => id = attr[1],
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-            Err(e) => return Err(format!("BPF_PROG_GET_NEXT_ID: {e}")),
-        }
-        let mut attr = [id, 0, 0, 0];
-        let fd = match bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) {
-            // SAFETY: the kernel just gave us this descriptor.
-            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd as i32) },
-            // Gone in between.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(format!("BPF_PROG_GET_FD_BY_ID {id}: {e}")),
-        };
-        // struct bpf_prog_info up to its name (bytes 64..80).
-        let mut info = [0u8; 80];
-        let ptr = info.as_mut_ptr() as u64;
-        let mut attr = [
-            fd.as_raw_fd() as u32,
-            info.len() as u32,
-            ptr as u32,
-            (ptr >> 32) as u32,
-        ];
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
-            .map_err(|e| format!("BPF_OBJ_GET_INFO_BY_FD {id}: {e}"))?;
-        let name = &info[64..80];
-        let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        out.push((id, String::from_utf8_lossy(&name[..len]).into_owned()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn lines(s: &str) -> Vec<String> {
         s.lines().map(str::to_string).collect()
-    }
-
-    #[test]
-    fn the_verifier_complaint_is_found_under_its_statistics() {
-        let log = lines(
-            "\
-4106: (bf) r1 = r6
-R6 !read_ok
-verification time 3353832 usec
-stack depth 336+0+8
-processed 131204 insns (limit 1000000) max_states_per_insn 14
-
-observer: the kernel refused the eBPF program observer_main (Permission denied (os error 13))",
-        );
-        assert_eq!(verifier_message(&log).as_deref(), Some("R6 !read_ok"));
-        let log = lines(
-            "\
-; T::from_register(unsafe { *ptr as u64 })
-invalid read from stack R10 off=-312 size=8
-processed 5 insns
-observer: refused",
-        );
-        assert_eq!(
-            verifier_message(&log).as_deref(),
-            Some("invalid read from stack R10 off=-312 size=8")
-        );
-        let log = lines("callee:\n frame1: R1_w=map_value(off=0) R10=fp0\nR1=ctx() R10=fp0\n");
-        assert_eq!(verifier_message(&log), None);
     }
 
     #[test]
@@ -1970,18 +1461,6 @@ observer: refused",
 
     #[test]
     fn events_in_both_formats() {
-        assert_eq!(
-            parse_text_event(
-                "2025-11-24T16:00:00.000001Z close  inbound  port=8080 127.0.0.1:8080 <- 127.0.0.2:51234 duration=1.500000s pid=42 comm=nginx"
-            ),
-            Some(("close".into(), "inbound".into(), 8080))
-        );
-        assert_eq!(
-            parse_json_event(
-                r#"{"ts":"2026-11-24T06:17:54.911116Z","type":"failed","direction":"outbound","port":9101,"local":"127.0.0.1:1","remote":"127.0.0.1:9101","pid":null,"comm":null}"#
-            ),
-            Some(("failed".into(), "outbound".into(), 9101))
-        );
         let ev = lines(
             "\
 2025-11-24T16:00:00.000001Z open   inbound  port=9100 a <- b pid=- comm=-
@@ -1994,15 +1473,16 @@ observer: refused",
 
     #[test]
     fn metrics_text() {
-        let m = Metrics::parse(
-            "\
+        let m = Metrics(Scrape {
+            text: "\
 # HELP observer_tcp_connections x
 observer_tcp_connections{direction=\"inbound\",port=\"9100\",state=\"established\"} 3
 observer_tcp_connections{direction=\"inbound\",port=\"9100\",state=\"close_wait\"} -1
 observer_tcp_connections_opened_total{direction=\"inbound\",port=\"9100\"} 600
 observer_events_dropped_total 0
-",
-        );
+"
+            .to_string(),
+        });
         assert_eq!(m.established("inbound", 9100), Some(3.0));
         assert_eq!(m.gauges_abs_sum(9100), Some(4.0));
         assert_eq!(m.gauges_abs_sum(9101), None);
