@@ -63,12 +63,15 @@ pub enum Launch<'a> {
 /// 5.16 (Debian 11, Amazon Linux 2); systemd's for services from v253 is 8 MiB.
 pub const HOST_MEMLOCK: u64 = 64 * 1024;
 
-/// The names observer's programs have in the kernel: two on the tracepoint, two iterators.
-pub const PROGRAM_NAMES: [&str; 4] = [
+/// The names observer's programs have in the kernel: two on the tracepoint, two iterators, two
+/// on the request socket destructors.
+pub const PROGRAM_NAMES: [&str; 6] = [
     "observer_main",
     "observer_backup",
     "observer_sweep",
     "observer_reap",
+    "observer_req4",
+    "observer_req6",
 ];
 
 /// How to wire the child's stdout.

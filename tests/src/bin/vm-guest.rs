@@ -58,7 +58,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         memlock()
     );
-    let tests: [Test; 12] = [
+    let tests: [Test; 13] = [
         ("churn_two_observers", churn_two_observers),
         ("timeouts_nest", timeouts_nest),
         ("attach_with_open_connections", attach_with_open_connections),
@@ -71,6 +71,7 @@ fn main() {
         ("endings", endings),
         ("by_remote", by_remote),
         ("least_privilege", least_privilege),
+        ("request_sockets", request_sockets),
     ];
     std::panic::set_hook(Box::new(|info| println!("vm-guest: panic: {info}")));
     warm_up();
@@ -740,6 +741,110 @@ fn endings() -> Outcome {
         got.0, got.1, got.2
     );
     if failed == 3 && got == ("remote".into(), "normal".into(), Some(SENT as u64)) {
+        Ok(detail)
+    } else {
+        Err(o.failure(&detail))
+    }
+}
+
+/// Inbound handshakes that fail while still request sockets, counted by the programs on the
+/// request socket destructors. A listener with TCP_DEFER_ACCEPT keeps each handshake a request
+/// socket until the client's data comes (its bare ACK is dropped): 10 clients that connect and
+/// reset without a byte are 10 failed handshakes, `reset`, each with a failed event; 5 that send
+/// a byte become connections, accepted and closed, and fail nothing.
+fn request_sockets() -> Outcome {
+    const P: u16 = 9960;
+    let listener = TcpListener::bind(local(P)).map_err(|e| format!("binding {P}: {e}"))?;
+    let secs: libc::c_int = 30;
+    // SAFETY: a valid socket and a c_int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "TCP_DEFER_ACCEPT: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let o = Run::start("", &["--port", &P.to_string(), "--events", "json"])?;
+    let said = observer_tests::observer::warnings(&o.stderr()).len()
+        + usize::from(!o.counts_request_sockets());
+    if said != 0 {
+        return Err(o.failure("observer warned at start"));
+    }
+    let resetting: Vec<TcpStream> = (0..10)
+        .map(|_| TcpStream::connect(local(P)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("connecting: {e}"))?;
+    for c in &resetting {
+        socket2::SockRef::from(c)
+            .set_linger(Some(Duration::ZERO))
+            .map_err(|e| format!("SO_LINGER: {e}"))?;
+    }
+    drop(resetting);
+    for _ in 0..5 {
+        let mut c = TcpStream::connect(local(P)).map_err(|e| format!("connecting: {e}"))?;
+        c.write_all(b"x").map_err(|e| e.to_string())?;
+        let (accepted, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        drop(accepted);
+    }
+    let port = P.to_string();
+    let (good, detail) = o.settle(|m| {
+        vec![
+            Cmp::new(
+                "failed{reset}",
+                m.value(
+                    "observer_tcp_connections_failed_total",
+                    &[
+                        ("direction", "inbound"),
+                        ("port", &port),
+                        ("reason", "reset"),
+                    ],
+                ),
+                10,
+            ),
+            Cmp::new(
+                "failed",
+                m.conn("observer_tcp_connections_failed_total", "inbound", P),
+                10,
+            ),
+            Cmp::new(
+                "opened",
+                m.value(
+                    "observer_tcp_connections_opened_total",
+                    &[("direction", "inbound"), ("port", &port)],
+                ),
+                5,
+            ),
+            Cmp::new(
+                "closed",
+                m.value(
+                    "observer_tcp_connections_closed_total",
+                    &[("direction", "inbound"), ("port", &port)],
+                ),
+                5,
+            ),
+        ]
+    });
+    if !good {
+        return Err(o.failure(&detail));
+    }
+    // Events reach stdout within 50 ms of their record.
+    std::thread::sleep(Duration::from_millis(500));
+    let failed = o
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "failed" && e["reason"] == "reset" && e["port"] == P)
+        .count();
+    let detail = format!("{detail}; {failed} failed events");
+    if failed == 10 {
         Ok(detail)
     } else {
         Err(o.failure(&detail))
