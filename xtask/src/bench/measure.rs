@@ -16,6 +16,7 @@ use super::{
     AB_CLIENTS, BPF_STATS, NGINX_WORKERS, Plan, SETTLE, TOOL_TIMEOUT, WARMUP_PER_CLIENT,
     bpf::{BpfStats, RunStats, foreign_tracers, run_stats},
     bpftrace::{Bpftrace, Script, counted_established, lost_events, printed_established},
+    floor::Floor,
     interrupt::{pause, say},
     libbpf_tools::{self, LibbpfTool, Tracer},
     load::{Load, load},
@@ -221,6 +222,7 @@ impl Bench<'_> {
         match tool {
             Tool::Observer | Tool::ObserverOpen => self.observer_round(tool, without, false),
             Tool::ObserverEvents => self.observer_round(tool, without, true),
+            Tool::Floor => self.floor_round(without, pair),
             Tool::BpftraceEmpty => self.bpftrace_round(tool, without, Script::Empty, pair),
             Tool::BpftraceCount => self.bpftrace_round(tool, without, Script::Count, pair),
             Tool::BpftracePrint => self.bpftrace_round(tool, without, Script::Print, pair),
@@ -377,6 +379,39 @@ impl Bench<'_> {
         })
     }
 
+    pub(super) fn floor_round(&mut self, without: Load, pair: usize) -> Result<Round> {
+        let err = self.dir.join(format!("floor-{pair}.err"));
+        let floor = self.start_floor(&err)?;
+        let before = run_stats(floor.prog)?;
+        let (with, accepted) = self.counted_load()?;
+        let after = run_stats(floor.prog)?;
+        let memory = Memory::of(floor.proc.pid())?;
+        self.stop_floor(floor)?;
+        Ok(Round {
+            tool: Tool::Floor,
+            without,
+            with,
+            accepted,
+            counted: None,
+            kernel: vec![(Prog::Floor, after.since(before))],
+            own: None,
+            memory,
+        })
+    }
+
+    pub(super) fn start_floor(&mut self, err: &Path) -> Result<Floor> {
+        let floor = Floor::start(err, &self.poker)?;
+        self.ours.insert(floor.prog);
+        Ok(floor)
+    }
+
+    pub(super) fn stop_floor(&mut self, floor: Floor) -> Result<()> {
+        if let Some(complaint) = floor.stop()? {
+            self.warnings.push(complaint);
+        }
+        Ok(())
+    }
+
     /// One run of load with the tool attached, sampled by `perf record -a` in its middle.
     pub(super) fn profile(&mut self, tool: Tool, load_secs: f64) -> Result<Profile> {
         let file = self.dir.join(format!("perf-{tool:?}.data"));
@@ -409,6 +444,11 @@ impl Bench<'_> {
                 let obs = self.start_observer((tool == Tool::ObserverEvents).then(Stdio::null))?;
                 run(self)?;
                 self.stop_observer(obs)?;
+            }
+            Tool::Floor => {
+                let floor = self.start_floor(&self.dir.join("floor-profile.err"))?;
+                run(self)?;
+                self.stop_floor(floor)?;
             }
             Tool::BpftraceEmpty | Tool::BpftraceCount => {
                 let script = if tool == Tool::BpftraceEmpty {
@@ -574,9 +614,10 @@ pub(super) mod sample {
         }
     }
 
-    /// Two pairs of observer (metrics only) and one of bpftrace's counting script.
+    /// Two pairs of observer (metrics only), one of the floor and one of bpftrace's counting
+    /// script.
     pub(in crate::bench) fn results() -> Results {
-        use Prog::{Backup, Bpftrace, Main};
+        use Prog::{Backup, Bpftrace, Floor, Main};
         Results {
             per_client: 10_000,
             rounds: vec![
@@ -597,6 +638,15 @@ pub(super) mod sample {
                     Some(19_990),
                     &[(Main, 6_000_000, 40_000), (Backup, 2_000_000, 40_000)],
                     memory(30, 6, 100),
+                ),
+                round(
+                    Tool::Floor,
+                    10_000.0,
+                    9_900.0,
+                    20_000,
+                    None,
+                    &[(Floor, 1_600_000, 40_000)],
+                    memory(12, 3, 0),
                 ),
                 round(
                     Tool::BpftraceCount,

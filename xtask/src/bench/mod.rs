@@ -21,6 +21,7 @@ use crate::setup;
 mod bpf;
 mod bpftrace;
 mod figures;
+mod floor;
 mod holder;
 mod interrupt;
 mod libbpf_tools;
@@ -102,10 +103,17 @@ pub fn run(quick: bool) -> Result<()> {
     let plan = Plan::new(quick);
     let started = Instant::now();
     say(format_args!(
-        "building observer; then {} pairs per tool, {} s of load per run, {} connections held",
+        "building observer and the floor; then {} pairs per tool, {} s of load per run, {} connections held",
         plan.pairs, plan.load_secs, plan.held
     ));
-    crate::cargo(&["build", "--release", "--package", "observer"])?;
+    crate::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "observer",
+        "--package",
+        floor::PACKAGE,
+    ])?;
     mount_tracefs()?;
     catch_signals();
     let machine = Machine::read()?;
