@@ -108,23 +108,30 @@ pub fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 /// A TCP socket bound to `addr` (port 0: any), with SO_REUSEPORT when `reuse_port`: what std
 /// cannot set up before connect() or listen().
 fn bound(addr: SocketAddr, reuse_port: bool) -> socket2::Socket {
+    try_bound(addr, reuse_port).unwrap_or_else(|e| panic!("binding {addr}: {e}"))
+}
+
+fn try_bound(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if reuse_port {
-        s.set_reuse_port(true).expect("SO_REUSEPORT");
+        s.set_reuse_port(true)?;
     }
-    s.bind(&addr.into())
-        .unwrap_or_else(|e| panic!("binding {addr}: {e}"));
-    s
+    s.bind(&addr.into())?;
+    Ok(s)
 }
 
 /// One connection to `remote` from the given local address and port (bound before connect()).
 pub fn connect_from(local: SocketAddr, remote: SocketAddr) -> TcpStream {
-    let s = bound(local, false);
-    s.connect_timeout(&remote.into(), Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connecting {local} to {remote}: {e}"));
-    s.into()
+    try_connect_from(local, remote)
+        .unwrap_or_else(|e| panic!("connecting {local} to {remote}: {e}"))
+}
+
+/// The same, for callers that report errors rather than panic (the bench).
+pub fn try_connect_from(local: SocketAddr, remote: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = try_bound(local, false)?;
+    s.connect_timeout(&remote.into(), Duration::from_secs(5))?;
+    Ok(s.into())
 }
 
 /// TCP sockets with local address `addr` in any state but TIME_WAIT, as `ss` lists them.

@@ -1,7 +1,7 @@
 //! The connection holders: child processes (`bench --hold`) that keep connections open.
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     process::{ChildStdin, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -109,7 +109,7 @@ pub fn hold(args: &[String]) -> Result<()> {
     let deadline = Instant::now() + HOLD_TIMEOUT / 2;
     let mut held = Vec::with_capacity(n);
     while held.len() < n && Instant::now() < deadline {
-        match connect_from(src, dst) {
+        match observer_tests::net::try_connect_from(SocketAddr::new(src, 0), dst) {
             Ok(stream) => held.push(stream),
             Err(e) => {
                 eprintln!("bench holder {src}: stopped at {}: {e}", held.len());
@@ -121,12 +121,4 @@ pub fn hold(args: &[String]) -> Result<()> {
     std::io::stdout().flush()?;
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     Ok(())
-}
-
-pub(super) fn connect_from(src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket.bind(&SocketAddr::new(src, 0).into())?;
-    socket.connect_timeout(&dst.into(), Duration::from_secs(5))?;
-    Ok(socket.into())
 }

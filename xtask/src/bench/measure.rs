@@ -16,6 +16,7 @@ use super::{
     AB_CLIENTS, BPF_STATS, NGINX_WORKERS, Plan, SETTLE, TOOL_TIMEOUT, WARMUP_PER_CLIENT,
     bpf::{BpfStats, RunStats, foreign_tracers, run_stats},
     bpftrace::{Bpftrace, Script, counted_established, lost_events, printed_established},
+    census::{CensusLevel, census_cost},
     floor::Floor,
     interrupt::{pause, say},
     libbpf_tools::{self, LibbpfTool, Tracer},
@@ -84,6 +85,8 @@ pub(super) struct Results {
     /// None when perf is not installed.
     pub(super) profiles: Option<Vec<Profile>>,
     pub(super) readings: Readings,
+    /// The socket census's cost, with few and with many TIME_WAIT sockets.
+    pub(super) census: Vec<CensusLevel>,
     pub(super) foreign: BTreeSet<String>,
     pub(super) warnings: Vec<String>,
 }
@@ -117,10 +120,13 @@ pub(super) fn measure(plan: &Plan) -> Result<Results> {
     let _stats = BpfStats::enable()?;
     let observer = setup::workspace().join("target/release/observer");
     let nginx = Nginx::start(&dir.0, "server", NGINX_WORKERS, 4096, false)?;
+    // First, while no other phase's TIME_WAIT sockets are on the host: the census walks them.
     say(format_args!(
-        "nginx on 127.0.0.1:{}; warming up",
+        "nginx on 127.0.0.1:{}; the census's cost",
         nginx.port
     ));
+    let census = census_cost(&observer, nginx.port, plan.time_wait, plan.reading_pairs)?;
+    say(format_args!("warming up"));
     let per_client = calibrate(nginx.port, plan.load_secs)?;
     let mut bench = Bench {
         dir: &dir.0,
@@ -184,6 +190,7 @@ pub(super) fn measure(plan: &Plan) -> Result<Results> {
         checks,
         profiles,
         readings,
+        census,
         foreign,
         warnings,
     })
@@ -614,6 +621,21 @@ pub(super) mod sample {
         }
     }
 
+    /// A level of TIME_WAIT sockets, all on the port, each census taking `cpu_ms`.
+    pub(in crate::bench) fn census_level(held: usize, cpu_ms: f64) -> CensusLevel {
+        CensusLevel {
+            target: held,
+            ss_count: vec![held as f64; 3],
+            gauge: vec![held as f64; 3],
+            host: held + 40,
+            scrape_ms: vec![cpu_ms + 2.0, cpu_ms + 3.0, cpu_ms + 4.0],
+            cached_ms: vec![1.5; 3],
+            wall_ms: vec![cpu_ms * 1.2; 3],
+            cpu_ms: vec![cpu_ms; 3],
+            ss_ms: vec![cpu_ms / 2.0; 3],
+        }
+    }
+
     /// Two pairs of observer (metrics only), one of the floor and one of bpftrace's counting
     /// script.
     pub(in crate::bench) fn results() -> Results {
@@ -670,6 +692,7 @@ pub(super) mod sample {
                 holders: 1,
                 gauge_after_release: 0.0,
             },
+            census: vec![census_level(100, 1.0), census_level(25_000, 80.0)],
             foreign: BTreeSet::new(),
             warnings: Vec::new(),
         }

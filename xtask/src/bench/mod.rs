@@ -20,6 +20,7 @@ use crate::setup;
 
 mod bpf;
 mod bpftrace;
+mod census;
 mod figures;
 mod floor;
 mod holder;
@@ -148,8 +149,10 @@ struct Plan {
     profiles: usize,
     /// The large level of held connections.
     held: usize,
-    /// Scrape / ss pairs per level of held connections.
+    /// Scrape / ss pairs per level of held connections, and per level of TIME_WAIT sockets.
     reading_pairs: usize,
+    /// The large level of TIME_WAIT sockets on the watched port, for the census's cost.
+    time_wait: usize,
 }
 
 impl Plan {
@@ -163,6 +166,7 @@ impl Plan {
                 profiles: 3,
                 held: 100_000,
                 reading_pairs: 9,
+                time_wait: 25_000,
             },
             true => Plan {
                 quick: true,
@@ -172,6 +176,7 @@ impl Plan {
                 profiles: 1,
                 held: 5_000,
                 reading_pairs: 5,
+                time_wait: 5_000,
             },
         }
     }

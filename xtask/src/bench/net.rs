@@ -63,12 +63,19 @@ impl Poker {
 /// `ss` counting the established connections of a local port, as a collector would poll it;
 /// returns the count and the time from spawn to the end of its output.
 pub(super) fn ss_established(port: u16) -> Result<(usize, f64)> {
-    let filter = format!("( sport = :{port} )");
+    ss_state("established", Some(port))
+}
+
+/// `ss` counting the sockets in `state` (ss's name) of a local port, or of every port; returns
+/// the count and the time from spawn to the end of its output. Not the harness's `ss_state`:
+/// this one is a measurement, timed as a collector that runs ss pays for it.
+pub(super) fn ss_state(state: &str, port: Option<u16>) -> Result<(usize, f64)> {
+    let mut cmd = Command::new("ss");
+    cmd.args(["-Htan", "state", state]);
+    if let Some(port) = port {
+        cmd.arg(format!("( sport = :{port} )"));
+    }
     let start = Instant::now();
-    let out = run_bounded(
-        "ss",
-        Command::new("ss").args(["-Htan", "state", "established", &filter]),
-        TOOL_TIMEOUT,
-    )?;
+    let out = run_bounded("ss", &mut cmd, TOOL_TIMEOUT)?;
     Ok((out.stdout.lines().count(), ms(out.ended - start)))
 }

@@ -5,6 +5,7 @@ use super::{
     AB_CLIENTS, AB_CONCURRENCY, FEW_HELD, HOLD_WORKER_CONNECTIONS, HOLD_WORKERS, MIB,
     NGINX_WORKERS, Plan,
     bpftrace::{Script, bpftrace_script},
+    census::CensusLevel,
     figures::{
         Figures, both_per_hit, expected_ratio, extra, kernel, kernel_us_per_conn, missing, ratio,
     },
@@ -705,7 +706,69 @@ pub(super) fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Re
             i.plain_share * 100.0,
         );
     }
+    census_rows(out, plan, &r.census);
     let _ = writeln!(out);
+}
+
+/// The socket census's cost, at each level of TIME_WAIT sockets.
+pub(super) fn census_rows(out: &mut String, plan: &Plan, levels: &[CensusLevel]) {
+    if levels.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nThe socket census (TIME_WAIT, request and listening sockets, one sock_diag dump at \
+         a scrape, at most once a second and no sooner than 20 times the last one's CPU time \
+         after it): an observer watching an idle nginx's port, with TIME_WAIT sockets on that \
+         port (connections from 127.0.0.2, each from a source port of its own, that nginx \
+         closed first), measured before any other phase. {} scrapes that each ran a census, \
+         each followed by one served its result and by `ss -Htan state time-wait '( sport = \
+         :PORT )'` listing the same sockets. The census's wall and CPU time are observer's own \
+         gauges (`observer_census_duration_seconds`, `observer_census_cpu_seconds`).\n\n\
+         | TIME_WAIT on the port: ss (observer's gauge) | TIME_WAIT on the host | scrape ms with a census: median (min–max) | census wall ms | census CPU ms | scrape ms, last result | `ss` ms |\n\
+         |---|---|---|---|---|---|---|",
+        plan.reading_pairs
+    );
+    for l in levels {
+        let median = |v: &[f64]| Spread::of(v.iter().copied()).map_or(f64::NAN, |s| s.median);
+        let range = |v: &[f64], digits: usize| {
+            show_spread(Spread::of(v.iter().copied()), |x| format!("{x:.digits$}"))
+        };
+        let _ = writeln!(
+            out,
+            "| {} ({}) | {} | {} | {} | {} | {} | {} |",
+            thousands(median(&l.ss_count) as u64),
+            thousands(median(&l.gauge) as u64),
+            thousands(l.host as u64),
+            range(&l.scrape_ms, 2),
+            range(&l.wall_ms, 2),
+            range(&l.cpu_ms, 2),
+            range(&l.cached_ms, 2),
+            range(&l.ss_ms, 1),
+        );
+    }
+    let short: Vec<String> = levels
+        .iter()
+        .filter(|l| l.ss_count.iter().any(|c| *c < 0.95 * l.target as f64))
+        .map(|l| thousands(l.target as u64))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nNotes: the kernel walks every TCP socket of the namespace for the dump and writes out \
+         each one in the states asked for, whatever its port: the TIME_WAIT sockets on the \
+         host's other ports (the second column counts every port) cost a census too. A scrape \
+         that comes sooner than the next census is due gets the last result, at the cost of a \
+         scrape without one.{}",
+        if short.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " At {} asked for, fewer TIME_WAIT sockets were on the port at some scrape: the \
+                 table shows how many.",
+                short.join(" and ")
+            )
+        }
+    );
 }
 
 /// "peak | RSS | kernel memory" cells over some readings: the largest peak, the median RSS,
@@ -892,6 +955,12 @@ mod tests {
              observer's, NaN ns on the classic tracepoint)"
         ));
         assert!(report.contains("225 ns, 145 ns above two runs of the floor"));
+        // Section 5: the census's cost at each level of TIME_WAIT sockets.
+        assert!(report.contains(
+            "| 25,000 (25,000) | 25,040 | 83.00 (82.00–84.00) | 96.00 (96.00–96.00) | 80.00 (80.00–80.00) | 1.50 (1.50–1.50) | 40.0 (40.0–40.0) |"
+        ));
+        assert!(report.contains("| 100 (100) | 140 | 4.00 (3.00–5.00) |"));
+        assert!(!report.contains("fewer TIME_WAIT sockets were on the port"));
         // Section 4: observer's own cost, with the kernel memory in its last column.
         assert!(report.contains("| 30.0 MiB | 5.5 MiB | 101.0 MiB |"));
     }
