@@ -105,6 +105,32 @@ pub fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
+/// `N` free loopback ports below the ephemeral range. A client's ephemeral port then never
+/// equals a server's port: a client bound to 127.0.0.3 could otherwise get the watched port
+/// number as its own, and its outbound socket would count as a connection to that port (for
+/// `ss`'s port filter).
+pub fn free_ports_below_ephemeral<const N: usize>() -> Result<[u16; N], String> {
+    const RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let range = std::fs::read_to_string(RANGE).map_err(|e| format!("reading {RANGE}: {e}"))?;
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no range in {RANGE}: {range}"))?;
+    // Held until all N are chosen, so that they differ.
+    let listeners: Vec<std::net::TcpListener> = (low.saturating_sub(10_000)..low)
+        .filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+        .take(N)
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .filter_map(|l| Some(l.local_addr().ok()?.port()))
+        .collect();
+    ports
+        .try_into()
+        .map_err(|_| format!("no {N} free ports below {low}"))
+}
+
 /// A TCP socket bound to `addr` (port 0: any), with SO_REUSEPORT when `reuse_port`: what std
 /// cannot set up before connect() or listen().
 fn bound(addr: SocketAddr, reuse_port: bool) -> socket2::Socket {

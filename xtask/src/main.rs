@@ -52,9 +52,6 @@ enum Command {
         /// A short run for trying changes; BENCHMARKS.md is left as it is.
         #[arg(long)]
         quick: bool,
-        /// (internal) Hold N connections to DST from SRC: the bench's connection holder.
-        #[arg(long, num_args = 3, value_names = ["DST", "SRC", "N"], hide = true)]
-        hold: Option<Vec<String>>,
     },
     /// Set up, then boot Debian's kernels under qemu and run the guest tests against static
     /// builds.
@@ -122,11 +119,7 @@ fn run(command: Command) -> Result<ExitCode> {
             lint()?;
             Ok(ExitCode::SUCCESS)
         }
-        // The holder is this binary again, started by the bench: everything is set up already.
-        Command::Bench {
-            hold: Some(args), ..
-        } => bench::hold(&args).map(|_| ExitCode::SUCCESS),
-        Command::Bench { quick, hold: None } => {
+        Command::Bench { quick } => {
             setup::all()?;
             bench::run(quick)?;
             Ok(ExitCode::SUCCESS)

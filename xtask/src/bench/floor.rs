@@ -34,7 +34,7 @@ impl Floor {
             .stdout(Stdio::null())
             .stderr(File::create(err).with_context(|| format!("creating {}", err.display()))?);
         let mut proc = Proc::spawn(PACKAGE, &mut cmd)?;
-        let stdin = proc.child.stdin.take();
+        let stdin = proc.child().stdin.take();
         let said = || fs::read_to_string(err).unwrap_or_default();
         let prog = wait_running(PACKAGE, &mut proc, said, poker, |t| t == "tracing")?[0];
         Ok(Floor { proc, stdin, prog })

@@ -8,7 +8,8 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use observer_tests::nginx::{Nginx, Options};
 
 use crate::setup;
 
@@ -22,7 +23,6 @@ use super::{
     libbpf_tools::{self, LibbpfTool, Tracer},
     load::{Load, load},
     net::Poker,
-    nginx::Nginx,
     observer::Observer,
     perf::{PROFILED, Profile, perf_available},
     process::{Running, TempDir, capture},
@@ -119,7 +119,7 @@ pub(super) fn measure(plan: &Plan) -> Result<Results> {
     }
     let _stats = BpfStats::enable()?;
     let observer = setup::workspace().join("target/release/observer");
-    let nginx = Nginx::start(&dir.0, "server", NGINX_WORKERS, 4096, false)?;
+    let nginx = start_nginx(NGINX_WORKERS, 4096, false)?;
     // First, while no other phase's TIME_WAIT sockets are on the host: the census walks them.
     say(format_args!(
         "nginx on 127.0.0.1:{}; the census's cost",
@@ -196,6 +196,24 @@ pub(super) fn measure(plan: &Plan) -> Result<Results> {
     })
 }
 
+/// nginx from the harness, on ports below the ephemeral range (see
+/// `free_ports_below_ephemeral`): `workers` workers of `connections` each, with `reuseport` to
+/// spread connections over them.
+pub(super) fn start_nginx(workers: usize, connections: usize, reuseport: bool) -> Result<Nginx> {
+    Nginx::try_start(&Options {
+        workers,
+        connections,
+        reuseport,
+        low_ports: true,
+    })
+    .map_err(|e| anyhow!(e))
+}
+
+/// Connections nginx has accepted since it started (stub_status), this reading's own included.
+pub(super) fn accepts(nginx: &Nginx) -> Result<u64> {
+    nginx.try_accepts().map_err(|e| anyhow!(e))
+}
+
 /// Warms nginx and the TCP stack up, and sizes every run to `secs` at the rate it measured.
 pub(super) fn calibrate(port: u16, secs: f64) -> Result<u64> {
     let mut rates = Vec::new();
@@ -215,10 +233,10 @@ impl Bench<'_> {
     /// A run of load and SETTLE, with the connections nginx accepted meanwhile (less the
     /// connection of its second stub_status reading).
     pub(super) fn counted_load(&self) -> Result<(Load, u64)> {
-        let before = self.nginx.accepts()?;
+        let before = accepts(&self.nginx)?;
         let load = self.load()?;
         pause(SETTLE)?;
-        let after = self.nginx.accepts()?;
+        let after = accepts(&self.nginx)?;
         Ok((load, (after - before).saturating_sub(1)))
     }
 

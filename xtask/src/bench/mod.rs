@@ -30,7 +30,6 @@ mod load;
 mod machine;
 mod measure;
 mod net;
-mod nginx;
 mod node_exporter;
 mod observer;
 mod perf;
@@ -41,14 +40,10 @@ mod stats;
 mod tool;
 mod usage;
 
-pub use holder::hold;
 use interrupt::{catch_signals, say};
 use machine::Machine;
 use measure::measure;
 use report::render;
-
-/// `bench --hold DST SRC N`: the connection holder, a child process of the bench (see `hold`).
-const HOLD_ARG: &str = "--hold";
 
 /// Two ab processes at once: one ab is single-threaded and saturates one core, not the server.
 const AB_CLIENTS: u64 = 2;
@@ -113,6 +108,14 @@ pub fn run(quick: bool) -> Result<()> {
         "--package",
         "observer",
         "--package",
+        floor::PACKAGE,
+        "--package",
+        holder::HELPER_PACKAGE,
+        "--bin",
+        holder::HELPER,
+        "--bin",
+        "observer",
+        "--bin",
         floor::PACKAGE,
     ])?;
     mount_tracefs()?;

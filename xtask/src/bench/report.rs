@@ -629,8 +629,8 @@ pub(super) fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Re
          connections; ss walks every socket through sock_diag (its filter runs in the kernel) and \
          prints a line per match. A scrape right after ss pays for the caches ss's walk over \
          every socket left cold; back to back, scrapes show what observer itself does. This machine's hard `RLIMIT_NOFILE` is {} and root here lacks \
-         CAP_SYS_RESOURCE, so {} holder processes (`cargo xtask bench --hold`, std TcpStreams \
-         bound to 127.0.0.2 and up by socket2) keep the connections, and nginx runs \
+         CAP_SYS_RESOURCE, so {} holder processes (the test harness's `tcp-helper`, `hold DST N \
+         SRC`, each from a source address of its own, 127.0.0.2 and up) keep the connections, and nginx runs \
          {HOLD_WORKERS} workers with `reuseport`, {} connections each. nginx listens below the \
          ephemeral port range, so that no holder is handed the watched port number as its own: \
          `ss`'s port filter would count such an outbound socket as a connection to that port \
