@@ -2,6 +2,7 @@
 //! into this kernel), real TCP servers and clients, scrapes of its metrics, and the kernel's own
 //! view (`bpftool`, `ss`) as independent oracles. Everything started here is stopped on drop.
 pub mod bpftool;
+pub mod child;
 pub mod curl;
 pub mod deploy;
 pub mod events;

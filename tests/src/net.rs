@@ -160,31 +160,59 @@ pub fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
+/// `N` free loopback ports below the ephemeral range. A client's ephemeral port then never
+/// equals a server's port: a client bound to 127.0.0.3 could otherwise get the watched port
+/// number as its own, and its outbound socket would count as a connection to that port (for
+/// `ss`'s port filter).
+pub fn free_ports_below_ephemeral<const N: usize>() -> Result<[u16; N], String> {
+    const RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let range = std::fs::read_to_string(RANGE).map_err(|e| format!("reading {RANGE}: {e}"))?;
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no range in {RANGE}: {range}"))?;
+    // Held until all N are chosen, so that they differ.
+    let listeners: Vec<std::net::TcpListener> = (low.saturating_sub(10_000)..low)
+        .filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+        .take(N)
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .filter_map(|l| Some(l.local_addr().ok()?.port()))
+        .collect();
+    ports
+        .try_into()
+        .map_err(|_| format!("no {N} free ports below {low}"))
+}
+
 /// A TCP socket bound to `addr` (port 0: any), with SO_REUSEPORT when `reuse_port`: what std
 /// cannot set up before connect() or listen().
 fn bound(addr: SocketAddr, reuse_port: bool) -> socket2::Socket {
-    try_bound(addr, reuse_port).unwrap_or_else(|e| panic!("{e}"))
+    try_bound(addr, reuse_port).unwrap_or_else(|e| panic!("binding {addr}: {e}"))
 }
 
-fn try_bound(addr: SocketAddr, reuse_port: bool) -> Result<socket2::Socket, String> {
+fn try_bound(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(|e| format!("socket: {e}"))?;
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if reuse_port {
-        s.set_reuse_port(true)
-            .map_err(|e| format!("SO_REUSEPORT: {e}"))?;
+        s.set_reuse_port(true)?;
     }
-    s.bind(&addr.into())
-        .map_err(|e| format!("binding {addr}: {e}"))?;
+    s.bind(&addr.into())?;
     Ok(s)
 }
 
 /// One connection to `remote` from the given local address and port (bound before connect()).
 pub fn connect_from(local: SocketAddr, remote: SocketAddr) -> TcpStream {
-    let s = bound(local, false);
-    s.connect_timeout(&remote.into(), Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connecting {local} to {remote}: {e}"));
-    s.into()
+    try_connect_from(local, remote)
+        .unwrap_or_else(|e| panic!("connecting {local} to {remote}: {e}"))
+}
+
+/// The same, for callers that report errors rather than panic (the bench).
+pub fn try_connect_from(local: SocketAddr, remote: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = try_bound(local, false)?;
+    s.connect_timeout(&remote.into(), Duration::from_secs(5))?;
+    Ok(s.into())
 }
 
 /// TCP sockets with local address `addr` in any state but TIME_WAIT, as `ss` lists them.
@@ -244,7 +272,7 @@ pub fn try_listen_with_backlog(
     addr: SocketAddr,
     backlog: u32,
 ) -> Result<std::net::TcpListener, String> {
-    let s = try_bound(addr, false)?;
+    let s = try_bound(addr, false).map_err(|e| format!("binding {addr}: {e}"))?;
     s.listen(backlog as i32)
         .map_err(|e| format!("listen on {addr}: {e}"))?;
     Ok(s.into())

@@ -45,16 +45,13 @@ enum Command {
         _args: Vec<String>,
     },
     /// The gates CI runs first: rustfmt, and clippy with warnings as errors on every crate, the
-    /// eBPF one included.
+    /// eBPF ones included.
     Lint,
     /// Set up, then measure observer against its peers; writes BENCHMARKS.md.
     Bench {
         /// A short run for trying changes; BENCHMARKS.md is left as it is.
         #[arg(long)]
         quick: bool,
-        /// (internal) Hold N connections to DST from SRC: the bench's connection holder.
-        #[arg(long, num_args = 3, value_names = ["DST", "SRC", "N"], hide = true)]
-        hold: Option<Vec<String>>,
     },
     /// Set up, then boot Debian's kernels under qemu and run the guest tests against static
     /// builds.
@@ -110,7 +107,10 @@ fn run(command: Command) -> Result<ExitCode> {
                 .skip_while(|a| a != "test")
                 .skip(1)
                 .collect();
-            let mut all = vec!["test", "--workspace", "--exclude", "observer-ebpf"];
+            let mut all = vec!["test", "--workspace"];
+            for ebpf in EBPF_CRATES {
+                all.extend(["--exclude", ebpf]);
+            }
             all.extend(rest.iter().map(String::as_str));
             test(&all, &observer, &dist.dir)
         }
@@ -119,11 +119,7 @@ fn run(command: Command) -> Result<ExitCode> {
             lint()?;
             Ok(ExitCode::SUCCESS)
         }
-        // The holder is this binary again, started by the bench: everything is set up already.
-        Command::Bench {
-            hold: Some(args), ..
-        } => bench::hold(&args).map(|_| ExitCode::SUCCESS),
-        Command::Bench { quick, hold: None } => {
+        Command::Bench { quick } => {
             setup::all()?;
             bench::run(quick)?;
             Ok(ExitCode::SUCCESS)
@@ -135,25 +131,37 @@ fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
-/// rustfmt and clippy, warnings as errors. The eBPF crate is left out of the workspace's
-/// default members (it builds for bpfel-unknown-none, from observer/build.rs), so clippy checks
-/// it on its own, for the host: the toolchain that builds it for the kernel is Debian's rustc
-/// linked into rustup, which has no clippy. It is `no_std`, so it needs panic=abort there, and a
-/// target directory of its own so that the flag does not rebuild everything else.
+/// The crates that build only for bpfel-unknown-none: observer's program, and the bench's
+/// floor (an empty program).
+const EBPF_CRATES: [&str; 2] = ["observer-ebpf", "bench-floor-ebpf"];
+
+/// rustfmt and clippy, warnings as errors, on every crate of the workspace (the bench's floor
+/// too, which is no default member). The eBPF crates build for bpfel-unknown-none (from
+/// build.rs), so clippy checks them on their own, for the host: the toolchain that builds them
+/// for the kernel is Debian's rustc linked into rustup, which has no clippy. They are `no_std`,
+/// so they need panic=abort there, and a target directory of their own so that the flag does
+/// not rebuild everything else.
 fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
-    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    let mut host = vec!["clippy", "--workspace", "--all-targets"];
+    for ebpf in EBPF_CRATES {
+        host.extend(["--exclude", ebpf]);
+    }
+    host.extend(["--", "-D", "warnings"]);
+    cargo(&host)?;
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo_bin)
-        .args(["clippy", "--package", "observer-ebpf", "--target-dir"])
-        .arg(setup::workspace().join("target/clippy-ebpf"))
-        .args(["--", "-D", "warnings"])
-        .env("CARGO_PROFILE_DEV_PANIC", "abort")
-        .current_dir(setup::workspace())
-        .status()
-        .context("starting clippy on the eBPF crate")?;
-    if !status.success() {
-        bail!("clippy on the eBPF crate failed ({status})");
+    for ebpf in EBPF_CRATES {
+        let status = std::process::Command::new(&cargo_bin)
+            .args(["clippy", "--package", ebpf, "--target-dir"])
+            .arg(setup::workspace().join("target/clippy-ebpf"))
+            .args(["--", "-D", "warnings"])
+            .env("CARGO_PROFILE_DEV_PANIC", "abort")
+            .current_dir(setup::workspace())
+            .status()
+            .with_context(|| format!("starting clippy on {ebpf}"))?;
+        if !status.success() {
+            bail!("clippy on {ebpf} failed ({status})");
+        }
     }
     Ok(())
 }

@@ -9,7 +9,9 @@
 //!   accepted             the client ports of the connections accepted so far, reply
 //!                        `accepted PORT...`
 //!   connect ADDR N       open and close N connections one after the other, reply `connected OK FAILED`
-//!   hold ADDR N          open N connections and keep them, reply `holding N`
+//!   hold ADDR N [SRC]    open N connections (from address SRC if given) and keep them, reply
+//!                        `holding N`, all it holds (fewer if a connect() failed: it says why
+//!                        on stderr)
 //!   release              close the held connections, reply `released N`
 //!   spawn                start a child tcp-helper (a new process), reply `spawned INDEX PID`
 //!   child INDEX CMD...   send CMD to child INDEX, reply with its reply
@@ -68,11 +70,27 @@ fn main() {
                 let (ok, failed) = observer_tests::net::connect_n(addr, n.parse().expect("count"));
                 writeln!(out, "connected {ok} {failed}").unwrap();
             }
-            ["hold", addr, n] => {
-                for _ in 0..n.parse::<usize>().expect("count") {
-                    held.push(
-                        TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}")),
-                    );
+            ["hold", addr, n, from @ ..] => {
+                let addr: SocketAddr = addr.parse().expect("address");
+                let from: Option<std::net::IpAddr> = from.first().map(|a| a.parse().expect("SRC"));
+                let n: usize = n.parse().expect("count");
+                let start = held.len();
+                while held.len() - start < n {
+                    let connected = match from {
+                        Some(src) => {
+                            observer_tests::net::try_connect_from(SocketAddr::new(src, 0), addr)
+                        }
+                        None => {
+                            TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+                        }
+                    };
+                    match connected {
+                        Ok(s) => held.push(s),
+                        Err(e) => {
+                            eprintln!("tcp-helper: hold {addr}: stopped at {}: {e}", held.len());
+                            break;
+                        }
+                    }
                 }
                 writeln!(out, "holding {}", held.len()).unwrap();
             }

@@ -1,10 +1,10 @@
 //! BPF programs: which ones a process holds, and what the kernel measured of their runs.
-use std::{collections::BTreeSet, fs};
+use std::{collections::BTreeSet, fs, time::Duration};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 
-use super::BPF_STATS;
+use super::{BPF_STATS, START_TIMEOUT, interrupt::wait_until, net::Poker, process::Proc};
 
 /// `sysctl -w kernel.bpf_stats_enabled=1` for the bench (the kernel counts run_time_ns and
 /// run_cnt only then); the previous value comes back on drop.
@@ -92,6 +92,49 @@ pub(super) fn progs_of(pid: u32) -> Result<Vec<(u32, String, String)>> {
         .collect()
 }
 
+/// Waits until the programs of `proc` that `pick` keeps run: a poke of `poker` makes a
+/// transition, which every program on the tracepoint sees. Returns their IDs. `said` is what
+/// the tool wrote to stderr, for the error when it exits first.
+pub(super) fn wait_running(
+    name: &str,
+    proc: &mut Proc,
+    said: impl Fn() -> String,
+    poker: &Poker,
+    pick: impl Fn(&str) -> bool,
+) -> Result<Vec<u32>> {
+    wait_until(
+        &format!("{name} to attach"),
+        START_TIMEOUT,
+        Duration::from_millis(50),
+        || {
+            if let Some(status) = proc.poll()? {
+                bail!("{name} exited ({status}): {}", said().trim());
+            }
+            let progs: Vec<u32> = progs_of(proc.pid())?
+                .into_iter()
+                .filter(|(_, _, kind)| pick(kind))
+                .map(|(id, _, _)| id)
+                .collect();
+            if progs.is_empty() {
+                return Ok(None);
+            }
+            poker.poke()?;
+            Ok((sum_run_stats(&progs)?.runs > 0).then_some(progs))
+        },
+    )
+}
+
+/// What the kernel measured of some programs' runs, summed.
+pub(super) fn sum_run_stats(progs: &[u32]) -> Result<RunStats> {
+    let mut sum = RunStats::default();
+    for id in progs {
+        let s = run_stats(*id)?;
+        sum.ns += s.ns;
+        sum.runs += s.runs;
+    }
+    Ok(sum)
+}
+
 /// Programs on sock:inet_sock_set_state that are not the bench's (another user's tracers, or
 /// another observer).
 pub(super) fn foreign_tracers(ours: &BTreeSet<u32>) -> Result<Vec<String>> {
@@ -107,7 +150,8 @@ fn foreign_in(all: &Value, ours: &BTreeSet<u32>) -> Vec<String> {
             let id = p["id"].as_u64().unwrap_or(0);
             let name = p["name"].as_str().unwrap_or_default();
             // bpftrace and tcplife name a tracepoint's program after it; observer names its
-            // own; tcpstates calls its program handle_set_state.
+            // own, and the bench's floor is observer_floor; tcpstates calls its program
+            // handle_set_state.
             let on_tracepoint = name.starts_with("inet_sock_set")
                 || name.starts_with("observer_")
                 || name == "handle_set_state";

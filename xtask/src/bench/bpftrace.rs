@@ -3,22 +3,15 @@ use std::{
     fs::{self, File},
     path::Path,
     process::{Command, ExitStatus, Stdio},
-    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
-use super::{
-    START_TIMEOUT, TCP_ESTABLISHED,
-    bpf::{progs_of, run_stats},
-    interrupt::wait_until,
-    net::Poker,
-    process::Proc,
-};
+use super::{TCP_ESTABLISHED, bpf::wait_running, net::Poker, process::Proc};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Script {
-    /// Does nothing: the floor, what any program on this tracepoint costs.
+    /// Does nothing: what any program on the classic tracepoint costs.
     Empty,
     /// Counts transitions per new state in the kernel; prints the map at exit.
     Count,
@@ -59,27 +52,8 @@ impl Bpftrace {
             .stdout(File::create(out).with_context(|| format!("creating {}", out.display()))?)
             .stderr(File::create(err).with_context(|| format!("creating {}", err.display()))?);
         let mut proc = Proc::spawn("bpftrace", &mut cmd)?;
-        let prog = wait_until(
-            "bpftrace to attach",
-            START_TIMEOUT,
-            Duration::from_millis(50),
-            || {
-                if let Some(status) = proc.poll()? {
-                    let said = fs::read_to_string(err).unwrap_or_default();
-                    bail!("bpftrace exited ({status}): {}", said.trim());
-                }
-                for (id, _, _) in progs_of(proc.pid())?
-                    .iter()
-                    .filter(|(_, _, k)| k == "tracepoint")
-                {
-                    poker.poke()?;
-                    if run_stats(*id)?.runs > 0 {
-                        return Ok(Some(*id));
-                    }
-                }
-                Ok(None)
-            },
-        )?;
+        let said = || fs::read_to_string(err).unwrap_or_default();
+        let prog = wait_running("bpftrace", &mut proc, said, poker, |t| t == "tracepoint")?[0];
         Ok(Bpftrace { proc, prog })
     }
 

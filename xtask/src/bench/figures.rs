@@ -14,6 +14,8 @@ pub(super) struct Figures {
     pub(super) both_ns: Option<Spread>,
     pub(super) count_ns: Option<Spread>,
     pub(super) empty_ns: Option<Spread>,
+    /// The floor's empty program, attached by BTF type as observer's are.
+    pub(super) floor_ns: Option<Spread>,
     pub(super) hits_per_conn: Option<Spread>,
     pub(super) missing_counts: u64,
     pub(super) counted_total: u64,
@@ -37,6 +39,7 @@ impl Figures {
             both_ns: Spread::of(rounds(Tool::Observer).filter_map(both_per_hit)),
             count_ns: ns(Tool::BpftraceCount, Prog::Bpftrace),
             empty_ns: ns(Tool::BpftraceEmpty, Prog::Bpftrace),
+            floor_ns: ns(Tool::Floor, Prog::Floor),
             hits_per_conn: Spread::of(
                 rounds(Tool::Observer)
                     .filter_map(|x| Some(kernel(x, Prog::Main)?.runs as f64 / x.accepted as f64)),
@@ -148,6 +151,7 @@ mod tests {
         assert_eq!(f.both_ns.unwrap().median, 225.0);
         assert_eq!(f.count_ns.unwrap().median, 100.0);
         assert!(f.empty_ns.is_none());
+        assert_eq!(f.floor_ns.unwrap().median, 40.0);
         assert_eq!(f.hits_per_conn.unwrap().median, 2.0);
         // Observer's rounds only: 10 of 40,000 missing.
         assert_eq!((f.missing_counts, f.counted_total), (10, 40_000));

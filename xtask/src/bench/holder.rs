@@ -1,7 +1,9 @@
-//! The connection holders: child processes (`bench --hold`) that keep connections open.
+//! The connection holders: the test harness's `tcp-helper` processes, each holding connections
+//! from a source address of its own (`hold DST N SRC`) until its stdin closes.
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
     process::{ChildStdin, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -10,10 +12,19 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    HOLD_ARG, HOLD_TIMEOUT, PER_HOLDER, STOP_GRACE,
+    HOLD_TIMEOUT, PER_HOLDER, STOP_GRACE,
     interrupt::check_interrupt,
     process::{Proc, lines_in_background},
 };
+use crate::setup;
+
+/// The harness's binary and its package; `cargo xtask bench` builds it (release) first.
+pub(super) const HELPER: &str = "tcp-helper";
+pub(super) const HELPER_PACKAGE: &str = "observer-tests";
+
+fn helper() -> PathBuf {
+    setup::workspace().join("target/release").join(HELPER)
+}
 
 /// Holders for `n` more connections, PER_HOLDER each, each from a source address of its own
 /// (127.0.0.2 and up): the ephemeral ports of one source address would not reach 100,000.
@@ -33,7 +44,7 @@ pub(super) fn hold_more(dst: SocketAddr, n: usize, first: usize) -> Result<Vec<H
     Ok(pending)
 }
 
-/// A holder process (`bench --hold`): holds its connections until its stdin closes.
+/// A `tcp-helper` holding connections until its stdin closes.
 pub(super) struct Holder {
     pub(super) proc: Proc,
     pub(super) stdin: Option<ChildStdin>,
@@ -43,21 +54,17 @@ pub(super) struct Holder {
 
 impl Holder {
     pub(super) fn spawn(dst: SocketAddr, src: Ipv4Addr, n: usize) -> Result<Holder> {
-        let exe = std::env::current_exe().context("finding xtask's own binary")?;
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "bench",
-            HOLD_ARG,
-            &dst.to_string(),
-            &src.to_string(),
-            &n.to_string(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        let mut proc = Proc::spawn("holder", &mut cmd)?;
-        let stdin = proc.child.stdin.take();
-        let stdout = lines_in_background(proc.child.stdout.take());
+        let mut cmd = Command::new(helper());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut proc = Proc::spawn(HELPER, &mut cmd)?;
+        let mut stdin = proc.child().stdin.take();
+        if let Some(stdin) = &mut stdin {
+            writeln!(stdin, "hold {dst} {n} {src}").context("asking tcp-helper to hold")?;
+            stdin.flush()?;
+        }
+        let stdout = lines_in_background(proc.child().stdout.take());
         Ok(Holder {
             proc,
             stdin,
@@ -90,43 +97,9 @@ impl Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        // A closed stdin tells the holder to close its connections and exit; Proc's drop
-        // stops it otherwise.
+        // A closed stdin ends tcp-helper, which closes its connections; Proc's drop stops it
+        // otherwise.
         drop(self.stdin.take());
         let _ = self.proc.wait_for(STOP_GRACE);
     }
-}
-
-/// The holder process: opens N connections from SRC to DST, says `holding <count>`, and keeps
-/// them until its stdin closes (or the bench dies, which PR_SET_PDEATHSIG turns into SIGTERM).
-pub fn hold(args: &[String]) -> Result<()> {
-    let [dst, src, n] = args else {
-        bail!("usage: cargo xtask bench {HOLD_ARG} DST SRC N");
-    };
-    let dst: SocketAddr = dst.parse().context("DST")?;
-    let src: IpAddr = src.parse().context("SRC")?;
-    let n: usize = n.parse().context("N")?;
-    let deadline = Instant::now() + HOLD_TIMEOUT / 2;
-    let mut held = Vec::with_capacity(n);
-    while held.len() < n && Instant::now() < deadline {
-        match connect_from(src, dst) {
-            Ok(stream) => held.push(stream),
-            Err(e) => {
-                eprintln!("bench holder {src}: stopped at {}: {e}", held.len());
-                break;
-            }
-        }
-    }
-    println!("holding {}", held.len());
-    std::io::stdout().flush()?;
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
-    Ok(())
-}
-
-pub(super) fn connect_from(src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket.bind(&SocketAddr::new(src, 0).into())?;
-    socket.connect_timeout(&dst.into(), Duration::from_secs(5))?;
-    Ok(socket.into())
 }

@@ -5,15 +5,12 @@ use std::{
     fs::File,
     path::Path,
     process::{Command, ExitStatus, Stdio},
-    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::{
-    START_TIMEOUT,
-    bpf::{RunStats, progs_of, run_stats},
-    interrupt::wait_until,
+    bpf::{RunStats, sum_run_stats, wait_running},
     net::Poker,
     process::Proc,
 };
@@ -64,45 +61,20 @@ impl LibbpfTool {
             .stdout(File::create(out).with_context(|| format!("creating {}", out.display()))?)
             .stderr(File::create(err).with_context(|| format!("creating {}", err.display()))?);
         let mut proc = Proc::spawn(name, &mut cmd)?;
-        let progs = wait_until(
-            &format!("{name} to attach"),
-            START_TIMEOUT,
-            Duration::from_millis(50),
-            || {
-                if let Some(status) = proc.poll()? {
-                    let said = std::fs::read_to_string(err).unwrap_or_default();
-                    bail!("{name} exited ({status}): {}", said.trim());
-                }
-                let progs: Vec<u32> = progs_of(proc.pid())?.iter().map(|p| p.0).collect();
-                if progs.is_empty() {
-                    return Ok(None);
-                }
-                poker.poke()?;
-                Ok((self::stats(&progs)?.runs > 0).then_some(progs))
-            },
-        )?;
+        let said = || std::fs::read_to_string(err).unwrap_or_default();
+        let progs = wait_running(name, &mut proc, said, poker, |_| true)?;
         Ok(LibbpfTool { proc, progs })
     }
 
     /// What the kernel measured of all its programs' runs.
     pub(super) fn stats(&self) -> Result<RunStats> {
-        stats(&self.progs)
+        sum_run_stats(&self.progs)
     }
 
     /// SIGINT, as at a terminal.
     pub(super) fn stop(mut self) -> Result<ExitStatus> {
         self.proc.stop(libc::SIGINT)
     }
-}
-
-fn stats(progs: &[u32]) -> Result<RunStats> {
-    let mut sum = RunStats::default();
-    for id in progs {
-        let s = run_stats(*id)?;
-        sum.ns += s.ns;
-        sum.runs += s.runs;
-    }
-    Ok(sum)
 }
 
 /// tcplife's lines, one per connection, under its header

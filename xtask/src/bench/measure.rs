@@ -8,7 +8,8 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use observer_tests::nginx::{Nginx, Options};
 
 use crate::setup;
 
@@ -16,11 +17,12 @@ use super::{
     AB_CLIENTS, BPF_STATS, NGINX_WORKERS, Plan, SETTLE, TOOL_TIMEOUT, WARMUP_PER_CLIENT,
     bpf::{BpfStats, RunStats, foreign_tracers, run_stats},
     bpftrace::{Bpftrace, Script, counted_established, lost_events, printed_established},
+    census::{CensusLevel, census_cost},
+    floor::Floor,
     interrupt::{pause, say},
     libbpf_tools::{self, LibbpfTool, Tracer},
     load::{Load, load},
     net::Poker,
-    nginx::Nginx,
     observer::Observer,
     perf::{PROFILED, Profile, perf_available},
     process::{Running, TempDir, capture},
@@ -83,6 +85,8 @@ pub(super) struct Results {
     /// None when perf is not installed.
     pub(super) profiles: Option<Vec<Profile>>,
     pub(super) readings: Readings,
+    /// The socket census's cost, with few and with many TIME_WAIT sockets.
+    pub(super) census: Vec<CensusLevel>,
     pub(super) foreign: BTreeSet<String>,
     pub(super) warnings: Vec<String>,
 }
@@ -115,11 +119,14 @@ pub(super) fn measure(plan: &Plan) -> Result<Results> {
     }
     let _stats = BpfStats::enable()?;
     let observer = setup::workspace().join("target/release/observer");
-    let nginx = Nginx::start(&dir.0, "server", NGINX_WORKERS, 4096, false)?;
+    let nginx = start_nginx(NGINX_WORKERS, 4096, false)?;
+    // First, while no other phase's TIME_WAIT sockets are on the host: the census walks them.
     say(format_args!(
-        "nginx on 127.0.0.1:{}; warming up",
+        "nginx on 127.0.0.1:{}; the census's cost",
         nginx.port
     ));
+    let census = census_cost(&observer, nginx.port, plan.time_wait, plan.reading_pairs)?;
+    say(format_args!("warming up"));
     let per_client = calibrate(nginx.port, plan.load_secs)?;
     let mut bench = Bench {
         dir: &dir.0,
@@ -183,9 +190,28 @@ pub(super) fn measure(plan: &Plan) -> Result<Results> {
         checks,
         profiles,
         readings,
+        census,
         foreign,
         warnings,
     })
+}
+
+/// nginx from the harness, on ports below the ephemeral range (see
+/// `free_ports_below_ephemeral`): `workers` workers of `connections` each, with `reuseport` to
+/// spread connections over them.
+pub(super) fn start_nginx(workers: usize, connections: usize, reuseport: bool) -> Result<Nginx> {
+    Nginx::try_start(&Options {
+        workers,
+        connections,
+        reuseport,
+        low_ports: true,
+    })
+    .map_err(|e| anyhow!(e))
+}
+
+/// Connections nginx has accepted since it started (stub_status), this reading's own included.
+pub(super) fn accepts(nginx: &Nginx) -> Result<u64> {
+    nginx.try_accepts().map_err(|e| anyhow!(e))
 }
 
 /// Warms nginx and the TCP stack up, and sizes every run to `secs` at the rate it measured.
@@ -207,10 +233,10 @@ impl Bench<'_> {
     /// A run of load and SETTLE, with the connections nginx accepted meanwhile (less the
     /// connection of its second stub_status reading).
     pub(super) fn counted_load(&self) -> Result<(Load, u64)> {
-        let before = self.nginx.accepts()?;
+        let before = accepts(&self.nginx)?;
         let load = self.load()?;
         pause(SETTLE)?;
-        let after = self.nginx.accepts()?;
+        let after = accepts(&self.nginx)?;
         Ok((load, (after - before).saturating_sub(1)))
     }
 
@@ -221,6 +247,7 @@ impl Bench<'_> {
         match tool {
             Tool::Observer | Tool::ObserverOpen => self.observer_round(tool, without, false),
             Tool::ObserverEvents => self.observer_round(tool, without, true),
+            Tool::Floor => self.floor_round(without, pair),
             Tool::BpftraceEmpty => self.bpftrace_round(tool, without, Script::Empty, pair),
             Tool::BpftraceCount => self.bpftrace_round(tool, without, Script::Count, pair),
             Tool::BpftracePrint => self.bpftrace_round(tool, without, Script::Print, pair),
@@ -377,6 +404,39 @@ impl Bench<'_> {
         })
     }
 
+    pub(super) fn floor_round(&mut self, without: Load, pair: usize) -> Result<Round> {
+        let err = self.dir.join(format!("floor-{pair}.err"));
+        let floor = self.start_floor(&err)?;
+        let before = run_stats(floor.prog)?;
+        let (with, accepted) = self.counted_load()?;
+        let after = run_stats(floor.prog)?;
+        let memory = Memory::of(floor.proc.pid())?;
+        self.stop_floor(floor)?;
+        Ok(Round {
+            tool: Tool::Floor,
+            without,
+            with,
+            accepted,
+            counted: None,
+            kernel: vec![(Prog::Floor, after.since(before))],
+            own: None,
+            memory,
+        })
+    }
+
+    pub(super) fn start_floor(&mut self, err: &Path) -> Result<Floor> {
+        let floor = Floor::start(err, &self.poker)?;
+        self.ours.insert(floor.prog);
+        Ok(floor)
+    }
+
+    pub(super) fn stop_floor(&mut self, floor: Floor) -> Result<()> {
+        if let Some(complaint) = floor.stop()? {
+            self.warnings.push(complaint);
+        }
+        Ok(())
+    }
+
     /// One run of load with the tool attached, sampled by `perf record -a` in its middle.
     pub(super) fn profile(&mut self, tool: Tool, load_secs: f64) -> Result<Profile> {
         let file = self.dir.join(format!("perf-{tool:?}.data"));
@@ -409,6 +469,11 @@ impl Bench<'_> {
                 let obs = self.start_observer((tool == Tool::ObserverEvents).then(Stdio::null))?;
                 run(self)?;
                 self.stop_observer(obs)?;
+            }
+            Tool::Floor => {
+                let floor = self.start_floor(&self.dir.join("floor-profile.err"))?;
+                run(self)?;
+                self.stop_floor(floor)?;
             }
             Tool::BpftraceEmpty | Tool::BpftraceCount => {
                 let script = if tool == Tool::BpftraceEmpty {
@@ -574,9 +639,25 @@ pub(super) mod sample {
         }
     }
 
-    /// Two pairs of observer (metrics only) and one of bpftrace's counting script.
+    /// A level of TIME_WAIT sockets, all on the port, each census taking `cpu_ms`.
+    pub(in crate::bench) fn census_level(held: usize, cpu_ms: f64) -> CensusLevel {
+        CensusLevel {
+            target: held,
+            ss_count: vec![held as f64; 3],
+            gauge: vec![held as f64; 3],
+            host: held + 40,
+            scrape_ms: vec![cpu_ms + 2.0, cpu_ms + 3.0, cpu_ms + 4.0],
+            cached_ms: vec![1.5; 3],
+            wall_ms: vec![cpu_ms * 1.2; 3],
+            cpu_ms: vec![cpu_ms; 3],
+            ss_ms: vec![cpu_ms / 2.0; 3],
+        }
+    }
+
+    /// Two pairs of observer (metrics only), one of the floor and one of bpftrace's counting
+    /// script.
     pub(in crate::bench) fn results() -> Results {
-        use Prog::{Backup, Bpftrace, Main};
+        use Prog::{Backup, Bpftrace, Floor, Main};
         Results {
             per_client: 10_000,
             rounds: vec![
@@ -597,6 +678,15 @@ pub(super) mod sample {
                     Some(19_990),
                     &[(Main, 6_000_000, 40_000), (Backup, 2_000_000, 40_000)],
                     memory(30, 6, 100),
+                ),
+                round(
+                    Tool::Floor,
+                    10_000.0,
+                    9_900.0,
+                    20_000,
+                    None,
+                    &[(Floor, 1_600_000, 40_000)],
+                    memory(12, 3, 0),
                 ),
                 round(
                     Tool::BpftraceCount,
@@ -620,6 +710,7 @@ pub(super) mod sample {
                 holders: 1,
                 gauge_after_release: 0.0,
             },
+            census: vec![census_level(100, 1.0), census_level(25_000, 80.0)],
             foreign: BTreeSet::new(),
             warnings: Vec::new(),
         }

@@ -20,7 +20,9 @@ use crate::setup;
 
 mod bpf;
 mod bpftrace;
+mod census;
 mod figures;
+mod floor;
 mod holder;
 mod interrupt;
 mod libbpf_tools;
@@ -28,7 +30,6 @@ mod load;
 mod machine;
 mod measure;
 mod net;
-mod nginx;
 mod node_exporter;
 mod observer;
 mod perf;
@@ -39,14 +40,10 @@ mod stats;
 mod tool;
 mod usage;
 
-pub use holder::hold;
 use interrupt::{catch_signals, say};
 use machine::Machine;
 use measure::measure;
 use report::render;
-
-/// `bench --hold DST SRC N`: the connection holder, a child process of the bench (see `hold`).
-const HOLD_ARG: &str = "--hold";
 
 /// Two ab processes at once: one ab is single-threaded and saturates one core, not the server.
 const AB_CLIENTS: u64 = 2;
@@ -102,10 +99,25 @@ pub fn run(quick: bool) -> Result<()> {
     let plan = Plan::new(quick);
     let started = Instant::now();
     say(format_args!(
-        "building observer; then {} pairs per tool, {} s of load per run, {} connections held",
+        "building observer and the floor; then {} pairs per tool, {} s of load per run, {} connections held",
         plan.pairs, plan.load_secs, plan.held
     ));
-    crate::cargo(&["build", "--release", "--package", "observer"])?;
+    crate::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "observer",
+        "--package",
+        floor::PACKAGE,
+        "--package",
+        holder::HELPER_PACKAGE,
+        "--bin",
+        holder::HELPER,
+        "--bin",
+        "observer",
+        "--bin",
+        floor::PACKAGE,
+    ])?;
     mount_tracefs()?;
     catch_signals();
     let machine = Machine::read()?;
@@ -140,8 +152,10 @@ struct Plan {
     profiles: usize,
     /// The large level of held connections.
     held: usize,
-    /// Scrape / ss pairs per level of held connections.
+    /// Scrape / ss pairs per level of held connections, and per level of TIME_WAIT sockets.
     reading_pairs: usize,
+    /// The large level of TIME_WAIT sockets on the watched port, for the census's cost.
+    time_wait: usize,
 }
 
 impl Plan {
@@ -155,6 +169,7 @@ impl Plan {
                 profiles: 3,
                 held: 100_000,
                 reading_pairs: 9,
+                time_wait: 25_000,
             },
             true => Plan {
                 quick: true,
@@ -164,6 +179,7 @@ impl Plan {
                 profiles: 1,
                 held: 5_000,
                 reading_pairs: 5,
+                time_wait: 5_000,
             },
         }
     }

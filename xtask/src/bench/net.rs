@@ -1,7 +1,6 @@
-//! Loopback helpers: free ports, HTTP GETs, a listener to poke the tracepoint with, `ss`.
+//! Loopback helpers: HTTP GETs, a listener to poke the tracepoint with, `ss`.
 use std::{
-    fs,
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     process::Command,
     time::{Duration, Instant},
 };
@@ -9,31 +8,6 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 
 use super::{TOOL_TIMEOUT, process::run_bounded, stats::ms};
-
-/// `N` free ports below the ephemeral range. A client's ephemeral port then never equals a
-/// server port: a holder bound to 127.0.0.3 could otherwise get the watched port number as its
-/// own, and its outbound socket would count as a connection to that port (for ss and observer).
-pub(super) fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    const RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-    let range = fs::read_to_string(RANGE).with_context(|| format!("reading {RANGE}"))?;
-    let low: u16 = range
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow!("no range in {RANGE}: {range}"))?;
-    // Held until all N are chosen, so that they differ.
-    let listeners: Vec<TcpListener> = (low.saturating_sub(10_000)..low)
-        .filter_map(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).ok())
-        .take(N)
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect::<Result<_>>()?;
-    ports
-        .try_into()
-        .map_err(|_| anyhow!("no {N} free ports below {low}"))
-}
 
 /// GET `path` over a new connection (HTTP/1.0: the server closes it); returns the 200 body.
 pub(super) fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
@@ -63,12 +37,19 @@ impl Poker {
 /// `ss` counting the established connections of a local port, as a collector would poll it;
 /// returns the count and the time from spawn to the end of its output.
 pub(super) fn ss_established(port: u16) -> Result<(usize, f64)> {
-    let filter = format!("( sport = :{port} )");
+    ss_state("established", Some(port))
+}
+
+/// `ss` counting the sockets in `state` (ss's name) of a local port, or of every port; returns
+/// the count and the time from spawn to the end of its output. Not the harness's `ss_state`:
+/// this one is a measurement, timed as a collector that runs ss pays for it.
+pub(super) fn ss_state(state: &str, port: Option<u16>) -> Result<(usize, f64)> {
+    let mut cmd = Command::new("ss");
+    cmd.args(["-Htan", "state", state]);
+    if let Some(port) = port {
+        cmd.arg(format!("( sport = :{port} )"));
+    }
     let start = Instant::now();
-    let out = run_bounded(
-        "ss",
-        Command::new("ss").args(["-Htan", "state", "established", &filter]),
-        TOOL_TIMEOUT,
-    )?;
+    let out = run_bounded("ss", &mut cmd, TOOL_TIMEOUT)?;
     Ok((out.stdout.lines().count(), ms(out.ended - start)))
 }

@@ -12,13 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use observer_tests::scrape::Scrape;
 
-use super::{
-    START_TIMEOUT,
-    interrupt::wait_until,
-    net::{free_ports, http_get},
-    process::Proc,
-    stats::ms,
-};
+use super::{START_TIMEOUT, interrupt::wait_until, net::http_get, process::Proc, stats::ms};
 
 /// Debian's prometheus-node-exporter names its binary after the package.
 const BINARY: &str = "prometheus-node-exporter";
@@ -30,7 +24,7 @@ pub(super) struct NodeExporter {
 
 impl NodeExporter {
     pub(super) fn start(dir: &Path) -> Result<NodeExporter> {
-        let [port] = free_ports()?;
+        let [port] = observer_tests::net::free_ports_below_ephemeral().map_err(|e| anyhow!(e))?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let err = dir.join("node_exporter.err");
         let mut cmd = Command::new(BINARY);

@@ -97,7 +97,7 @@ impl Observer {
         cmd.stdin(Stdio::null()).stderr(Stdio::piped());
         let start = Instant::now();
         let mut proc = Proc::spawn("observer", &mut cmd)?;
-        let stderr = lines_in_background(proc.child.stderr.take());
+        let stderr = lines_in_background(proc.child().stderr.take());
         let ready_line = wait_ready(&mut proc, &stderr)?;
         let ready_ms = ms(start.elapsed());
         let metrics = observer_tests::observer::metrics_addr(&ready_line)

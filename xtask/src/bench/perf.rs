@@ -4,9 +4,10 @@ use std::process::Command;
 use super::tool::Tool;
 
 /// The tools profiled (the printing script's cost is mostly in userspace: section 1 shows it).
-pub(super) const PROFILED: [Tool; 4] = [
+pub(super) const PROFILED: [Tool; 5] = [
     Tool::Observer,
     Tool::ObserverEvents,
+    Tool::Floor,
     Tool::BpftraceEmpty,
     Tool::BpftraceCount,
 ];

@@ -1,10 +1,10 @@
 //! The processes the bench starts, each in a process group of its own that a guard stops on
-//! drop; the commands it runs with their output captured; the temporary directory for their
+//! drop (the harness's `Guarded`); the commands it runs with their output captured; the temporary directory for their
 //! configs and output.
+use observer_tests::child::Guarded;
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
@@ -16,100 +16,50 @@ use anyhow::{Context as _, Result, anyhow, ensure};
 
 use super::{STOP_GRACE, TOOL_TIMEOUT, interrupt::check_interrupt};
 
-/// A child process in a process group of its own. Dropping it stops the whole group (nginx's
-/// workers too); PR_SET_PDEATHSIG stops it should the bench itself be killed.
-pub(super) struct Proc {
-    pub(super) name: String,
-    pub(super) child: Child,
-    pub(super) status: Option<ExitStatus>,
-}
+/// A process the bench started: the harness's guarded child (a process group of its own, stopped
+/// on drop, PR_SET_PDEATHSIG), with waits that give way to an interruption.
+pub(super) struct Proc(pub(super) Guarded);
 
 impl Proc {
     pub(super) fn spawn(name: &str, cmd: &mut Command) -> Result<Proc> {
-        cmd.process_group(0);
-        // SAFETY: prctl is async-signal-safe and changes only the new process.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-            status: None,
-        })
+        Ok(Proc(Guarded::spawn(name, cmd)?))
     }
 
     pub(super) fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
+    }
+
+    pub(super) fn child(&mut self) -> &mut Child {
+        &mut self.0.child
     }
 
     pub(super) fn poll(&mut self) -> Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            self.status = self
-                .child
-                .try_wait()
-                .with_context(|| format!("waiting for {}", self.name))?;
-        }
-        Ok(self.status)
+        let status = self.0.poll();
+        status.with_context(|| format!("waiting for {}", self.0.name))
     }
 
     /// Waits up to `timeout` for the process to exit.
     pub(super) fn wait_for(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.poll()? {
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            if let Some(status) = self.0.wait_for(slice)? {
                 return Ok(Some(status));
             }
             if Instant::now() >= deadline {
                 return Ok(None);
             }
             check_interrupt()?;
-            thread::sleep(Duration::from_millis(5));
         }
     }
 
-    /// Signals the process group, as long as its leader has not been reaped (its ID cannot have
-    /// been reused before that).
-    pub(super) fn signal(&self, sig: libc::c_int) {
-        if self.status.is_none() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(-(self.pid() as libc::pid_t), sig) };
-        }
-    }
-
-    /// Sends `sig` and waits for the exit; SIGKILL after STOP_GRACE.
+    /// Sends `sig` to its group and waits for the exit; SIGKILL after STOP_GRACE.
     pub(super) fn stop(&mut self, sig: libc::c_int) -> Result<ExitStatus> {
-        self.signal(sig);
-        if let Some(status) = self.wait_for(STOP_GRACE)? {
-            return Ok(status);
-        }
-        eprintln!("bench: {} ignored signal {sig}; killing it", self.name);
-        self.signal(libc::SIGKILL);
-        let status = self.child.wait().context("waiting for a killed child")?;
-        self.status = Some(status);
-        Ok(status)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.status.is_some() {
-            return;
-        }
-        self.signal(libc::SIGTERM);
-        for _ in 0..300 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
+        let name = self.0.name.clone();
+        let status = self.0.stop(sig, STOP_GRACE);
+        status.with_context(|| format!("stopping {name}"))
     }
 }
 
@@ -166,8 +116,8 @@ impl Running {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut proc = Proc::spawn(name, cmd)?;
-        let stdout = read_in_background(proc.child.stdout.take());
-        let stderr = read_in_background(proc.child.stderr.take());
+        let stdout = read_in_background(proc.child().stdout.take());
+        let stderr = read_in_background(proc.child().stderr.take());
         Ok(Running {
             name: name.to_string(),
             proc,

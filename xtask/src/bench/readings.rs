@@ -11,8 +11,8 @@ use super::{
     FEW_HELD, HOLD_WORKER_CONNECTIONS, HOLD_WORKERS, Plan,
     holder::{Holder, hold_more},
     interrupt::{pause, say},
+    measure::start_nginx,
     net::ss_established,
-    nginx::Nginx,
     node_exporter::{self, NodeExporter},
     observer::Observer,
     stats::ms,
@@ -76,7 +76,7 @@ pub(super) fn readings(
     plan: &Plan,
     warnings: &mut Vec<String>,
 ) -> Result<Readings> {
-    let nginx = Nginx::start(dir, "hold", HOLD_WORKERS, HOLD_WORKER_CONNECTIONS, true)?;
+    let nginx = start_nginx(HOLD_WORKERS, HOLD_WORKER_CONNECTIONS, true)?;
     let port = nginx.port;
     let obs = Observer::start(observer, port, None)?;
     let node = NodeExporter::start(dir)?;

@@ -5,6 +5,7 @@ use super::{
     AB_CLIENTS, AB_CONCURRENCY, FEW_HELD, HOLD_WORKER_CONNECTIONS, HOLD_WORKERS, MIB,
     NGINX_WORKERS, Plan,
     bpftrace::{Script, bpftrace_script},
+    census::CensusLevel,
     figures::{
         Figures, both_per_hit, expected_ratio, extra, kernel, kernel_us_per_conn, missing, ratio,
     },
@@ -124,6 +125,7 @@ pub(super) fn header(
 pub(super) fn summary(out: &mut String, f: &Figures, r: &Results) {
     let ratio = |tool| ratio(r, tool).map_or(f64::NAN, |s| s.median);
     let floor = ratio(Tool::BpftraceEmpty);
+    let btf_floor = ratio(Tool::Floor);
     let top = r.readings.levels.last();
     let few = r.readings.levels.first();
     let scrape = |l: Option<&Level>| {
@@ -136,12 +138,13 @@ pub(super) fn summary(out: &mut String, f: &Figures, r: &Results) {
     let count = f.count_ns.map_or(f64::NAN, |s| s.median);
     let both = f.both_ns.map_or(f64::NAN, |s| s.median);
     let empty = f.empty_ns.map_or(f64::NAN, |s| s.median);
+    let floor_ns = f.floor_ns.map_or(f64::NAN, |s| s.median);
     let _ = writeln!(
         out,
         "## Goals\n\n| goal | measured | |\n|---|---|---|\n\
-         | throughput with observer, metrics only ≥ 0.99 × without | {:.3} (an empty program: {floor:.3}) | {} |\n\
+         | throughput with observer, metrics only ≥ 0.99 × without | {:.3} (empty programs: {btf_floor:.3} attached as observer's, {floor:.3} on the classic tracepoint) | {} |\n\
          | throughput with observer `--events json` ≥ 0.97 × without | {:.3} | {} |\n\
-         | kernel cost per hit ≤ bpftrace's counting program | both programs {both:.0} ns (main {main:.0} ns) vs {count:.0} ns (an empty program: {empty:.0} ns) | {} |\n\
+         | kernel cost per hit ≤ bpftrace's counting program | both programs {both:.0} ns (main {main:.0} ns) vs {count:.0} ns (empty programs: {floor_ns:.0} ns attached as observer's, {empty:.0} ns on the classic tracepoint) | {} |\n\
          | zero lost counts (`opened_total` vs nginx's accepts) | {} missing of {} | {} |\n\
          | scrape < 5 ms at 100,000 connections, flat (within 1 ms of the scrape at {FEW_HELD}) | {scrape_top:.2} ms at {}, {scrape_few:.2} ms at {FEW_HELD} | {} |\n\
          | observer's peak RSS < 32 MiB | {:.1} MiB | {} |\n\
@@ -162,21 +165,38 @@ pub(super) fn summary(out: &mut String, f: &Figures, r: &Results) {
         f.maps_mib,
         verdict(f.maps_mib <= 16.0),
     );
+    let share = |tool| {
+        r.profiles
+            .as_ref()
+            .and_then(|p| Spread::of(p.iter().filter(|p| p.tool == tool).map(|p| p.share)))
+            .map_or("–".to_string(), |s| format!("{:.2}%", s.median))
+    };
+    let _ = writeln!(
+        out,
+        "The floor: an empty program attached the way observer's are (by the tracepoint's BTF \
+         type, `tp_btf`) is the least a program there costs: {floor_ns:.0} ns per hit as \
+         measured here, {} of the CPU samples under load (Where the CPU goes), and a throughput \
+         ratio of {btf_floor:.3}. observer (metrics only) runs two programs per hit: \
+         {both:.0} ns, {:.0} ns above two runs of the floor; {} of the samples.\n",
+        share(Tool::Floor),
+        both - 2.0 * floor_ns,
+        share(Tool::Observer),
+    );
     let noise = f
         .baseline
         .map_or(f64::NAN, |b| (b.max - b.min) / b.median * 100.0);
     let _ = writeln!(
         out,
         "What the misses say. Throughput: the runs with nothing attached alone spread over \
-         {noise:.0}% of their median, and bpftrace's empty program, which does nothing, keeps \
-         {floor:.3} of it; a 1% goal is below what a shared 2-core machine serving loopback \
+         {noise:.0}% of their median, and an empty program, which does nothing, keeps \
+         {btf_floor:.3} of it attached as observer's ({floor:.3} on the classic tracepoint); a 1% goal is below what a shared 2-core machine serving loopback \
          traffic to itself can resolve, where each connection's both ends hit the tracepoint \
          (section 1). Kernel cost: bpftrace's counting program does one map update per kept \
          hit; observer's main program keeps each connection's state (a per-socket map entry, \
          three clock reads for lifetimes, atomic adds to two gauges), and a second program runs \
          on every hit to catch the transitions the kernel skips for the first; with \
-         `bpf_stats_enabled` each run also pays the {empty:.0} ns an empty program costs here \
-         (section 2).\n"
+         `bpf_stats_enabled` each run also pays the {floor_ns:.0} ns an empty program attached \
+         as observer's costs here (section 2).\n"
     );
 }
 
@@ -217,6 +237,7 @@ pub(super) fn overhead_section(out: &mut String, m: &Machine, f: &Figures, r: &R
         .baseline
         .map_or(0.0, |b| (b.max - b.min) / b.median * 100.0);
     let floor = ratio(r, Tool::BpftraceEmpty).map_or(f64::NAN, |s| s.median);
+    let btf_floor = ratio(r, Tool::Floor).map_or(f64::NAN, |s| s.median);
     let _ = writeln!(
         out,
         "\nNotes: the runs with nothing attached alone spread over {noise:.0}% of their median \
@@ -228,7 +249,8 @@ pub(super) fn overhead_section(out: &mut String, m: &Machine, f: &Figures, r: &R
          kernel fills the tracepoint's record and calls them through perf's tracepoint hook, \
          outside their run time. The empty bpftrace program, which does nothing, measures that: \
          {floor:.3}. observer's programs attach by the tracepoint's BTF type instead: the kernel \
-         calls them directly with the socket, and fills no record. Userspace work comes on top, \
+         calls them directly with the socket, and fills no record; an empty program attached \
+         that way (the floor) keeps {btf_floor:.3}. Userspace work comes on top, \
          on the same cores: observer's event writer, bpftrace's printer (a perf-buffer record \
          per transition, formatted by bpftrace). With `bpf_stats_enabled` the kernel also reads \
          the clock twice around every program run (observer runs two programs per hit); every \
@@ -251,7 +273,7 @@ pub(super) fn kernel_section(out: &mut String, f: &Figures, r: &Results) {
          | program | ns per hit: median (min–max) | hits per accepted connection |\n\
          |---|---|---|"
     );
-    let rows: [(&str, Tool, Option<Prog>); 11] = [
+    let rows: [(&str, Tool, Option<Prog>); 12] = [
         (
             "observer main, metrics only",
             Tool::Observer,
@@ -283,7 +305,12 @@ pub(super) fn kernel_section(out: &mut String, f: &Figures, r: &Results) {
             Some(Prog::Backup),
         ),
         (
-            "bpftrace, empty program",
+            "empty program, BTF-typed tracepoint (the floor)",
+            Tool::Floor,
+            Some(Prog::Floor),
+        ),
+        (
+            "bpftrace, empty program, classic tracepoint",
             Tool::BpftraceEmpty,
             Some(Prog::Bpftrace),
         ),
@@ -329,9 +356,11 @@ pub(super) fn kernel_section(out: &mut String, f: &Figures, r: &Results) {
         out,
         "\nNotes: every TCP transition on the machine runs every program attached to the \
          tracepoint, the client's side of each connection and other ports included (the filter \
-         rejects those), hence about {} hits per connection. The empty program's {} ns is what a \
-         run costs as measured here, doing nothing (the call and the clock reads of \
-         `bpf_stats_enabled`): a program's own work is its figure minus that. Both of observer's \
+         rejects those), hence about {} hits per connection. The floor's {} ns is what a run of \
+         a program attached as observer's costs as measured here, doing nothing (the call and \
+         the clock reads of `bpf_stats_enabled`): such a program's own work is its figure minus \
+         that. bpftrace's empty program ({} ns) is called through the classic interface, whose \
+         record the kernel fills outside the program's run time (section 1). Both of observer's \
          programs run on every hit; the backup only checks whether the main program noted the \
          transition, which makes it about as cheap as the empty program, but it is a second run \
          all the same. With `--events json` the main program also reserves and submits a \
@@ -344,6 +373,8 @@ pub(super) fn kernel_section(out: &mut String, f: &Figures, r: &Results) {
          on top of counting transitions.\n",
         f.hits_per_conn
             .map_or("?".into(), |h| format!("{:.0}", h.median)),
+        f.floor_ns
+            .map_or("?".into(), |e| format!("{:.0}", e.median)),
         f.empty_ns
             .map_or("?".into(), |e| format!("{:.0}", e.median)),
     );
@@ -598,8 +629,8 @@ pub(super) fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Re
          connections; ss walks every socket through sock_diag (its filter runs in the kernel) and \
          prints a line per match. A scrape right after ss pays for the caches ss's walk over \
          every socket left cold; back to back, scrapes show what observer itself does. This machine's hard `RLIMIT_NOFILE` is {} and root here lacks \
-         CAP_SYS_RESOURCE, so {} holder processes (`cargo xtask bench --hold`, std TcpStreams \
-         bound to 127.0.0.2 and up by socket2) keep the connections, and nginx runs \
+         CAP_SYS_RESOURCE, so {} holder processes (the test harness's `tcp-helper`, `hold DST N \
+         SRC`, each from a source address of its own, 127.0.0.2 and up) keep the connections, and nginx runs \
          {HOLD_WORKERS} workers with `reuseport`, {} connections each. nginx listens below the \
          ephemeral port range, so that no holder is handed the watched port number as its own: \
          `ss`'s port filter would count such an outbound socket as a connection to that port \
@@ -675,7 +706,69 @@ pub(super) fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Re
             i.plain_share * 100.0,
         );
     }
+    census_rows(out, plan, &r.census);
     let _ = writeln!(out);
+}
+
+/// The socket census's cost, at each level of TIME_WAIT sockets.
+pub(super) fn census_rows(out: &mut String, plan: &Plan, levels: &[CensusLevel]) {
+    if levels.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nThe socket census (TIME_WAIT, request and listening sockets, one sock_diag dump at \
+         a scrape, at most once a second and no sooner than 20 times the last one's CPU time \
+         after it): an observer watching an idle nginx's port, with TIME_WAIT sockets on that \
+         port (connections from 127.0.0.2, each from a source port of its own, that nginx \
+         closed first), measured before any other phase. {} scrapes that each ran a census, \
+         each followed by one served its result and by `ss -Htan state time-wait '( sport = \
+         :PORT )'` listing the same sockets. The census's wall and CPU time are observer's own \
+         gauges (`observer_census_duration_seconds`, `observer_census_cpu_seconds`).\n\n\
+         | TIME_WAIT on the port: ss (observer's gauge) | TIME_WAIT on the host | scrape ms with a census: median (min–max) | census wall ms | census CPU ms | scrape ms, last result | `ss` ms |\n\
+         |---|---|---|---|---|---|---|",
+        plan.reading_pairs
+    );
+    for l in levels {
+        let median = |v: &[f64]| Spread::of(v.iter().copied()).map_or(f64::NAN, |s| s.median);
+        let range = |v: &[f64], digits: usize| {
+            show_spread(Spread::of(v.iter().copied()), |x| format!("{x:.digits$}"))
+        };
+        let _ = writeln!(
+            out,
+            "| {} ({}) | {} | {} | {} | {} | {} | {} |",
+            thousands(median(&l.ss_count) as u64),
+            thousands(median(&l.gauge) as u64),
+            thousands(l.host as u64),
+            range(&l.scrape_ms, 2),
+            range(&l.wall_ms, 2),
+            range(&l.cpu_ms, 2),
+            range(&l.cached_ms, 2),
+            range(&l.ss_ms, 1),
+        );
+    }
+    let short: Vec<String> = levels
+        .iter()
+        .filter(|l| l.ss_count.iter().any(|c| *c < 0.95 * l.target as f64))
+        .map(|l| thousands(l.target as u64))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nNotes: the kernel walks every TCP socket of the namespace for the dump and writes out \
+         each one in the states asked for, whatever its port: the TIME_WAIT sockets on the \
+         host's other ports (the second column counts every port) cost a census too. A scrape \
+         that comes sooner than the next census is due gets the last result, at the cost of a \
+         scrape without one.{}",
+        if short.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " At {} asked for, fewer TIME_WAIT sockets were on the port at some scrape: the \
+                 table shows how many.",
+                short.join(" and ")
+            )
+        }
+    );
 }
 
 /// "peak | RSS | kernel memory" cells over some readings: the largest peak, the median RSS,
@@ -851,7 +944,23 @@ mod tests {
         ));
         assert!(report.contains("| 5,000 | 30.00 (20.00–40.00) | 10,004 |"));
         // A tool without rounds (none in this sample) gets dashes, not zeros.
-        assert!(report.contains("| bpftrace, empty program (the floor) | – | – | – |"));
+        assert!(report.contains("| bpftrace, empty program (classic tracepoint) | – | – | – |"));
+        // The floor: its kernel cost per hit, and in the goals.
+        assert!(
+            report
+                .contains("| empty program, BTF-typed tracepoint (the floor) | 40 (40–40) | 2.0 |")
+        );
+        assert!(report.contains(
+            "both programs 225 ns (main 175 ns) vs 100 ns (empty programs: 40 ns attached as \
+             observer's, NaN ns on the classic tracepoint)"
+        ));
+        assert!(report.contains("225 ns, 145 ns above two runs of the floor"));
+        // Section 5: the census's cost at each level of TIME_WAIT sockets.
+        assert!(report.contains(
+            "| 25,000 (25,000) | 25,040 | 83.00 (82.00–84.00) | 96.00 (96.00–96.00) | 80.00 (80.00–80.00) | 1.50 (1.50–1.50) | 40.0 (40.0–40.0) |"
+        ));
+        assert!(report.contains("| 100 (100) | 140 | 4.00 (3.00–5.00) |"));
+        assert!(!report.contains("fewer TIME_WAIT sockets were on the port"));
         // Section 4: observer's own cost, with the kernel memory in its last column.
         assert!(report.contains("| 30.0 MiB | 5.5 MiB | 101.0 MiB |"));
     }

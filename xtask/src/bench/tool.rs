@@ -4,6 +4,9 @@
 pub(super) enum Tool {
     Observer,
     ObserverEvents,
+    /// An empty program attached by BTF type, as observer's are: the floor.
+    Floor,
+    /// An empty program on the classic tracepoint interface.
     BpftraceEmpty,
     BpftraceCount,
     BpftracePrint,
@@ -17,10 +20,11 @@ pub(super) enum Tool {
 }
 
 impl Tool {
-    pub(super) const ALL: [Tool; 8] = [
+    pub(super) const ALL: [Tool; 9] = [
         Tool::Observer,
         Tool::ObserverOpen,
         Tool::ObserverEvents,
+        Tool::Floor,
         Tool::BpftraceEmpty,
         Tool::BpftraceCount,
         Tool::BpftracePrint,
@@ -33,7 +37,8 @@ impl Tool {
             Tool::Observer => "observer (metrics only)",
             Tool::ObserverOpen => "observer (metrics only), started with 100 connections open",
             Tool::ObserverEvents => "observer `--events json > /dev/null`",
-            Tool::BpftraceEmpty => "bpftrace, empty program (the floor)",
+            Tool::Floor => "empty program, BTF-typed tracepoint as observer's (the floor)",
+            Tool::BpftraceEmpty => "bpftrace, empty program (classic tracepoint)",
             Tool::BpftraceCount => "bpftrace, counting in the kernel",
             Tool::BpftracePrint => "bpftrace, `printf` per event `> /dev/null`",
             Tool::Tcplife => "libbpf-tools `tcplife -L PORT > file`",
@@ -48,6 +53,8 @@ pub(super) enum Prog {
     Main,
     Backup,
     Bpftrace,
+    /// The floor's empty program.
+    Floor,
     /// A libbpf-tools tool's programs, together.
     Libbpf,
 }
