@@ -709,6 +709,7 @@ pub(super) mod sample {
                 idle: None,
                 holders: 1,
                 gauge_after_release: 0.0,
+                million: memory(9, 6, 123),
             },
             census: vec![census_level(100, 1.0), census_level(25_000, 80.0)],
             foreign: BTreeSet::new(),

@@ -12,7 +12,7 @@ use super::{
     machine::Machine,
     measure::{CheckKind, OwnCost, Results, Round},
     perf::{PROFILED, Profile},
-    readings::{IDLE_AFTER, IDLE_SCANS, Level},
+    readings::{IDLE_AFTER, IDLE_SCANS, Level, MILLION},
     stats::Spread,
     tool::{Prog, Tool},
     usage::Memory,
@@ -830,6 +830,13 @@ pub(super) fn memory_section(out: &mut String, r: &Results) {
             memory_cells(&[l.memory], true),
         );
     }
+    let _ = writeln!(
+        out,
+        "| observer (metrics only), sized for {} tracked connections (`--max-connections {}`) | {} |",
+        thousands(u64::from(MILLION)),
+        MILLION,
+        memory_cells(&[r.readings.million], true),
+    );
     for l in &r.readings.levels {
         let _ = writeln!(
             out,
@@ -843,7 +850,14 @@ pub(super) fn memory_section(out: &mut String, r: &Results) {
         "\nNotes: bpftrace's figures are of the bpftrace process, which holds its compiler \
          (LLVM) in memory while it runs. A map's `memlock` is what the kernel charges for it: \
          a preallocated hash map is charged for every entry it can hold, from its creation, \
-         whatever it holds.\n"
+         whatever it holds. So observer's row sized for a million connections is what tracking \
+         a million takes (it sizes itself so when it starts with 500,000 open, or is told \
+         `--max-connections`), measured without holding them: that would take two million \
+         sockets here, a hundred processes at this machine's hard limit of 20,000 open files. \
+         The peers' maps do not grow with the load: libbpf-tools' `tcplife` keeps each \
+         connection's start in maps of a fixed 10,240 entries (`birth`, `idents`, as their fds \
+         read), and reports no end for a connection it could not keep; `tcpstates` keeps each \
+         socket's last transition time in one of the same size (`timestamps`).\n"
     );
 }
 
