@@ -72,6 +72,13 @@ pub(super) struct Readings {
     pub(super) million: Memory,
 }
 
+/// `--max-connections` of the observer that watches the held connections: started before they
+/// come, it cannot size itself for them (it sizes its maps for what is open at start), so it is
+/// told, as a user expecting that load would be; twice the most held, as observer's own rule.
+pub(super) fn readings_max_connections(held: usize) -> usize {
+    (2 * held).max(65_536)
+}
+
 /// The tracked connections of the largest memory figure (issue 15: "at 1,000,000").
 pub(super) const MILLION: u32 = 1_000_000;
 
@@ -83,7 +90,9 @@ pub(super) fn readings(
 ) -> Result<Readings> {
     let nginx = start_nginx(HOLD_WORKERS, HOLD_WORKER_CONNECTIONS, true)?;
     let port = nginx.port;
-    let obs = Observer::start(observer, port, None)?;
+    // Started before the connections come: sized for them by hand (see the function).
+    let max = readings_max_connections(plan.held).to_string();
+    let obs = Observer::start_with(observer, port, None, &["--max-connections", &max])?;
     let node = NodeExporter::start(dir)?;
     let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut holders: Vec<Holder> = Vec::new();

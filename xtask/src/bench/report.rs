@@ -12,7 +12,7 @@ use super::{
     machine::Machine,
     measure::{CheckKind, OwnCost, Results, Round},
     perf::{PROFILED, Profile},
-    readings::{IDLE_AFTER, IDLE_SCANS, Level, MILLION},
+    readings::{IDLE_AFTER, IDLE_SCANS, Level, MILLION, readings_max_connections},
     stats::Spread,
     tool::{Prog, Tool},
     usage::Memory,
@@ -603,10 +603,15 @@ pub(super) fn reading_section(out: &mut String, plan: &Plan, m: &Machine, r: &Re
          byte) next to `ss -Htan state established '( sport = :PORT )'` counting the same \
          connections (timed from spawn to the end of its output, as a collector running it \
          pays), taking turns, {0} of each, with connections held open on the watched port of an \
-         idle nginx; and {0} scrapes back to back.\n\n\
+         idle nginx; and {0} scrapes back to back. That observer starts before the connections \
+         come, so it cannot size itself for them (README, \"Kernel memory\"): it is started with \
+         `--max-connections {1}`, twice the most held, as a user expecting that load would; \
+         with the default (65,536) the connections past it would not be counted, and \
+         `observer_kernel_errors_total` would say so (`sockets_map_full`).\n\n\
          | connections held | scrape ms, taking turns with ss: median (min–max) | scrape ms, back to back | `ss` ms: median (min–max) | observer's gauge | ss's count | `observer_kernel_errors_total` |\n\
          |---|---|---|---|---|---|---|",
-        plan.reading_pairs
+        plan.reading_pairs,
+        readings_max_connections(plan.held),
     );
     for l in &rd.levels {
         let _ = writeln!(
