@@ -2,7 +2,7 @@
 //! counted, and recorded, when the kernel frees them.
 use crate::emit::submit;
 use crate::maps::{FLAGS, NETNS_NOT_READ, REQUEST_OFFSETS, SOCK_OFFSETS, now, port_flags};
-use crate::sock::{netns_of, read_kernel};
+use crate::sock::{addrs_at, netns_of, read_kernel};
 use crate::target::{local_owner, with_owner};
 use crate::track::{count_step, slot_of};
 use observer_common::conn::first_sighting;
@@ -10,7 +10,6 @@ use observer_common::filter::{PORT_LOCAL, flags};
 use observer_common::record::{Ends, Record};
 use observer_common::request::{failed, failure};
 use observer_common::stats::StatsKey;
-use observer_common::tracepoint::AF_INET;
 use observer_common::{DIR_INBOUND, tcp};
 
 /// A request socket (`req`, its address) is being freed.
@@ -22,8 +21,7 @@ pub(crate) fn freed(req: u64) -> Option<()> {
     if !failed(listener, child) {
         return None; // the common case: a handshake that became a connection
     }
-    let s = SOCK_OFFSETS.load();
-    let port: u16 = read_kernel(req + s.num as u64);
+    let port: u16 = read_kernel(req + SOCK_OFFSETS.load().num as u64);
     let port_flags = port_flags(port);
     if port_flags & PORT_LOCAL == 0 {
         return None;
@@ -43,27 +41,17 @@ pub(crate) fn freed(req: u64) -> Option<()> {
     if netns == NETNS_NOT_READ {
         netns = netns_of(req);
     }
-    let family: u16 = read_kernel(req + s.family as u64);
-    let mut ends = Ends {
+    // A request socket begins with a `struct sock_common`: its addresses are where a socket's are.
+    let (family, saddr, daddr) = addrs_at(req);
+    let ends = Ends {
         netns,
         family,
         sport: port,
-        dport: u16::from_be(read_kernel(req + s.dport as u64)),
+        dport: u16::from_be(read_kernel(req + SOCK_OFFSETS.load().dport as u64)),
         _pad: [0; 6],
-        saddr: [0; 16],
-        daddr: [0; 16],
+        saddr,
+        daddr,
     };
-    if family == AF_INET {
-        let (sa, da): (u32, u32) = (
-            read_kernel(req + s.saddr as u64),
-            read_kernel(req + s.daddr as u64),
-        );
-        ends.saddr[..4].copy_from_slice(&sa.to_ne_bytes());
-        ends.daddr[..4].copy_from_slice(&da.to_ne_bytes());
-    } else {
-        ends.saddr = read_kernel(req + s.saddr_v6 as u64);
-        ends.daddr = read_kernel(req + s.daddr_v6 as u64);
-    }
     let mut record = Record {
         ts_ns: now(),
         sock: req,

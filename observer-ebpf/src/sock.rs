@@ -127,6 +127,24 @@ impl Sock {
     }
 }
 
+/// (family, local address, remote address) of the socket (or request socket) at `sk`, read by
+/// address, as `Sock::addrs` loads them through a typed pointer; IPv4 fills the first 4 bytes.
+#[inline(always)]
+pub(crate) fn addrs_at(sk: u64) -> (u16, [u8; 16], [u8; 16]) {
+    let o = SOCK_OFFSETS.load();
+    let family: u16 = read_kernel(sk + o.family as u64);
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        saddr[..4].copy_from_slice(&read_kernel::<u32>(sk + o.saddr as u64).to_ne_bytes());
+        daddr[..4].copy_from_slice(&read_kernel::<u32>(sk + o.daddr as u64).to_ne_bytes());
+    } else {
+        saddr = read_kernel(sk + o.saddr_v6 as u64);
+        daddr = read_kernel(sk + o.daddr_v6 as u64);
+    }
+    (family, saddr, daddr)
+}
+
 /// A kernel value at `addr`, or 0 when it cannot be read.
 #[inline(always)]
 pub(crate) fn read_kernel<T: Default>(addr: u64) -> T {

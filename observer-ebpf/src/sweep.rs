@@ -1,13 +1,12 @@
 //! The sweep's two iterators (see `observer_common::sweep`).
 use crate::maps::{SOCK_OFFSETS, SOCKETS};
-use crate::sock::{netns_of, read_kernel};
+use crate::sock::{addrs_at, netns_of, read_kernel};
 use crate::track::close_unseen;
 use aya_ebpf::helpers::bpf_seq_write;
 use observer_common::conn::Conn;
 use observer_common::record::Ends;
 use observer_common::sweep::Doomed;
 use observer_common::tcp;
-use observer_common::tracepoint::AF_INET;
 
 /// The context of an iterator over a map's elements (`struct bpf_iter__bpf_map_elem`): the
 /// element is null on the last call, which marks the end.
@@ -59,16 +58,7 @@ extern "C" fn observer_sweep(ctx: *mut MapElem<u64, Conn>) -> i32 {
     if state != tcp::CLOSE || conn.state == tcp::CLOSE {
         return 0;
     }
-    let family: u16 = read_kernel(sk + o.family as u64);
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == AF_INET {
-        saddr[..4].copy_from_slice(&read_kernel::<u32>(sk + o.saddr as u64).to_ne_bytes());
-        daddr[..4].copy_from_slice(&read_kernel::<u32>(sk + o.daddr as u64).to_ne_bytes());
-    } else {
-        saddr = read_kernel(sk + o.saddr_v6 as u64);
-        daddr = read_kernel(sk + o.daddr_v6 as u64);
-    }
+    let (family, saddr, daddr) = addrs_at(sk);
     let doomed = Doomed {
         sk,
         conn,

@@ -138,12 +138,7 @@ impl Layout {
             .offset("task_struct", &["tgid"])
             .context("finding struct task_struct's tgid")?;
         let request = request_offsets(&vmlinux)
-            .map_err(|e| {
-                eprintln!(
-                    "observer: warning: inbound handshakes that fail before they become \
-                     sockets (request sockets) will not be counted as failed ({e})"
-                )
-            })
+            .map_err(|e| crate::kernel::warn_no_request_programs(&e.into()))
             .ok();
         Ok(Layout {
             sock,

@@ -593,8 +593,9 @@ fn load_request_programs(ebpf: &mut Ebpf, vmlinux: &aya::Btf) -> Result<Vec<Prog
     Ok(fds)
 }
 
-/// The one line that says failed request sockets are not counted, and why.
-fn warn_no_request_programs(e: &anyhow::Error) {
+/// The one line that says failed request sockets are not counted, and why (the kernel's BTF
+/// lacks what they need, or the kernel refused them).
+pub fn warn_no_request_programs(e: &anyhow::Error) {
     eprintln!(
         "observer: warning: inbound handshakes that fail before they become sockets (request \
          sockets) will not be counted as failed: {e:#}"
