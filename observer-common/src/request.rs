@@ -21,13 +21,24 @@ pub struct RequestOffsets {
     /// `sk`: the connection it became, set once the handshake completed into the accept queue
     /// (or a TCP Fast Open connection was made); null otherwise.
     pub child: u32,
+    /// `snt_synack` of `struct tcp_request_sock` (a `u64`): when its first SYN-ACK was sent,
+    /// zero until then. A listener sends one as soon as it has queued the request socket, so a
+    /// zero is one it never queued (see `failed`).
+    pub synack: u32,
 }
 crate::pod!(RequestOffsets);
 
-/// Whether a request socket freed with these two pointers was a handshake that failed: one a
-/// listener queued (not a SYN cookie's) that never became a connection.
-pub const fn failed(listener: u64, child: u64) -> bool {
-    listener != 0 && child == 0
+/// Whether a request socket freed with these fields was a handshake that failed: one a
+/// listener queued (not a SYN cookie's: those have no listener), that answered it (a SYN-ACK
+/// was sent), and that never became a connection (no child).
+///
+/// Without the SYN-ACK test, request sockets a listener made and freed at once would count:
+/// a SYN it dropped (no route, a security module's veto, a full SYN queue without cookies),
+/// and, since the kernel refuses duplicate request sockets (6.10, and stable kernels since),
+/// the second of two copies of one SYN handled at once on two CPUs, whose connection goes on
+/// through the first.
+pub const fn failed(listener: u64, child: u64, synack_sent_us: u64) -> bool {
+    listener != 0 && child == 0 && synack_sent_us != 0
 }
 
 /// What a failed request socket counts: an inbound handshake failed, `reset` (the client's RST,
@@ -56,11 +67,15 @@ mod tests {
 
     #[test]
     fn only_a_queued_request_that_became_no_connection_failed() {
-        assert!(failed(0xffff_8880_0000_1000, 0));
+        const LISTENER: u64 = 0xffff_8880_0000_1000;
+        const SENT: u64 = 1_234_567;
+        assert!(failed(LISTENER, 0, SENT));
         // It became a connection: the tracepoint counts that one.
-        assert!(!failed(0xffff_8880_0000_1000, 0xffff_8880_0000_2000));
+        assert!(!failed(LISTENER, 0xffff_8880_0000_2000, SENT));
         // A SYN cookie's: no listener queued it, and no handshake was held.
-        assert!(!failed(0, 0));
+        assert!(!failed(0, 0, SENT));
+        // Never answered: a SYN dropped, or a duplicate of one whose handshake goes on.
+        assert!(!failed(LISTENER, 0, 0));
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub(crate) static TASK_TGID_OFFSET: Global<u32> = Global::new(0);
 pub(crate) static REQUEST_OFFSETS: Global<RequestOffsets> = Global::new(RequestOffsets {
     listener: 0,
     child: 0,
+    synack: 0,
 });
 /// The `--remote-prefix` masks (see `observer_common::remote`).
 #[unsafe(no_mangle)]

@@ -18,7 +18,8 @@ pub(crate) fn freed(req: u64) -> Option<()> {
     let o = REQUEST_OFFSETS.load();
     let listener: u64 = read_kernel(req + o.listener as u64);
     let child: u64 = read_kernel(req + o.child as u64);
-    if !failed(listener, child) {
+    let synack: u64 = read_kernel(req + o.synack as u64);
+    if !failed(listener, child, synack) {
         return None; // the common case: a handshake that became a connection
     }
     let port: u16 = read_kernel(req + SOCK_OFFSETS.load().num as u64);

@@ -55,6 +55,12 @@ pub enum BtfError {
     BitField(String),
     #[error("the kernel's BTF has no function {0}")]
     NoFunction(String),
+    #[error("struct {strukt} member {member} is not a {bytes}-byte integer in the kernel's BTF")]
+    NotInt {
+        strukt: String,
+        member: String,
+        bytes: u32,
+    },
 }
 
 /// A BTF blob and where each of its types starts.
@@ -161,6 +167,9 @@ pub fn request_offsets(btf: &Btf) -> Result<RequestOffsets, BtfError> {
     Ok(RequestOffsets {
         listener: btf.offset("request_sock", &["__req_common", "skc_listener"])?,
         child: btf.offset("request_sock", &["sk"])?,
+        // `struct tcp_request_sock` begins with its `struct request_sock` (through
+        // `inet_request_sock`), so this offset is from the request socket's address too.
+        synack: btf.int_offset("tcp_request_sock", &["snt_synack"], 8)?,
     })
 }
 
@@ -270,6 +279,30 @@ impl Btf {
     /// Byte offset of a member path inside a struct, looking through anonymous unions and
     /// structs and through typedefs and qualifiers.
     pub fn offset(&self, strukt: &str, path: &[&str]) -> Result<u32, BtfError> {
+        Ok(self.locate(strukt, path)?.0)
+    }
+
+    /// Byte offset of a member path that must be an integer of `bytes` bytes: a field whose
+    /// width a kernel could change is read only where it is the width the program reads.
+    pub fn int_offset(&self, strukt: &str, path: &[&str], bytes: u32) -> Result<u32, BtfError> {
+        let (offset, ty) = self.locate(strukt, path)?;
+        let size = if self.kind(ty)?.0 == KIND_INT {
+            Some(self.field(ty, 2)?)
+        } else {
+            None
+        };
+        if size != Some(bytes) {
+            return Err(BtfError::NotInt {
+                strukt: strukt.into(),
+                member: path.join("."),
+                bytes,
+            });
+        }
+        Ok(offset)
+    }
+
+    /// (byte offset, type) of a member path.
+    fn locate(&self, strukt: &str, path: &[&str]) -> Result<(u32, u32), BtfError> {
         let mut ty = self
             .struct_named(strukt)?
             .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
@@ -284,7 +317,7 @@ impl Btf {
             total += off;
             ty = member_ty;
         }
-        Ok(total)
+        Ok((total, ty))
     }
 
     fn struct_named(&self, name: &str) -> Result<Option<u32>, BtfError> {
@@ -511,6 +544,21 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn reads_an_integer_only_at_the_width_asked() {
+        let btf = sample();
+        // `in` is a const typedef of a struct; `last` a 4-byte int.
+        assert_eq!(btf.int_offset("outer", &["last"], 4).unwrap(), 16);
+        assert!(matches!(
+            btf.int_offset("outer", &["last"], 8),
+            Err(BtfError::NotInt { bytes: 8, .. })
+        ));
+        assert!(matches!(
+            btf.int_offset("outer", &["in"], 8),
+            Err(BtfError::NotInt { .. })
+        ));
+    }
+
     /// The types `cgroup_offsets` reads, in the layout of 5.10 (tagged word, ancestor ids) or
     /// of 6.2 and later (cgroup pointer, ancestor pointers).
     fn cgroup_layout(modern: bool) -> Btf {
@@ -592,5 +640,9 @@ mod tests {
             "{c:?}"
         );
         assert!(c.sk_cgroup > o.protocol && c.kn > 0 && c.kn_id > 0, "{c:?}");
+        // A request socket begins with its sock_common (where the listener pointer is);
+        // tcp_request_sock's own fields come after request_sock's.
+        let r = request_offsets(&btf).unwrap();
+        assert!(r.listener < r.child && r.child < r.synack, "{r:?}");
     }
 }

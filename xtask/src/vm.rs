@@ -12,7 +12,7 @@
 //! `/var/cache/observer-vm-test`, or `$OBSERVER_VM_CACHE`. The system's apt configuration is not
 //! touched. Other environment: `OBSERVER_VM_BIN` (test this observer binary, which must be
 //! static), `OBSERVER_VM_TIMEOUT` (seconds per kernel, default 600), `OBSERVER_VM_TESTS` (only
-//! these guest tests, comma-separated), `OBSERVER_VM_VERBOSE=1` (echo the guest's VMT lines).
+//! these guest tests, comma-separated; one named n times runs n times), `OBSERVER_VM_VERBOSE=1` (echo the guest's VMT lines).
 use std::{
     cmp::Ordering,
     fmt::Write as _,
