@@ -119,27 +119,11 @@ pub struct ReservedPort {
     _held: socket2::Socket,
 }
 
-/// A `ReservedPort`, below the ephemeral range (32768-60999 by default, per namespace).
+/// A `ReservedPort`, below the ephemeral range.
 pub fn reserved_port() -> ReservedPort {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .expect("reading ip_local_port_range");
-    let first: u16 = range
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("ip_local_port_range");
-    // Below both the default range and this namespace's.
-    let top = first.min(32768);
-    assert!(top > 11_000, "no room below the ephemeral range ({range})");
-    // Tests running at once start at different places.
-    let seed = std::process::id() as usize
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos() as usize;
-    let span = (top - 10_000) as usize;
-    for i in 0..span {
-        let port = 10_000 + ((seed + i) % span) as u16;
+    let range = below_ephemeral().unwrap_or_else(|e| panic!("{e}"));
+    // Held once bound: tests that reserve at once each get another port.
+    for port in range.clone() {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("socket");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -147,7 +131,21 @@ pub fn reserved_port() -> ReservedPort {
             return ReservedPort { port, _held: s };
         }
     }
-    panic!("no free port below {top}");
+    panic!("no free port in {range:?}");
+}
+
+/// 10,000 ports below the ephemeral range (32768-60999 by default, per namespace), and below
+/// the default range too: no connect() in any namespace picks one as its own port.
+fn below_ephemeral() -> Result<std::ops::Range<u16>, String> {
+    const RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let range = std::fs::read_to_string(RANGE).map_err(|e| format!("reading {RANGE}: {e}"))?;
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no range in {RANGE}: {range}"))?;
+    let top = low.min(32768);
+    Ok(top.saturating_sub(10_000)..top)
 }
 
 /// Opens `n` connections and keeps them.
@@ -165,15 +163,10 @@ pub fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 /// number as its own, and its outbound socket would count as a connection to that port (for
 /// `ss`'s port filter).
 pub fn free_ports_below_ephemeral<const N: usize>() -> Result<[u16; N], String> {
-    const RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-    let range = std::fs::read_to_string(RANGE).map_err(|e| format!("reading {RANGE}: {e}"))?;
-    let low: u16 = range
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| format!("no range in {RANGE}: {range}"))?;
+    let range = below_ephemeral()?;
     // Held until all N are chosen, so that they differ.
-    let listeners: Vec<std::net::TcpListener> = (low.saturating_sub(10_000)..low)
+    let listeners: Vec<std::net::TcpListener> = range
+        .clone()
         .filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
         .take(N)
         .collect();
@@ -183,7 +176,7 @@ pub fn free_ports_below_ephemeral<const N: usize>() -> Result<[u16; N], String> 
         .collect();
     ports
         .try_into()
-        .map_err(|_| format!("no {N} free ports below {low}"))
+        .map_err(|_| format!("no {N} free ports in {range:?}"))
 }
 
 /// A TCP socket bound to `addr` (port 0: any), with SO_REUSEPORT when `reuse_port`: what std
