@@ -33,4 +33,33 @@ pub const NESTED_RUNS: u32 = 8;
 pub const LATE_OPENS: u32 = 9;
 /// A target's child process not made a target: the map of target processes was full.
 pub const PIDS_FULL: u32 = 10;
-pub const LEN: u32 = 11;
+/// A map update or delete refused because this CPU was inside an update of the same map (a
+/// bucket lock's per-CPU guard, `-EBUSY`): on kernels before about 6.3 a hash map marks the lock
+/// taken before it disables interrupts, and a softirq's transition in that instant finds it
+/// taken. The transition's connection was then not tracked, or its slot not had: counted
+/// here rather than as a full map. (A delete refused so leaves an entry already CLOSE, which
+/// nothing counts again: see `track`.)
+pub const MAP_BUSY: u32 = 11;
+pub const LEN: u32 = 12;
+
+/// The error a map helper returns for a bucket whose lock this CPU holds already.
+pub const EBUSY: i64 = -16;
+
+/// What an update that failed with `err` counts as: `MAP_BUSY` for a lock held on this CPU,
+/// otherwise `full` (the map's own reason).
+pub const fn update_failure(err: i64, full: u32) -> u32 {
+    if err == EBUSY { MAP_BUSY } else { full }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_bucket_is_not_a_full_map() {
+        assert_eq!(update_failure(EBUSY, SOCKETS_FULL), MAP_BUSY);
+        // -E2BIG (a full preallocated map) and -ENOMEM keep the map's reason.
+        assert_eq!(update_failure(-7, SOCKETS_FULL), SOCKETS_FULL);
+        assert_eq!(update_failure(-12, PORTS_FULL), PORTS_FULL);
+    }
+}

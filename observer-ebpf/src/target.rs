@@ -42,13 +42,16 @@ pub(crate) fn on_listen(cfg: u32, sk: u64, port: u16) -> Option<()> {
         listeners: 1,
         kind: PORT_FOLLOWED,
     };
-    if LOCAL_PORTS.insert(key, entry, BPF_NOEXIST.into()).is_err() {
+    if let Err(e) = LOCAL_PORTS.insert(key, entry, BPF_NOEXIST.into()) {
         // Another CPU's listen() on this port put it there first.
         match LOCAL_PORTS.get_ptr_mut(key) {
             // SAFETY: the port's entry, as above.
             Some(p) => unsafe { &mut *p }.listen(&me),
             None => {
-                count(counters::LOCAL_PORTS_FULL);
+                count(counters::update_failure(
+                    e.into(),
+                    counters::LOCAL_PORTS_FULL,
+                ));
                 return None;
             }
         }

@@ -73,9 +73,10 @@ pub(crate) fn handle(tp: &Sock, line: Line) -> Option<()> {
             return None;
         }
         // The address was freed and reused without a CLOSE that we saw: retire the old entry,
-        // once: its removal claims it (the reaping iterator may be retiring it too).
+        // once: its removal claims it (the reaping iterator may be retiring it too). An entry
+        // already CLOSE was counted closed; only its delete was refused (`MAP_BUSY`).
         let stale = *conn;
-        if SOCKETS.remove(sk).is_ok() {
+        if SOCKETS.remove(sk).is_ok() && stale.state != tcp::CLOSE {
             close_unseen(sk, &stale, &stale.retire(), None);
         }
     }
@@ -192,8 +193,10 @@ pub(crate) fn track_new(
         Step::default()
     };
     let step = conn.advance(new, now);
-    if !step.ended && SOCKETS.insert(sk, conn, BPF_NOEXIST.into()).is_err() {
-        count(counters::SOCKETS_FULL);
+    if !step.ended
+        && let Err(e) = SOCKETS.insert(sk, conn, BPF_NOEXIST.into())
+    {
+        count(counters::update_failure(e.into(), counters::SOCKETS_FULL));
         return None; // untracked: counting its entry now would leave the gauge stuck
     }
     if late {
@@ -208,7 +211,14 @@ pub(crate) fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8, line: Line) 
     let step = conn.advance(new, now);
     let conn = *conn;
     if step.ended {
-        let _ = SOCKETS.remove(sk);
+        // Refused only with the bucket's lock held on this CPU: the entry, CLOSE now, stays
+        // until its address is reused, and counts nothing more (see `handle`, the sweep).
+        if SOCKETS
+            .remove(sk)
+            .is_err_and(|e| i64::from(e) == counters::EBUSY)
+        {
+            count(counters::MAP_BUSY);
+        }
         if line == Line::Main && PREEMPTIBLE.load() != 0 {
             let _ = DONE.insert(
                 bpf_get_current_pid_tgid(),
@@ -239,8 +249,8 @@ pub(crate) fn finish(
     } else {
         netns
     };
-    if seen && SEEN.insert(tp.tuple(netns), 0, 0).is_err() {
-        count(counters::SEEN_FULL);
+    if seen && let Err(e) = SEEN.insert(tp.tuple(netns), 0, 0) {
+        count(counters::update_failure(e.into(), counters::SEEN_FULL));
     }
     // At CLOSE, how the connection ended: the socket's error is set by then (see `ending`).
     let mut step = *step;
@@ -285,9 +295,11 @@ pub(crate) fn slot_of(key: StatsKey) -> Option<u16> {
     if let Some(slot) = unsafe { STATS_SLOTS.get(key) } {
         return Some(*slot as u16);
     }
+    let mut failure = counters::PORTS_FULL;
     if let Ok(Some(slot)) = FREE_SLOTS.pop() {
-        if STATS_SLOTS.insert(key, slot, BPF_NOEXIST.into()).is_ok() {
-            return Some(slot as u16);
+        match STATS_SLOTS.insert(key, slot, BPF_NOEXIST.into()) {
+            Ok(()) => return Some(slot as u16),
+            Err(e) => failure = counters::update_failure(e.into(), failure),
         }
         // Another CPU gave the pair a slot first: this one goes back.
         let _ = FREE_SLOTS.push(slot, 0);
@@ -296,7 +308,7 @@ pub(crate) fn slot_of(key: StatsKey) -> Option<u16> {
     match unsafe { STATS_SLOTS.get(key) } {
         Some(slot) => Some(*slot as u16),
         None => {
-            count(counters::PORTS_FULL);
+            count(failure);
             None
         }
     }

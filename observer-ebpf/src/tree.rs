@@ -22,8 +22,8 @@ pub(crate) fn forked(ctx: &BtfTracePointContext) -> Option<()> {
     if tgid == parent {
         return None; // a thread of the same process
     }
-    if PIDS.insert(tgid, PID_DESCENDANT, 0).is_err() {
-        count(counters::PIDS_FULL);
+    if let Err(e) = PIDS.insert(tgid, PID_DESCENDANT, 0) {
+        count(counters::update_failure(e.into(), counters::PIDS_FULL));
     }
     None
 }

@@ -88,7 +88,7 @@ pub struct Kernel {
     /// Held so that the process's map fds account for all of its kernel memory (their fdinfo's
     /// `memlock:`), as a tool that sums them would read it.
     _sockets: HashMap<MapData, u64, Conn>,
-    _free_slots: Queue<MapData, u32>,
+    free_slots: Queue<MapData, u32>,
     /// The maps' sizes (`sizing`).
     sizes: MapSizes,
     /// `--by-remote`: the iterators that list the remotes of the established connections, over
@@ -131,6 +131,8 @@ pub struct Health {
     pub late_opens: u64,
     /// A target's child process not made a target (the map of targets full).
     pub pids_full: u64,
+    /// Map updates refused for a bucket lock this CPU held (see `counters::MAP_BUSY`).
+    pub map_busy: u64,
 }
 
 impl Kernel {
@@ -296,7 +298,7 @@ impl Kernel {
         };
         Ok(Kernel {
             _sockets: sockets,
-            _free_slots: free_slots,
+            free_slots,
             sizes: s.sizes,
             by_remote,
             prog_fd,
@@ -389,6 +391,25 @@ impl Kernel {
             PORT_LOCAL | PORT_LOCAL_NETNS
         };
         self.set_port_flag(port, bits)
+    }
+
+    /// Gives a (direction, port) pair the flags name its counters' slot before the programs
+    /// attach. Otherwise its first connections ask the kernel program for one, and two asking at
+    /// once (two CPUs, or a softirq's transition inside a run on one) can find the free slots,
+    /// sized to the named pairs, all taken for an instant, or the map's bucket lock held on this
+    /// CPU: a transition lost, counted `ports_map_full` (seen once on 6.1, at a test's start).
+    pub fn reserve_counters(&mut self, key: StatsKey) -> Result<()> {
+        if self.stats_slots.get(&key, 0).is_ok() {
+            return Ok(());
+        }
+        let slot = self
+            .free_slots
+            .pop(0)
+            .context("reserving a watched port's counters: no slot left")?;
+        self.stats_slots
+            .insert(key, slot, 0)
+            .context("reserving a watched port's counters")?;
+        Ok(())
     }
 
     /// Watches outbound connections to remote port `port`.
@@ -566,6 +587,7 @@ impl Kernel {
             nested_runs: sum(counters::NESTED_RUNS),
             late_opens: sum(counters::LATE_OPENS),
             pids_full: sum(counters::PIDS_FULL),
+            map_busy: sum(counters::MAP_BUSY),
         }
     }
 }

@@ -218,9 +218,11 @@ fn load_and_attach(
     unsafe { libc::malloc_trim(0) };
     for port in &config.ports {
         kernel.watch_local_port(0, *port, &PortOwner::NAMED)?;
+        kernel.reserve_counters(StatsKey::new(DIR_INBOUND, *port))?;
     }
     for port in &config.remote_ports {
         kernel.watch_remote_port(*port)?;
+        kernel.reserve_counters(StatsKey::new(DIR_OUTBOUND, *port))?;
     }
     for p in &targets.processes {
         kernel.watch_pid(p.pid)?;

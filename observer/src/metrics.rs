@@ -339,6 +339,7 @@ impl ConnCollector {
             ("late_open_counted", Some(health.late_opens)),
             ("pids_map_full", Some(health.pids_full)),
             ("cgroup_unknown", Some(health.cgroup_unknown)),
+            ("map_busy", Some(health.map_busy)),
             // Only where the kernel counts skipped runs: lost is derived from that count.
             ("lost_transition", health.lost),
         ] {

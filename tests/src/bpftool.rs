@@ -76,13 +76,19 @@ pub fn set_u32(map: u64, index: u32, value: u32) -> u32 {
     let mut lookup = vec!["map", "lookup", "id", &id, "key"];
     lookup.extend(key.iter().map(String::as_str));
     let old = bytes(&json(&lookup)["value"]);
-    let value = args(&value.to_le_bytes());
+    put(map, &index.to_le_bytes(), &value.to_le_bytes());
+    u32::from_le_bytes(old.try_into().expect("a u32"))
+}
+
+/// Puts (key, value), as bytes, into map `map` (created or replaced).
+pub fn put(map: u64, key: &[u8], value: &[u8]) {
+    let id = map.to_string();
+    let (key, value) = (args(key), args(value));
     let mut update = vec!["map", "update", "id", &id, "key"];
     update.extend(key.iter().map(String::as_str));
     update.push("value");
     update.extend(value.iter().map(String::as_str));
     output_of("bpftool", &update);
-    u32::from_le_bytes(old.try_into().expect("a u32"))
 }
 
 /// A map's name, as the kernel holds it.
