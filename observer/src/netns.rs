@@ -78,6 +78,15 @@ pub fn listers(namespaces: &[Namespace], purpose: &str) -> Result<Vec<(u32, List
     Ok(listers)
 }
 
+/// Whether listing a namespace failed because it no longer exists: its file (a /proc/PID/ns/net
+/// of an exited process, a deleted /run/netns entry) is not there any more.
+pub fn gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
+}
+
 /// Every network namespace that a process is in, or that `ip netns` holds.
 pub fn all() -> Vec<Namespace> {
     let mut found: BTreeMap<u32, PathBuf> = BTreeMap::new();
@@ -139,4 +148,20 @@ pub fn survey() -> (bool, bool) {
 
 fn inode(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.ino() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_whose_file_is_gone_is_gone_and_nothing_else_is() {
+        let e = crate::diag::dump_in(Path::new("/run/netns/observer-no-such-namespace"), 0)
+            .unwrap_err();
+        assert!(gone(&e), "{e:#}");
+        let refused =
+            anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+                .context("opening /run/netns/x");
+        assert!(!gone(&refused));
+    }
 }
