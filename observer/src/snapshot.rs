@@ -18,7 +18,7 @@
 //! `SEEN` by their handshake, so the listing never counts them twice.
 use std::collections::HashMap;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use observer_common::{
     DIR_OUTBOUND,
     filter::Owner,
