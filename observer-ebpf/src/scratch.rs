@@ -160,9 +160,10 @@ pub(crate) fn taken(key: u64) {
     }
 }
 
-/// Whether the main program took the transition `key` in this task lately (it is forgotten
-/// then, so that a later transition with the same key, at a reused address, is not taken for
-/// it).
+/// Whether the main program took the transition `key` in this task lately; forgotten then.
+/// The backup asks for every transition it runs for, so that a record does not outlive its
+/// transition: a task's next connect() often gets the socket address of its last, and the
+/// same key.
 ///
 /// The backup needs this where its note can be gone. Every outermost main run empties the
 /// ring of notes, and a softirq can run the main program between this task's main run and its

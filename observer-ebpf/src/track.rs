@@ -6,7 +6,7 @@ use crate::maps::{
     SOCKETS, STATS, STATS_SLOTS, TARGET_REMOTES, baseline_active, bound, control, count, now,
     port_flags, snapshot_open,
 };
-use crate::scratch::{taken, took, transition_key};
+use crate::scratch::{taken, transition_key};
 use crate::sock::{Sock, netns_of};
 use crate::target::{
     current_owner, is_target, local_owner, on_listen, on_listener_close, with_owner,
@@ -58,18 +58,11 @@ pub(crate) fn handle(tp: &Sock, line: Line) -> Option<()> {
     if !local && !remote && !target_remote {
         return None; // cannot be ours: the common case on a busy host
     }
-    // Where runs are preemptible, the backup can meet a transition the main program took (see
-    // `scratch::took`), and a connection met past ESTABLISHED counts opened late.
-    if PREEMPTIBLE.load() != 0 {
-        let key = transition_key(sk, old, new);
-        match line {
-            Line::Main => taken(key),
-            Line::Backup => {
-                if took(key) {
-                    return None;
-                }
-            }
-        }
+    // Where runs are preemptible, the backup can meet a transition the main program took
+    // without its note, and a connection met past ESTABLISHED counts opened late: the main
+    // program records what it takes, per task (see `scratch::took`).
+    if line == Line::Main && PREEMPTIBLE.load() != 0 {
+        taken(transition_key(sk, old, new));
     }
     // A birth: a new inbound connection (the child socket), or connect().
     let birth = old == tcp::LISTEN || connect;
