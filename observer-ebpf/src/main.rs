@@ -49,10 +49,8 @@ mod target;
 mod track;
 mod tree;
 
-use crate::maps::{PREEMPTIBLE, SCRATCH, count};
-use crate::scratch::{
-    BACKUP, LEVELS, MAIN, enter, leave, put_note, take_note, took, transition_key,
-};
+use crate::maps::{SCRATCH, count};
+use crate::scratch::{BACKUP, LEVELS, MAIN, enter, leave, put_note, take_note, transition_key};
 use crate::sock::Sock;
 use crate::track::{Line, handle};
 use aya_ebpf::macros::{btf_tracepoint, fentry};
@@ -95,13 +93,8 @@ pub fn observer_backup(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: as above; the index is masked into range.
     let cell = unsafe { &mut (*s).address[BACKUP][depth as usize & (LEVELS - 1)] };
     if let Some(sock) = Sock::of(&ctx, cell) {
-        let key = transition_key(sock.sk, sock.old, sock.new);
         // SAFETY: the main program's notes; the backup only clears the one it takes.
-        let noted = unsafe { take_note(&mut (*s).notes, key) };
-        // Taken out of the task's record too, note or not: a later transition with the same
-        // key (a socket address reused by this task's next connect()) must not be taken for it.
-        let recorded = PREEMPTIBLE.load() != 0 && took(key);
-        if !noted && !recorded {
+        if !unsafe { take_note(&mut (*s).notes, transition_key(sock.sk, sock.old, sock.new)) } {
             count(counters::NESTED_HANDLED);
             let _ = handle(&sock, Line::Backup);
         }

@@ -1,6 +1,6 @@
 //! The programs' maps and the settings the daemon fixes at load time, with the small
 //! accessors every part uses.
-use crate::scratch::{Scratch, TAKEN};
+use crate::scratch::Scratch;
 use aya_ebpf::Global;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
@@ -142,11 +142,12 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 
 /// `observer_common::sweep`); the daemon empties it after each run.
 #[map]
 pub(crate) static DOOMED: HashMap<u64, Doomed> = HashMap::with_max_entries(MAX_DOOMED, 0);
-/// Per task (pid_tgid), where runs are preemptible: the last watched transitions the main
-/// program took in that task (see `scratch::took`), for the backup, which may meet one again
-/// without its note.
+/// Per task (pid_tgid), where runs are preemptible: the last CLOSE the main program took, so that
+/// the backup, meeting that CLOSE again without its note (overwritten while the task was held
+/// between the two programs), knows it was taken and does not count its connection a second
+/// time (see `adopt`).
 #[map]
-pub(crate) static DONE: LruHashMap<u64, [u64; TAKEN]> = LruHashMap::with_max_entries(4096, 0);
+pub(crate) static DONE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 /// Per CPU: what the two programs keep between and within their runs (see `Scratch`).
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

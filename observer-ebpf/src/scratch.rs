@@ -1,8 +1,5 @@
 //! Per-CPU scratch: the depth of each program's runs, a word per nesting level, and the
-//! main program's notes for the backup (see the crate's doc); and, per task where runs are
-//! preemptible, the transitions the main program took (`DONE`).
-use crate::maps::DONE;
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+//! main program's notes for the backup (see the crate's doc).
 
 pub(crate) const RECENT_LEN: usize = 8;
 /// Address words per program: one per nesting level. 5.10 nests a program in itself: a
@@ -68,8 +65,9 @@ pub(crate) unsafe fn leave(depth: *mut u64, d: u64) {
 /// An outermost run (`outermost`: no run of either program under way on this CPU) empties the
 /// ring: every note left in it is one whose backup run was skipped (a softirq's transition that
 /// came while the backup ran), and a later transition of a socket at the same address with the
-/// same states would find it and be taken for handled. (A transition whose note is lost so is
-/// met again by the backup: `took` tells it, where that could count.)
+/// same states would find it and be taken for handled. (From 7.0 a task held between the two
+/// programs can lose its note so: the backup then handles that transition again, which changes
+/// nothing, and `DONE` guards a CLOSE.)
 ///
 /// A nested run (a softirq's transition in this run; 5.10 runs the program in itself, later
 /// kernels only the backup) uses the first free slot from the one after the last note, or that
@@ -129,62 +127,6 @@ pub(crate) unsafe fn take_note(notes: *mut [u64; RECENT_LEN], key: u64) -> bool 
                 core::ptr::write_volatile(note, 0);
                 return true;
             }
-        }
-        i += 1;
-    }
-    false
-}
-
-/// Transitions per task that `DONE` keeps.
-pub(crate) const TAKEN: usize = 4;
-
-/// The main program took the watched transition `key` in this task (where runs are
-/// preemptible; see `took`).
-#[inline(always)]
-pub(crate) fn taken(key: u64) {
-    let me = bpf_get_current_pid_tgid();
-    match DONE.get_ptr_mut(me) {
-        Some(p) => {
-            // SAFETY: this task's entry. Only the main program writes it, in this task: its runs
-            // never overlap (a softirq's transition inside one skips it), and a task runs on
-            // one CPU at a time.
-            let r = unsafe { &mut *p };
-            r[3] = r[2];
-            r[2] = r[1];
-            r[1] = r[0];
-            r[0] = key;
-        }
-        None => {
-            let _ = DONE.insert(me, [key, 0, 0, 0], 0);
-        }
-    }
-}
-
-/// Whether the main program took the transition `key` in this task lately; forgotten then.
-/// The backup asks for every transition it runs for, so that a record does not outlive its
-/// transition: a task's next connect() often gets the socket address of its last, and the
-/// same key.
-///
-/// The backup needs this where its note can be gone. Every outermost main run empties the
-/// ring of notes, and a softirq can run the main program between this task's main run and its
-/// backup run; where runs are preemptible, the task can also be held or moved between the two.
-/// The backup then meets the transition again without its note. That changes nothing while
-/// the connection's entry is there (the same state again), but a softirq's CLOSE of the same
-/// socket in between removed the entry: an earlier transition met again would be a
-/// connection first met past ESTABLISHED, counted opened a second time, and a CLOSE met again
-/// would find that entry, or none.
-#[inline(always)]
-pub(crate) fn took(key: u64) -> bool {
-    let Some(p) = DONE.get_ptr_mut(bpf_get_current_pid_tgid()) else {
-        return false;
-    };
-    // SAFETY: this task's entry (see `taken`); a match is cleared in place.
-    let r = unsafe { &mut *p };
-    let mut i = 0;
-    while i < TAKEN {
-        if r[i] == key {
-            r[i] = 0;
-            return true;
         }
         i += 1;
     }

@@ -2,16 +2,17 @@
 //! its counters.
 use crate::emit::{emit, emit_unseen_close};
 use crate::maps::{
-    BASELINE, FLAGS, FREE_SLOTS, N_BUCKETS, NETNS_NOT_READ, PREEMPTIBLE, SEEN, SOCK_OFFSETS,
+    BASELINE, DONE, FLAGS, FREE_SLOTS, N_BUCKETS, NETNS_NOT_READ, PREEMPTIBLE, SEEN, SOCK_OFFSETS,
     SOCKETS, STATS, STATS_SLOTS, TARGET_REMOTES, baseline_active, bound, control, count, now,
     port_flags, snapshot_open,
 };
-use crate::scratch::{taken, transition_key};
+use crate::scratch::transition_key;
 use crate::sock::{Sock, netns_of};
 use crate::target::{
     current_owner, is_target, local_owner, on_listen, on_listener_close, with_owner,
 };
 use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use observer_common::conn::{Conn, EVENT_NONE, Step, birth_port, first_sighting, unseeded_sides};
 use observer_common::ending;
 use observer_common::filter::{PORT_LOCAL, PORT_REMOTE, flags};
@@ -58,19 +59,13 @@ pub(crate) fn handle(tp: &Sock, line: Line) -> Option<()> {
     if !local && !remote && !target_remote {
         return None; // cannot be ours: the common case on a busy host
     }
-    // Where runs are preemptible, the backup can meet a transition the main program took
-    // without its note, and a connection met past ESTABLISHED counts opened late: the main
-    // program records what it takes, per task (see `scratch::took`).
-    if line == Line::Main && PREEMPTIBLE.load() != 0 {
-        taken(transition_key(sk, old, new));
-    }
     // A birth: a new inbound connection (the child socket), or connect().
     let birth = old == tcp::LISTEN || connect;
     if let Some(p) = SOCKETS.get_ptr_mut(sk) {
         // SAFETY: transitions of one socket are serialised by the socket's lock.
         let conn = unsafe { &mut *p };
         if !birth {
-            return advance(tp, sk, conn, new);
+            return advance(tp, sk, conn, new, line);
         }
         // This birth, handled already: by the main program, where the backup could not find its
         // note (from 7.0 a preempted run lets other tasks' transitions come between the two).
@@ -109,7 +104,7 @@ pub(crate) fn handle(tp: &Sock, line: Line) -> Option<()> {
         let conn = with_owner(first_sighting(DIR_OUTBOUND, dport, old, false), &owner);
         return track_new(tp, sk, conn, new, NETNS_NOT_READ, true, false);
     }
-    adopt(tp, sk, old, new, sport_flags, remote)
+    adopt(tp, sk, old, new, sport_flags, remote, line)
 }
 
 /// First sighting of a socket that existed before observer: counted by the start-up snapshot if
@@ -122,6 +117,7 @@ pub(crate) fn adopt(
     new: u8,
     sport_flags: u32,
     remote: bool,
+    line: Line,
 ) -> Option<()> {
     let local = sport_flags & PORT_LOCAL != 0;
     let adopt_established = snapshot_open() || control(CONTROL_ADOPT_UNSEEDED) != 0;
@@ -130,11 +126,22 @@ pub(crate) fn adopt(
     // Only where runs are preemptible does a connection lose its open to held programs. Elsewhere
     // an unknown socket met past ESTABLISHED stays what it was before late opens: not counted
     // (6.12 counted one connection twice with them, 2 runs in 8 of the timer test, no transition
-    // lost: most likely the backup meeting a transition again after a softirq's CLOSE removed
-    // the entry, which `scratch::took` now tells where late opens count).
+    // lost: a path not found yet).
     if sides.late && PREEMPTIBLE.load() == 0 {
         sides.inbound = false;
         sides.outbound = false;
+    }
+    // A CLOSE with no entry, met by the backup, may be one the main program took already (the
+    // entry it removed; its note overwritten while this task was held between the two), not a
+    // connection whose every earlier step was lost: counting it late would count that
+    // connection twice. Where runs are not preemptible a note cannot be lost so.
+    if line == Line::Backup && new == tcp::CLOSE && sides.late && PREEMPTIBLE.load() != 0 {
+        let key = transition_key(sk, old, new);
+        // SAFETY: a plain read of a map value.
+        if unsafe { DONE.get(bpf_get_current_pid_tgid()) } == Some(&key) {
+            sides.inbound = false;
+            sides.outbound = false;
+        }
     }
     let seeded = baseline_active();
     if !seeded && !sides.inbound && !sides.outbound {
@@ -200,7 +207,7 @@ pub(crate) fn track_new(
 }
 
 #[inline(always)]
-pub(crate) fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8) -> Option<()> {
+pub(crate) fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8, line: Line) -> Option<()> {
     let step = conn.advance(new, now);
     let conn = *conn;
     if step.ended {
@@ -211,6 +218,13 @@ pub(crate) fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8) -> Option<()
             .is_err_and(|e| i64::from(e) == counters::EBUSY)
         {
             count(counters::MAP_BUSY);
+        }
+        if line == Line::Main && PREEMPTIBLE.load() != 0 {
+            let _ = DONE.insert(
+                bpf_get_current_pid_tgid(),
+                transition_key(sk, tp.old, new),
+                0,
+            );
         }
     }
     finish(tp, sk, &conn, &step, NETNS_NOT_READ, true)
