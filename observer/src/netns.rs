@@ -48,11 +48,15 @@ impl Namespace {
         })
     }
 
+    /// Its TCP sockets in `states`. A namespace gone since it was found (its last process
+    /// exited, `ip netns delete`) has none left: an empty list, not an error.
     pub fn dump(&self, states: u32) -> Result<Vec<DiagSocket>> {
         if self.inode == 0 || Some(self.inode) == inode(Path::new("/proc/self/ns/net")) {
-            diag::dump(states)
-        } else {
-            diag::dump_in(&self.path, states)
+            return diag::dump(states);
+        }
+        match diag::dump_in(&self.path, states) {
+            Err(e) if gone(&e) => Ok(Vec::new()),
+            listed => listed,
         }
     }
 }
@@ -80,7 +84,7 @@ pub fn listers(namespaces: &[Namespace], purpose: &str) -> Result<Vec<(u32, List
 
 /// Whether listing a namespace failed because it no longer exists: its file (a /proc/PID/ns/net
 /// of an exited process, a deleted /run/netns entry) is not there any more.
-pub fn gone(e: &anyhow::Error) -> bool {
+fn gone(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
@@ -156,9 +160,11 @@ mod tests {
 
     #[test]
     fn a_namespace_whose_file_is_gone_is_gone_and_nothing_else_is() {
-        let e = crate::diag::dump_in(Path::new("/run/netns/observer-no-such-namespace"), 0)
-            .unwrap_err();
+        let path = PathBuf::from("/run/netns/observer-no-such-namespace");
+        let e = crate::diag::dump_in(&path, 0).unwrap_err();
         assert!(gone(&e), "{e:#}");
+        let vanished = Namespace { inode: 1, path };
+        assert!(vanished.dump(0).unwrap().is_empty());
         let refused =
             anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
                 .context("opening /run/netns/x");

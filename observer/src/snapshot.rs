@@ -18,7 +18,7 @@
 //! `SEEN` by their handshake, so the listing never counts them twice.
 use std::collections::HashMap;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use observer_common::{
     DIR_OUTBOUND,
     filter::Owner,
@@ -76,13 +76,9 @@ pub fn take(
     let mut listed: Vec<(TupleKey, StatsKey, u8)> = Vec::new();
     let mut unseeded = 0;
     for ns in namespaces {
-        let sockets = match ns.dump(mask) {
-            Ok(s) => s,
-            // Gone since it was found (its last process exited, `ip netns delete`): it holds
-            // no connection to count.
-            Err(e) if crate::netns::gone(&e) => continue,
-            Err(e) => return Err(e.context(format!("listing the TCP connections of {ns}"))),
-        };
+        let sockets = ns
+            .dump(mask)
+            .with_context(|| format!("listing the TCP connections of {ns}"))?;
         for s in sockets {
             let Some((direction, port, owner)) = classify(ns.inode, &s) else {
                 continue;
