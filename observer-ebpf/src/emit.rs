@@ -1,5 +1,5 @@
 //! Records for the daemon, through the ring buffer.
-use crate::maps::{EVENTS, FLAGS, SOCK_OFFSETS, WAKEUP_BYTES, count, now};
+use crate::maps::{EVENTS, FLAGS, WAKEUP_BYTES, count, now, sock_offset};
 use crate::sock::Sock;
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock;
@@ -37,7 +37,7 @@ pub(crate) fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
         ..Record::EMPTY
     };
     if tp.new == tcp::CLOSE {
-        record.err = tp.field(SOCK_OFFSETS.load().err);
+        record.err = tp.field(sock_offset!(err));
         if step.event == EVENT_CLOSE {
             carried(tp, &mut record);
         }
@@ -52,7 +52,6 @@ pub(crate) fn emit(tp: &Sock, sk: u64, conn: &Conn, step: &Step, netns: u32) {
 /// took 5.10's verifier minutes under qemu.
 #[inline(always)]
 fn carried(tp: &Sock, r: &mut Record) {
-    let o = SOCK_OFFSETS.load();
     // SAFETY: the tracepoint's own socket pointer; the helper returns it as a tcp_sock, or null.
     let t = unsafe { bpf_skc_to_tcp_sock(tp.ptr as *mut core::ffi::c_void) } as *const u8;
     if t.is_null() {
@@ -64,17 +63,17 @@ fn carried(tp: &Sock, r: &mut Record) {
     // SAFETY: as above.
     let (sent, retrans, received, srtt, segs) = unsafe {
         (
-            core::ptr::read_volatile(field(o.bytes_sent) as *const u64),
-            core::ptr::read_volatile(field(o.bytes_retrans) as *const u64),
-            core::ptr::read_volatile(field(o.bytes_received) as *const u64),
-            core::ptr::read_volatile(field(o.srtt_us) as *const u32),
-            core::ptr::read_volatile(field(o.total_retrans) as *const u32),
+            core::ptr::read_volatile(field(sock_offset!(bytes_sent)) as *const u64),
+            core::ptr::read_volatile(field(sock_offset!(bytes_retrans)) as *const u64),
+            core::ptr::read_volatile(field(sock_offset!(bytes_received)) as *const u64),
+            core::ptr::read_volatile(field(sock_offset!(srtt_us)) as *const u32),
+            core::ptr::read_volatile(field(sock_offset!(total_retrans)) as *const u32),
         )
     };
     // Retransmitted bytes are in `bytes_sent` twice; RCV_SHUTDOWN: the peer's FIN came, and
     // took one sequence number of `bytes_received`. Neither can exceed what it is taken from.
     r.bytes_sent = sent.wrapping_sub(retrans);
-    r.bytes_received = received.wrapping_sub((tp.field::<u8>(o.shutdown) & 1) as u64);
+    r.bytes_received = received.wrapping_sub((tp.field::<u8>(sock_offset!(shutdown)) & 1) as u64);
     r.srtt_us = srtt >> 3;
     r.retransmits = segs;
     r.flags |= RECORD_HAS_TCP;

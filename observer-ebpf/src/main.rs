@@ -11,7 +11,9 @@
 //! one, runs after it for every transition and handles exactly those the main program did not:
 //! the main program notes each transition it takes in a small per-CPU ring (`Scratch::notes`) first
 //! thing; the backup takes its own transition out of that table, or handles it when it is not
-//! there. Counter updates are single atomic adds, so a nested update and the interrupted one
+//! there. Both first leave the transitions that cannot concern us (`track::concerns`, the port
+//! filter on the socket's own fields), without touching that per-CPU state: on a busy host most
+//! transitions are other ports'. Counter updates are single atomic adds, so a nested update and the interrupted one
 //! never overwrite each other.
 //!
 //! One concept a module: `maps` (the maps, and the settings the daemon fixes at load time),
@@ -29,8 +31,10 @@
 //! - nothing with an undefined part is copied: no `Option` or enum with a payload crosses a
 //!   branch into a struct or the stack (a flag and a plain value instead), since verifiers
 //!   before ~6.8 refuse to read an uninitialised stack slot;
-//! - every function is `#[inline(always)]`: no BPF-to-BPF calls, whose argument tracking
-//!   differs between verifiers (older ones explored paths that left a register unset);
+//! - every function of this crate is `#[inline(always)]`: few BPF-to-BPF calls, whose argument
+//!   tracking differs between verifiers (older ones explored paths that left a register unset).
+//!   The JIT image still has some: the macro's entry calls each program's function, on every hit
+//!   (see `observer_main`), and LLVM calls `memset` and `ending::at_close`, off the common path;
 //! - nesting is expected: 5.10 has no recursion guard for these programs, so the main
 //!   program can interrupt itself on a CPU, and its notes for the backup stay right then.
 #![no_std]
@@ -52,13 +56,20 @@ mod tree;
 use crate::maps::{SCRATCH, count};
 use crate::scratch::{BACKUP, LEVELS, MAIN, enter, leave, put_note, take_note, transition_key};
 use crate::sock::Sock;
-use crate::track::{Line, handle};
+use crate::track::{Line, concerns, handle};
 use aya_ebpf::macros::{btf_tracepoint, fentry};
 use aya_ebpf::programs::{BtfTracePointContext, FEntryContext};
 use observer_common::counters;
 
+// Not `#[inline(always)]`, though the macro's entry calls this function, a call and a return
+// (a return thunk on this machine) more on every hit: inlined into the entry, the program took
+// 5.10's verifier over 120 s under qemu with `--events`.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
+    let tp = Sock::of(&ctx);
+    if !concerns(&tp) {
+        return 0;
+    }
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -68,16 +79,14 @@ pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
         count(counters::NESTED_RUNS);
     }
     // SAFETY: as above; the index is masked into range.
-    let cell = unsafe { &mut (*s).address[MAIN][depth as usize & (LEVELS - 1)] };
-    if let Some(sock) = Sock::of(&ctx, cell) {
-        let key = transition_key(sock.sk, sock.old, sock.new);
-        // SAFETY: as above: the backup's depth is only read.
-        let outermost = depth == 0 && unsafe { core::ptr::read_volatile(&(*s).depth[BACKUP]) } == 0;
-        // SAFETY: as above.
-        unsafe { put_note(s, key, outermost) };
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        let _ = handle(&sock, Line::Main);
-    }
+    let sock = tp.at(unsafe { &mut (*s).address[MAIN][depth as usize & (LEVELS - 1)] });
+    let key = transition_key(sock.sk, sock.old, sock.new);
+    // SAFETY: as above: the backup's depth is only read.
+    let outermost = depth == 0 && unsafe { core::ptr::read_volatile(&(*s).depth[BACKUP]) } == 0;
+    // SAFETY: as above.
+    unsafe { put_note(s, key, outermost) };
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    let _ = handle(&sock, Line::Main);
     // SAFETY: as above.
     unsafe { leave(&mut (*s).depth[MAIN], depth) };
     0
@@ -85,19 +94,22 @@ pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn observer_backup(ctx: BtfTracePointContext) -> i32 {
+    // The main program noted no transition that does not concern us.
+    let tp = Sock::of(&ctx);
+    if !concerns(&tp) {
+        return 0;
+    }
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's scratch, fields of this program only (see `Scratch`).
     let depth = unsafe { enter(&mut (*s).depth[BACKUP]) };
     // SAFETY: as above; the index is masked into range.
-    let cell = unsafe { &mut (*s).address[BACKUP][depth as usize & (LEVELS - 1)] };
-    if let Some(sock) = Sock::of(&ctx, cell) {
-        // SAFETY: the main program's notes; the backup only clears the one it takes.
-        if !unsafe { take_note(&mut (*s).notes, transition_key(sock.sk, sock.old, sock.new)) } {
-            count(counters::NESTED_HANDLED);
-            let _ = handle(&sock, Line::Backup);
-        }
+    let sock = tp.at(unsafe { &mut (*s).address[BACKUP][depth as usize & (LEVELS - 1)] });
+    // SAFETY: the main program's notes; the backup only clears the one it takes.
+    if !unsafe { take_note(&mut (*s).notes, transition_key(sock.sk, sock.old, sock.new)) } {
+        count(counters::NESTED_HANDLED);
+        let _ = handle(&sock, Line::Backup);
     }
     // SAFETY: as above.
     unsafe { leave(&mut (*s).depth[BACKUP], depth) };

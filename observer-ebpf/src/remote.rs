@@ -1,6 +1,6 @@
 //! Per-client counts (`--by-remote`): two iterators that list the remote of every established
 //! watched connection, which the daemon counts at each scrape (see `observer_common::remote`).
-use crate::maps::{REMOTE_MASKS, SOCK_OFFSETS};
+use crate::maps::{REMOTE_MASKS, sock_offset};
 use crate::sock::read_kernel;
 use crate::sweep::{MapElem, element};
 use aya_ebpf::helpers::bpf_seq_write;
@@ -22,14 +22,16 @@ extern "C" fn observer_remotes(ctx: *mut MapElem<u64, Conn>) -> i32 {
     if conn.state != tcp::ESTABLISHED {
         return 0;
     }
-    let o = SOCK_OFFSETS.load();
-    let family: u16 = read_kernel(sk + o.family as u64);
+    let family: u16 = read_kernel(sk + sock_offset!(family) as u64);
     let (a, b) = if family == AF_INET {
-        (read_kernel::<u32>(sk + o.daddr as u64) as u64, 0)
+        (
+            read_kernel::<u32>(sk + sock_offset!(daddr) as u64) as u64,
+            0,
+        )
     } else {
         (
-            read_kernel::<u64>(sk + o.daddr_v6 as u64),
-            read_kernel::<u64>(sk + o.daddr_v6 as u64 + 8),
+            read_kernel::<u64>(sk + sock_offset!(daddr_v6) as u64),
+            read_kernel::<u64>(sk + sock_offset!(daddr_v6) as u64 + 8),
         )
     };
     let key = remote::key(

@@ -1,7 +1,7 @@
 //! Inbound handshakes that fail while still request sockets (see `observer_common::request`):
 //! counted, and recorded, when the kernel frees them.
 use crate::emit::submit;
-use crate::maps::{FLAGS, NETNS_NOT_READ, REQUEST_OFFSETS, SOCK_OFFSETS, now, port_flags};
+use crate::maps::{FLAGS, NETNS_NOT_READ, REQUEST_OFFSETS, now, port_flags, sock_offset};
 use crate::sock::{addrs_at, netns_of, read_kernel};
 use crate::target::{local_owner, with_owner};
 use crate::track::{count_step, slot_of};
@@ -22,7 +22,7 @@ pub(crate) fn freed(req: u64) -> Option<()> {
     if !failed(listener, child, synack) {
         return None; // the common case: a handshake that became a connection
     }
-    let port: u16 = read_kernel(req + SOCK_OFFSETS.load().num as u64);
+    let port: u16 = read_kernel(req + sock_offset!(num) as u64);
     let port_flags = port_flags(port);
     if port_flags & PORT_LOCAL == 0 {
         return None;
@@ -48,7 +48,7 @@ pub(crate) fn freed(req: u64) -> Option<()> {
         netns,
         family,
         sport: port,
-        dport: u16::from_be(read_kernel(req + SOCK_OFFSETS.load().dport as u64)),
+        dport: u16::from_be(read_kernel(req + sock_offset!(dport) as u64)),
         _pad: [0; 6],
         saddr,
         daddr,

@@ -1,6 +1,6 @@
 //! One transition's socket: its fields, loaded through the typed pointer the tracepoint
 //! passes, or read by address.
-use crate::maps::{NET_INUM_OFFSET, SK_NET_OFFSET, SOCK_OFFSETS};
+use crate::maps::{NET_INUM_OFFSET, SK_NET_OFFSET, sock_offset};
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use aya_ebpf::programs::BtfTracePointContext;
 use observer_common::snapshot::TupleKey;
@@ -22,30 +22,31 @@ pub(crate) struct Sock {
 }
 
 impl Sock {
+    /// The transition as the tracepoint passes it; its address (`sk`) is 0 until `at`.
     #[inline(always)]
-    pub(crate) fn of(ctx: &BtfTracePointContext, cell: *mut u64) -> Option<Sock> {
+    pub(crate) fn of(ctx: &BtfTracePointContext) -> Sock {
         // The tracepoint's arguments: (const struct sock *, int oldstate, int newstate).
-        let (ptr, old, new) = (
-            ctx.arg::<*const u8>(0),
-            ctx.arg::<u64>(1) as u8,
-            ctx.arg::<u64>(2) as u8,
-        );
-        // The verifier allows no arithmetic on a typed kernel pointer, and the maps are keyed by
-        // the socket's address: a round trip through a word of this run's own (see `Scratch`)
-        // gives that address as a number.
-        // SAFETY: this run's word of the map.
-        let sk = unsafe {
-            core::ptr::write_volatile(cell, ptr as u64);
-            core::ptr::read_volatile(cell)
-        };
-        Some(Sock {
-            ptr,
-            sk,
-            old,
-            new,
+        Sock {
+            ptr: ctx.arg::<*const u8>(0),
+            sk: 0,
+            old: ctx.arg::<u64>(1) as u8,
+            new: ctx.arg::<u64>(2) as u8,
             sport: 0,
             dport: 0,
-        })
+        }
+    }
+
+    /// The same transition with the socket's address as a number, for the maps keyed by it.
+    #[inline(always)]
+    pub(crate) fn at(&self, cell: *mut u64) -> Sock {
+        // The verifier allows no arithmetic on a typed kernel pointer: a round trip through a
+        // word of this run's own (see `Scratch`) gives that address as a number.
+        // SAFETY: this run's word of the map.
+        let sk = unsafe {
+            core::ptr::write_volatile(cell, self.ptr as u64);
+            core::ptr::read_volatile(cell)
+        };
+        Sock { sk, ..*self }
     }
 
     /// A field of `struct sock` at an offset the daemon found in the kernel's BTF. The offset
@@ -59,7 +60,7 @@ impl Sock {
 
     #[inline(always)]
     pub(crate) fn protocol(&self) -> u16 {
-        self.field(SOCK_OFFSETS.load().protocol)
+        self.field(sock_offset!(protocol))
     }
 
     /// The same transition with its ports read.
@@ -67,37 +68,41 @@ impl Sock {
     pub(crate) fn with_ports(&self) -> Sock {
         Sock {
             sport: self.read_sport(),
-            dport: u16::from_be(self.field(SOCK_OFFSETS.load().dport)),
+            dport: self.read_dport(),
             ..*self
         }
     }
 
     #[inline(always)]
+    pub(crate) fn read_dport(&self) -> u16 {
+        u16::from_be(self.field(sock_offset!(dport)))
+    }
+
+    #[inline(always)]
     pub(crate) fn read_sport(&self) -> u16 {
-        let o = SOCK_OFFSETS.load();
-        let num: u16 = self.field(o.num);
+        let num: u16 = self.field(sock_offset!(num));
         if num != 0 || self.new != tcp::CLOSE {
             return num;
         }
         // At CLOSE the port is released already; inet_sport still holds it.
+        let at = self.sk + sock_offset!(sport) as u64;
         // SAFETY: bpf_probe_read_kernel checks the address.
-        let port = unsafe { bpf_probe_read_kernel((self.sk + o.sport as u64) as *const u16) };
+        let port = unsafe { bpf_probe_read_kernel(at as *const u16) };
         u16::from_be(port.unwrap_or(0))
     }
 
     /// (family, local address, remote address); IPv4 fills the first 4 bytes.
     #[inline(always)]
     pub(crate) fn addrs(&self) -> (u16, [u8; 16], [u8; 16]) {
-        let o = SOCK_OFFSETS.load();
-        let family: u16 = self.field(o.family);
+        let family: u16 = self.field(sock_offset!(family));
         let mut s = [0u8; 16];
         let mut d = [0u8; 16];
         if family == AF_INET {
-            s[..4].copy_from_slice(&self.field::<u32>(o.saddr).to_ne_bytes());
-            d[..4].copy_from_slice(&self.field::<u32>(o.daddr).to_ne_bytes());
+            s[..4].copy_from_slice(&self.field::<u32>(sock_offset!(saddr)).to_ne_bytes());
+            d[..4].copy_from_slice(&self.field::<u32>(sock_offset!(daddr)).to_ne_bytes());
         } else {
-            s = self.field16(o.saddr_v6);
-            d = self.field16(o.daddr_v6);
+            s = self.field16(sock_offset!(saddr_v6));
+            d = self.field16(sock_offset!(daddr_v6));
         }
         (family, s, d)
     }
@@ -131,16 +136,17 @@ impl Sock {
 /// address, as `Sock::addrs` loads them through a typed pointer; IPv4 fills the first 4 bytes.
 #[inline(always)]
 pub(crate) fn addrs_at(sk: u64) -> (u16, [u8; 16], [u8; 16]) {
-    let o = SOCK_OFFSETS.load();
-    let family: u16 = read_kernel(sk + o.family as u64);
+    let family: u16 = read_kernel(sk + sock_offset!(family) as u64);
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     if family == AF_INET {
-        saddr[..4].copy_from_slice(&read_kernel::<u32>(sk + o.saddr as u64).to_ne_bytes());
-        daddr[..4].copy_from_slice(&read_kernel::<u32>(sk + o.daddr as u64).to_ne_bytes());
+        saddr[..4]
+            .copy_from_slice(&read_kernel::<u32>(sk + sock_offset!(saddr) as u64).to_ne_bytes());
+        daddr[..4]
+            .copy_from_slice(&read_kernel::<u32>(sk + sock_offset!(daddr) as u64).to_ne_bytes());
     } else {
-        saddr = read_kernel(sk + o.saddr_v6 as u64);
-        daddr = read_kernel(sk + o.daddr_v6 as u64);
+        saddr = read_kernel(sk + sock_offset!(saddr_v6) as u64);
+        daddr = read_kernel(sk + sock_offset!(daddr_v6) as u64);
     }
     (family, saddr, daddr)
 }

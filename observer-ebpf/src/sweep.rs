@@ -1,5 +1,5 @@
 //! The sweep's two iterators (see `observer_common::sweep`).
-use crate::maps::{SOCK_OFFSETS, SOCKETS};
+use crate::maps::{SOCKETS, sock_offset};
 use crate::sock::{addrs_at, netns_of, read_kernel};
 use crate::track::close_unseen;
 use aya_ebpf::helpers::bpf_seq_write;
@@ -51,10 +51,9 @@ extern "C" fn observer_sweep(ctx: *mut MapElem<u64, Conn>) -> i32 {
     let Some((sk, conn)) = (unsafe { element(ctx) }) else {
         return 0;
     };
-    let o = SOCK_OFFSETS.load();
     // A freed TCP socket's memory stays a TCP socket's (type-stable slab): its state is CLOSE
     // then, or a new socket's at that address, whose birth retires this entry.
-    let state: u8 = read_kernel(sk + o.state as u64);
+    let state: u8 = read_kernel(sk + sock_offset!(state) as u64);
     if state != tcp::CLOSE || conn.state == tcp::CLOSE {
         return 0;
     }
@@ -65,8 +64,8 @@ extern "C" fn observer_sweep(ctx: *mut MapElem<u64, Conn>) -> i32 {
         ends: Ends {
             netns: netns_of(sk),
             family,
-            sport: u16::from_be(read_kernel(sk + o.sport as u64)),
-            dport: u16::from_be(read_kernel(sk + o.dport as u64)),
+            sport: u16::from_be(read_kernel(sk + sock_offset!(sport) as u64)),
+            dport: u16::from_be(read_kernel(sk + sock_offset!(dport) as u64)),
             _pad: [0; 6],
             saddr,
             daddr,

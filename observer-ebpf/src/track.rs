@@ -2,9 +2,9 @@
 //! its counters.
 use crate::emit::{emit, emit_unseen_close};
 use crate::maps::{
-    BASELINE, DONE, FLAGS, FREE_SLOTS, N_BUCKETS, NETNS_NOT_READ, PREEMPTIBLE, SEEN, SOCK_OFFSETS,
-    SOCKETS, STATS, STATS_SLOTS, TARGET_REMOTES, baseline_active, bound, control, count, now,
-    port_flags, snapshot_open,
+    BASELINE, DONE, FLAGS, FREE_SLOTS, N_BUCKETS, NETNS_NOT_READ, PREEMPTIBLE, SEEN, SOCKETS,
+    STATS, STATS_SLOTS, TARGET_REMOTES, baseline_active, bound, control, count, now, port_flags,
+    snapshot_open, sock_offset,
 };
 use crate::scratch::transition_key;
 use crate::sock::{Sock, netns_of};
@@ -30,6 +30,65 @@ pub(crate) enum Line {
     Backup,
 }
 
+/// Whether `handle` may act on the transition, decided from the socket's own fields and the
+/// port filter alone, as `handle` decides: the programs leave every other transition before they
+/// touch their per-CPU state (on a busy host, most transitions are other ports').
+#[inline(always)]
+pub(crate) fn concerns(tp: &Sock) -> bool {
+    if tp.protocol() != IPPROTO_TCP || tp.old == tp.new {
+        return false;
+    }
+    // listen(), and a listener's close: `handle` decides before the port filter.
+    if tp.new == tcp::LISTEN || (tp.old == tcp::LISTEN && tp.new != tcp::SYN_RECV) {
+        return true;
+    }
+    let num: u16 = tp.field(sock_offset!(num));
+    // At CLOSE the local port is released, and read by the socket's address (see `read_sport`).
+    if num == 0 && tp.new == tcp::CLOSE {
+        return true;
+    }
+    let tp = Sock {
+        sport: num,
+        dport: tp.read_dport(),
+        ..*tp
+    };
+    port_filter(&tp, FLAGS.load()).is_some()
+}
+
+/// What the port filter found: the local port's flags, and which side of the connection is
+/// watched.
+#[derive(Clone, Copy)]
+pub(crate) struct Ports {
+    sport_flags: u32,
+    local: bool,
+    remote: bool,
+    targets: bool,
+}
+
+/// The port filter, on a transition whose ports are read: `None` for one that cannot be ours.
+#[inline(always)]
+fn port_filter(tp: &Sock, cfg: u32) -> Option<Ports> {
+    let sport_flags = port_flags(tp.sport);
+    let local = sport_flags & PORT_LOCAL != 0;
+    let remote = port_flags(tp.dport) & PORT_REMOTE != 0;
+    // A target's outbound connection: its connect(), or a later transition of one to a remote
+    // port some target's connection was tracked to. Every seed of the snapshot passes too.
+    let targets = cfg & flags::PROCESS_TARGETS != 0;
+    let target_remote =
+        targets && (is_connect(tp.old, tp.new) || TARGET_REMOTES.get(tp.dport as u32) == Some(&1));
+    (local || remote || target_remote).then_some(Ports {
+        sport_flags,
+        local,
+        remote,
+        targets,
+    })
+}
+
+#[inline(always)]
+fn is_connect(old: u8, new: u8) -> bool {
+    old == tcp::CLOSE && new == tcp::SYN_SENT
+}
+
 #[inline(always)]
 pub(crate) fn handle(tp: &Sock, line: Line) -> Option<()> {
     if tp.protocol() != IPPROTO_TCP {
@@ -48,17 +107,13 @@ pub(crate) fn handle(tp: &Sock, line: Line) -> Option<()> {
     if old == tcp::LISTEN && new != tcp::SYN_RECV {
         return on_listener_close(sk, sport);
     }
-    let sport_flags = port_flags(sport);
-    let local = sport_flags & PORT_LOCAL != 0;
-    let remote = port_flags(dport) & PORT_REMOTE != 0;
-    let connect = old == tcp::CLOSE && new == tcp::SYN_SENT;
-    // A target's outbound connection: its connect(), or a later transition of one to a remote
-    // port some target's connection was tracked to. Every seed of the snapshot passes too.
-    let targets = cfg & flags::PROCESS_TARGETS != 0;
-    let target_remote = targets && (connect || TARGET_REMOTES.get(dport as u32) == Some(&1));
-    if !local && !remote && !target_remote {
-        return None; // cannot be ours: the common case on a busy host
-    }
+    let Ports {
+        sport_flags,
+        local,
+        remote,
+        targets,
+    } = port_filter(tp, cfg)?;
+    let connect = is_connect(old, new);
     // A birth: a new inbound connection (the child socket), or connect().
     let birth = old == tcp::LISTEN || connect;
     if let Some(p) = SOCKETS.get_ptr_mut(sk) {
@@ -121,7 +176,7 @@ pub(crate) fn adopt(
 ) -> Option<()> {
     let local = sport_flags & PORT_LOCAL != 0;
     let adopt_established = snapshot_open() || control(CONTROL_ADOPT_UNSEEDED) != 0;
-    let child = tp.field::<u32>(SOCK_OFFSETS.load().max_ack_backlog) != 0;
+    let child = tp.field::<u32>(sock_offset!(max_ack_backlog)) != 0;
     let mut sides = unseeded_sides(old, local, remote, adopt_established, child);
     // Only where runs are preemptible does a connection lose its open to held programs. Elsewhere
     // an unknown socket met past ESTABLISHED stays what it was before late opens: not counted
@@ -255,7 +310,7 @@ pub(crate) fn finish(
     // At CLOSE, how the connection ended: the socket's error is set by then (see `ending`).
     let mut step = *step;
     if step.ended && tp.new == tcp::CLOSE {
-        let err: i32 = tp.field(SOCK_OFFSETS.load().err);
+        let err: i32 = tp.field(sock_offset!(err));
         step.ending = ending::at_close(step.event, conn.direction, tp.old, err);
     }
     count_step(conn, &step);
