@@ -11,9 +11,9 @@
 //! one, runs after it for every transition and handles exactly those the main program did not:
 //! the main program notes each transition it takes in a small per-CPU ring (`Scratch::notes`) first
 //! thing; the backup takes its own transition out of that table, or handles it when it is not
-//! there. Both first leave the transitions that cannot concern us (`track::concerns`, the port
-//! filter on the socket's own fields), without touching that per-CPU state: on a busy host most
-//! transitions are other ports'. Counter updates are single atomic adds, so a nested update and the interrupted one
+//! there. (Every transition, ours or not: the backup tells the main program's skipped runs from
+//! the ones it took by the notes alone, and counts each skipped run it covers, for
+//! `lost_transition`.) Counter updates are single atomic adds, so a nested update and the interrupted one
 //! never overwrite each other.
 //!
 //! One concept a module: `maps` (the maps, and the settings the daemon fixes at load time),
@@ -53,13 +53,13 @@ mod target;
 mod track;
 mod tree;
 
-use crate::maps::{SCRATCH, count};
+use crate::maps::{DONE, PREEMPTIBLE, SCRATCH, count};
 use crate::scratch::{BACKUP, LEVELS, MAIN, enter, leave, put_note, take_note, transition_key};
 use crate::sock::Sock;
-use crate::track::{Line, concerns, handle};
+use crate::track::{Line, handle};
 use aya_ebpf::macros::{btf_tracepoint, fentry};
 use aya_ebpf::programs::{BtfTracePointContext, FEntryContext};
-use observer_common::counters;
+use observer_common::{counters, tcp};
 
 // Not `#[inline(always)]`, though the macro's entry calls this function, a call and a return
 // (a return thunk on this machine) more on every hit: inlined into the entry, the program took
@@ -67,9 +67,6 @@ use observer_common::counters;
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
     let tp = Sock::of(&ctx);
-    if !concerns(&tp) {
-        return 0;
-    }
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -94,11 +91,7 @@ pub fn observer_main(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn observer_backup(ctx: BtfTracePointContext) -> i32 {
-    // The main program noted no transition that does not concern us.
     let tp = Sock::of(&ctx);
-    if !concerns(&tp) {
-        return 0;
-    }
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -106,10 +99,15 @@ pub fn observer_backup(ctx: BtfTracePointContext) -> i32 {
     let depth = unsafe { enter(&mut (*s).depth[BACKUP]) };
     // SAFETY: as above; the index is masked into range.
     let sock = tp.at(unsafe { &mut (*s).address[BACKUP][depth as usize & (LEVELS - 1)] });
+    let key = transition_key(sock.sk, sock.old, sock.new);
     // SAFETY: the main program's notes; the backup only clears the one it takes.
-    if !unsafe { take_note(&mut (*s).notes, transition_key(sock.sk, sock.old, sock.new)) } {
+    if !unsafe { take_note(&mut (*s).notes, key) } {
         count(counters::NESTED_HANDLED);
         let _ = handle(&sock, Line::Backup);
+    }
+    // Its backup run has come: the main program's record of this CLOSE, if any, has served.
+    if sock.new == tcp::CLOSE && PREEMPTIBLE.load() != 0 {
+        let _ = DONE.remove(key);
     }
     // SAFETY: as above.
     unsafe { leave(&mut (*s).depth[BACKUP], depth) };

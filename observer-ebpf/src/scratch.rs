@@ -65,9 +65,10 @@ pub(crate) unsafe fn leave(depth: *mut u64, d: u64) {
 /// An outermost run (`outermost`: no run of either program under way on this CPU) empties the
 /// ring: every note left in it is one whose backup run was skipped (a softirq's transition that
 /// came while the backup ran), and a later transition of a socket at the same address with the
-/// same states would find it and be taken for handled. (From 7.0 a task held between the two
-/// programs can lose its note so: the backup then handles that transition again, which changes
-/// nothing, and `DONE` guards a CLOSE.)
+/// same states would find it and be taken for handled. (A run between a transition's two
+/// programs, an interrupt's or, from 7.0, another task's while this one is held, loses that
+/// transition's note so: the backup then handles it again, which changes nothing, and `DONE`
+/// guards a CLOSE.)
 ///
 /// A nested run (a softirq's transition in this run; 5.10 runs the program in itself, later
 /// kernels only the backup) uses the first free slot from the one after the last note, or that

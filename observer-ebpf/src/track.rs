@@ -12,7 +12,6 @@ use crate::target::{
     current_owner, is_target, local_owner, on_listen, on_listener_close, with_owner,
 };
 use aya_ebpf::bindings::BPF_NOEXIST;
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use observer_common::conn::{Conn, EVENT_NONE, Step, birth_port, first_sighting, unseeded_sides};
 use observer_common::ending;
 use observer_common::filter::{PORT_LOCAL, PORT_REMOTE, flags};
@@ -28,31 +27,6 @@ use observer_common::{DIR_INBOUND, DIR_OUTBOUND, counters, tcp};
 pub(crate) enum Line {
     Main,
     Backup,
-}
-
-/// Whether `handle` may act on the transition, decided from the socket's own fields and the
-/// port filter alone, as `handle` decides: the programs leave every other transition before they
-/// touch their per-CPU state (on a busy host, most transitions are other ports').
-#[inline(always)]
-pub(crate) fn concerns(tp: &Sock) -> bool {
-    if tp.protocol() != IPPROTO_TCP || tp.old == tp.new {
-        return false;
-    }
-    // listen(), and a listener's close: `handle` decides before the port filter.
-    if tp.new == tcp::LISTEN || (tp.old == tcp::LISTEN && tp.new != tcp::SYN_RECV) {
-        return true;
-    }
-    let num: u16 = tp.field(sock_offset!(num));
-    // At CLOSE the local port is released, and read by the socket's address (see `read_sport`).
-    if num == 0 && tp.new == tcp::CLOSE {
-        return true;
-    }
-    let tp = Sock {
-        sport: num,
-        dport: tp.read_dport(),
-        ..*tp
-    };
-    port_filter(&tp, FLAGS.load()).is_some()
 }
 
 /// What the port filter found: the local port's flags, and which side of the connection is
@@ -187,13 +161,12 @@ pub(crate) fn adopt(
         sides.outbound = false;
     }
     // A CLOSE with no entry, met by the backup, may be one the main program took already (the
-    // entry it removed; its note overwritten while this task was held between the two), not a
-    // connection whose every earlier step was lost: counting it late would count that
-    // connection twice. Where runs are not preemptible a note cannot be lost so.
+    // entry it removed; its note lost between the two, see `DONE`), not a connection whose every
+    // earlier step was lost: counting it late would count that connection twice. Where runs
+    // are not preemptible late opens are not counted at all (above).
     if line == Line::Backup && new == tcp::CLOSE && sides.late && PREEMPTIBLE.load() != 0 {
-        let key = transition_key(sk, old, new);
         // SAFETY: a plain read of a map value.
-        if unsafe { DONE.get(bpf_get_current_pid_tgid()) } == Some(&key) {
+        if unsafe { DONE.get(transition_key(sk, old, new)) }.is_some() {
             sides.inbound = false;
             sides.outbound = false;
         }
@@ -227,6 +200,11 @@ pub(crate) fn adopt(
     } else {
         return None;
     };
+    // A connection met first at its CLOSE ends here: the backup, should it meet this CLOSE
+    // without its note, must know it was taken (see `DONE`).
+    if line == Line::Main && new == tcp::CLOSE && PREEMPTIBLE.load() != 0 {
+        let _ = DONE.insert(transition_key(sk, old, new), 0, 0);
+    }
     track_new(tp, sk, conn, new, netns, true, sides.late)
 }
 
@@ -275,11 +253,7 @@ pub(crate) fn advance(tp: &Sock, sk: u64, conn: &mut Conn, new: u8, line: Line) 
             count(counters::MAP_BUSY);
         }
         if line == Line::Main && PREEMPTIBLE.load() != 0 {
-            let _ = DONE.insert(
-                bpf_get_current_pid_tgid(),
-                transition_key(sk, tp.old, new),
-                0,
-            );
+            let _ = DONE.insert(transition_key(sk, tp.old, new), 0, 0);
         }
     }
     finish(tp, sk, &conn, &step, NETNS_NOT_READ, true)
