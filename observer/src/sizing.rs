@@ -42,7 +42,8 @@ pub struct MapSizes {
     /// Per remote port, whether a target connects there (`TARGET_REMOTES`): with process
     /// targets only.
     pub target_remotes: u32,
-    /// The main program's notes for the backup (`DONE`): where runs are preemptible only.
+    /// The CLOSEs the main program took, until their backup run (`DONE`): where runs are
+    /// preemptible only.
     pub done: u32,
 }
 
