@@ -13,8 +13,8 @@
 //! thing; the backup takes its own transition out of that table, or handles it when it is not
 //! there. (Every transition, ours or not: the backup tells the main program's skipped runs from
 //! the ones it took by the notes alone, and counts each skipped run it covers, for
-//! `lost_transition`.) Counter updates are single atomic adds, so a nested update and the interrupted one
-//! never overwrite each other.
+//! `lost_transition`.) Counter updates are single atomic adds, so a nested update and the
+//! interrupted one never overwrite each other.
 //!
 //! One concept a module: `maps` (the maps, and the settings the daemon fixes at load time),
 //! `scratch` (per-CPU state and the notes between the two programs), `sock` (the socket's

@@ -68,14 +68,9 @@ impl Sock {
     pub(crate) fn with_ports(&self) -> Sock {
         Sock {
             sport: self.read_sport(),
-            dport: self.read_dport(),
+            dport: u16::from_be(self.field(sock_offset!(dport))),
             ..*self
         }
-    }
-
-    #[inline(always)]
-    pub(crate) fn read_dport(&self) -> u16 {
-        u16::from_be(self.field(sock_offset!(dport)))
     }
 
     #[inline(always)]

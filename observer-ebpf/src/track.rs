@@ -29,40 +29,6 @@ pub(crate) enum Line {
     Backup,
 }
 
-/// What the port filter found: the local port's flags, and which side of the connection is
-/// watched.
-#[derive(Clone, Copy)]
-pub(crate) struct Ports {
-    sport_flags: u32,
-    local: bool,
-    remote: bool,
-    targets: bool,
-}
-
-/// The port filter, on a transition whose ports are read: `None` for one that cannot be ours.
-#[inline(always)]
-fn port_filter(tp: &Sock, cfg: u32) -> Option<Ports> {
-    let sport_flags = port_flags(tp.sport);
-    let local = sport_flags & PORT_LOCAL != 0;
-    let remote = port_flags(tp.dport) & PORT_REMOTE != 0;
-    // A target's outbound connection: its connect(), or a later transition of one to a remote
-    // port some target's connection was tracked to. Every seed of the snapshot passes too.
-    let targets = cfg & flags::PROCESS_TARGETS != 0;
-    let target_remote =
-        targets && (is_connect(tp.old, tp.new) || TARGET_REMOTES.get(tp.dport as u32) == Some(&1));
-    (local || remote || target_remote).then_some(Ports {
-        sport_flags,
-        local,
-        remote,
-        targets,
-    })
-}
-
-#[inline(always)]
-fn is_connect(old: u8, new: u8) -> bool {
-    old == tcp::CLOSE && new == tcp::SYN_SENT
-}
-
 #[inline(always)]
 pub(crate) fn handle(tp: &Sock, line: Line) -> Option<()> {
     if tp.protocol() != IPPROTO_TCP {
@@ -81,13 +47,17 @@ pub(crate) fn handle(tp: &Sock, line: Line) -> Option<()> {
     if old == tcp::LISTEN && new != tcp::SYN_RECV {
         return on_listener_close(sk, sport);
     }
-    let Ports {
-        sport_flags,
-        local,
-        remote,
-        targets,
-    } = port_filter(tp, cfg)?;
-    let connect = is_connect(old, new);
+    let sport_flags = port_flags(sport);
+    let local = sport_flags & PORT_LOCAL != 0;
+    let remote = port_flags(dport) & PORT_REMOTE != 0;
+    let connect = old == tcp::CLOSE && new == tcp::SYN_SENT;
+    // A target's outbound connection: its connect(), or a later transition of one to a remote
+    // port some target's connection was tracked to. Every seed of the snapshot passes too.
+    let targets = cfg & flags::PROCESS_TARGETS != 0;
+    let target_remote = targets && (connect || TARGET_REMOTES.get(dport as u32) == Some(&1));
+    if !local && !remote && !target_remote {
+        return None; // cannot be ours: the common case on a busy host
+    }
     // A birth: a new inbound connection (the child socket), or connect().
     let birth = old == tcp::LISTEN || connect;
     if let Some(p) = SOCKETS.get_ptr_mut(sk) {
