@@ -334,6 +334,12 @@ async fn serve(
              passwords cross the network in clear text"
         );
     }
+    if cfg!(feature = "without-backup") {
+        eprintln!(
+            "observer: warning: built with the bench's feature without-backup: a transition the \
+             kernel skips the main program for is lost"
+        );
+    }
     // Before the ready line: whoever reads it may signal at once, and must find them handled.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

@@ -23,8 +23,8 @@ use super::{
     libbpf_tools::{self, LibbpfTool, Tracer},
     load::{Load, load},
     net::Poker,
-    observer::Observer,
-    perf::{PROFILED, Profile, perf_available},
+    observer::{Observer, without_backup},
+    perf::{PROFILED, Profile, Tally, perf_available},
     process::{Running, TempDir, capture},
     readings::{Readings, readings},
     stats::Spread,
@@ -253,6 +253,7 @@ impl Bench<'_> {
             Tool::BpftracePrint => self.bpftrace_round(tool, without, Script::Print, pair),
             Tool::Tcplife => self.libbpf_round(tool, without, Tracer::Tcplife, pair),
             Tool::Tcpstates => self.libbpf_round(tool, without, Tracer::Tcpstates, pair),
+            Tool::ObserverAlone => bail!("{} is only profiled", tool.label()),
         }
     }
 
@@ -450,25 +451,41 @@ impl Bench<'_> {
                     .args(["--", "sleep", &secs]),
             )
         };
-        let run = |bench: &Self| -> Result<()> {
+        // Returns the connections nginx accepted over the run.
+        let run = |bench: &Self| -> Result<u64> {
             // As in production: no clock reads around every program run (the tool is attached
             // already; its start-up check needs the run counts).
             let set_stats =
                 |v: &str| fs::write(BPF_STATS, v).with_context(|| format!("writing {BPF_STATS}"));
             set_stats("0")?;
             let perf = record(&file)?;
-            let load = bench.load();
+            let load = bench.counted_load();
             let recorded = perf.finish(TOOL_TIMEOUT);
             set_stats("1")?;
-            load?;
+            let (_, accepted) = load?;
             recorded?.checked("perf record")?;
-            Ok(())
+            Ok(accepted)
         };
+        let mut counted = None;
         match tool {
-            Tool::Observer | Tool::ObserverEvents => {
-                let obs = self.start_observer((tool == Tool::ObserverEvents).then(Stdio::null))?;
-                run(self)?;
+            Tool::Observer | Tool::ObserverEvents | Tool::ObserverAlone => {
+                let port = self.nginx.port;
+                let obs = if tool == Tool::ObserverAlone {
+                    let obs = Observer::start(&without_backup(), port, None)?;
+                    self.ours.extend(&obs.progs);
+                    obs
+                } else {
+                    self.start_observer((tool == Tool::ObserverEvents).then(Stdio::null))?
+                };
+                let before = obs.read(port)?;
+                let accepted = run(self)?;
+                let after = obs.read(port)?;
                 self.stop_observer(obs)?;
+                counted = Some(Tally {
+                    accepted,
+                    opened: (after.opened - before.opened) as u64,
+                    lost: (after.lost - before.lost) as u64,
+                });
             }
             Tool::Floor => {
                 let floor = self.start_floor(&self.dir.join("floor-profile.err"))?;
@@ -506,7 +523,10 @@ impl Bench<'_> {
             ],
         )?;
         let _ = fs::remove_file(&file);
-        Ok(Profile::of(tool, &report))
+        Ok(Profile {
+            counted,
+            ..Profile::of(tool, &report)
+        })
     }
 
     pub(super) fn stop_bpftrace(&mut self, bt: Bpftrace) -> Result<()> {

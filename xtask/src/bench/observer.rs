@@ -1,13 +1,13 @@
 //! observer, the tool measured.
 use std::{
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use observer_tests::scrape::Scrape;
 
 use super::{
@@ -19,6 +19,34 @@ use super::{
     stats::ms,
     usage::cpu_secs,
 };
+
+/// The feature that builds observer without its backup program, for the one figure that
+/// measures what the backup costs (`Tool::ObserverAlone`); never a release's.
+pub(super) const WITHOUT_BACKUP: &str = "without-backup";
+
+/// Where `cargo xtask bench` keeps that build (cargo puts every build's binary at one path).
+pub(super) fn without_backup() -> PathBuf {
+    crate::setup::workspace().join("target/release/observer-without-backup")
+}
+
+/// Builds observer with `WITHOUT_BACKUP` (release) and keeps its binary at `without_backup()`:
+/// cargo keeps each feature set's build, so the ordinary build after it is only a copy.
+pub(super) fn build_without_backup() -> Result<()> {
+    crate::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "observer",
+        "--bin",
+        "observer",
+        "--features",
+        WITHOUT_BACKUP,
+    ])?;
+    let built = crate::setup::workspace().join("target/release/observer");
+    std::fs::copy(&built, without_backup())
+        .with_context(|| format!("copying {} aside", built.display()))?;
+    Ok(())
+}
 
 /// A running observer, watching inbound connections to one port.
 pub(super) struct Observer {

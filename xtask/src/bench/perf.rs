@@ -4,8 +4,9 @@ use std::process::Command;
 use super::tool::Tool;
 
 /// The tools profiled (the printing script's cost is mostly in userspace: section 1 shows it).
-pub(super) const PROFILED: [Tool; 5] = [
+pub(super) const PROFILED: [Tool; 6] = [
     Tool::Observer,
+    Tool::ObserverAlone,
     Tool::ObserverEvents,
     Tool::Floor,
     Tool::BpftraceEmpty,
@@ -51,6 +52,17 @@ pub(super) struct Profile {
     pub(super) share: f64,
     /// The largest of those functions, with their percent.
     pub(super) top: Vec<(String, f64)>,
+    /// observer's count over the run next to nginx's (observer's runs only).
+    pub(super) counted: Option<Tally>,
+}
+
+/// Connections nginx accepted over a run, the connections observer counted opened, and the
+/// transitions neither of its programs took (`lost_transition`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(super) struct Tally {
+    pub(super) accepted: u64,
+    pub(super) opened: u64,
+    pub(super) lost: u64,
 }
 
 impl Profile {
@@ -71,6 +83,7 @@ impl Profile {
             tool,
             share: hits.iter().map(|(_, p)| p).sum(),
             top: hits.into_iter().take(4).collect(),
+            counted: None,
         }
     }
 }

@@ -127,7 +127,7 @@ pub(super) fn readings(
         levels.push(l);
         if target == plan.held {
             startup = Some(second_start(observer, port)?);
-            let i = idle_scan(observer, port, held, obs.proc.pid())?;
+            let i = idle_scan(observer, port, held, obs.proc.pid(), plan.idle_window)?;
             if i.gauge != held as f64 {
                 warnings.push(format!(
                     "holding {held} silent connections, observer_tcp_connections_idle said {}",
@@ -246,16 +246,20 @@ pub(super) fn second_start(observer: &Path, port: u16) -> Result<Startup> {
 /// The threshold of the idle scan measured: the shortest observer takes, so the most scans a
 /// second (one per 250 ms).
 pub(super) const IDLE_AFTER: &str = "1s";
-/// Scans timed one by one, and the quiet window over which observer's CPU share is taken: long
-/// enough for several scans at 100,000 connections, where one comes every few seconds.
+/// Scans timed one by one.
 pub(super) const IDLE_SCANS: usize = 5;
-pub(super) const IDLE_WINDOW: Duration = Duration::from_secs(30);
 
 /// Starts an observer with `--idle-after 1s` while `held` silent connections are held: once
 /// its gauge counts them all idle, the wall and CPU time of single scans (its own gauges of the
 /// last scan, each read once a new scan has changed them), and its CPU share over a window with
 /// no scrape.
-pub(super) fn idle_scan(observer: &Path, port: u16, held: usize, plain: u32) -> Result<IdleScan> {
+pub(super) fn idle_scan(
+    observer: &Path,
+    port: u16,
+    held: usize,
+    plain: u32,
+    window: Duration,
+) -> Result<IdleScan> {
     let obs = Observer::start_with(observer, port, None, &["--idle-after", IDLE_AFTER])?;
     let conn = [("direction", "inbound"), ("port", &port.to_string())];
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -292,9 +296,9 @@ pub(super) fn idle_scan(observer: &Path, port: u16, held: usize, plain: u32) -> 
         seen = next;
     }
     let (before, plain_before) = (cpu_secs(obs.proc.pid())?, cpu_secs(plain)?);
-    pause(IDLE_WINDOW)?;
-    let share = (cpu_secs(obs.proc.pid())? - before) / IDLE_WINDOW.as_secs_f64();
-    let plain_share = (cpu_secs(plain)? - plain_before) / IDLE_WINDOW.as_secs_f64();
+    pause(window)?;
+    let share = (cpu_secs(obs.proc.pid())? - before) / window.as_secs_f64();
+    let plain_share = (cpu_secs(plain)? - plain_before) / window.as_secs_f64();
     obs.stop()?;
     Ok(IdleScan {
         held,
@@ -303,7 +307,7 @@ pub(super) fn idle_scan(observer: &Path, port: u16, held: usize, plain: u32) -> 
         cpu_ms,
         share,
         plain_share,
-        window_secs: IDLE_WINDOW.as_secs_f64(),
+        window_secs: window.as_secs_f64(),
     })
 }
 

@@ -17,6 +17,9 @@ pub(super) enum Tool {
     Tcplife,
     /// libbpf-tools' `tcpstates -L PORT`, its lines in a file.
     Tcpstates,
+    /// Metrics only, built without the backup program (the feature `without-backup`): not a
+    /// mode of observer, a measurement of what its exactness under skipped runs costs.
+    ObserverAlone,
 }
 
 impl Tool {
@@ -43,6 +46,10 @@ impl Tool {
             Tool::BpftracePrint => "bpftrace, `printf` per event `> /dev/null`",
             Tool::Tcplife => "libbpf-tools `tcplife -L PORT > file`",
             Tool::Tcpstates => "libbpf-tools `tcpstates -L PORT > file`",
+            Tool::ObserverAlone => {
+                "observer (metrics only), built without its backup program (for this \
+                 measurement only)"
+            }
         }
     }
 }
