@@ -36,7 +36,9 @@
 //!   The JIT image still has some: the macro's entry calls each program's function, on every hit
 //!   (see `observer_main`), and LLVM calls `memset` and `ending::at_close`, off the common path;
 //! - nesting is expected: 5.10 has no recursion guard for these programs, so the main
-//!   program can interrupt itself on a CPU, and its notes for the backup stay right then.
+//!   program can interrupt itself on a CPU, and its notes for the backup stay right then
+//!   (where the kernel skips no run, the daemon leaves the backup detached: it would only
+//!   ever find its notes).
 #![no_std]
 #![no_main]
 // Its warnings only reach cargo as build-script output, easy to miss: make them errors.

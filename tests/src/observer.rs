@@ -606,6 +606,19 @@ pub fn prog_fds(pid: u32) -> Vec<ProgFd> {
     fds_of(pid, "anon_inode:bpf-prog", prog_fd)
 }
 
+/// The programs process `pid` attached to the TCP tracepoint: the `prog_id:` of each of its
+/// link fds whose fdinfo names `inet_sock_set_state` (`tp_name:`, from 5.8).
+pub fn tracepoint_links(pid: u32) -> Vec<u64> {
+    fds_of(pid, "anon_inode:bpf_link", |info| {
+        let on_tracepoint = info
+            .lines()
+            .any(|l| l.strip_prefix("tp_name:").map(str::trim) == Some("inet_sock_set_state"));
+        on_tracepoint
+            .then(|| fdinfo_field(info, "prog_id:"))
+            .flatten()
+    })
+}
+
 /// The program an fd's fdinfo describes, if it is a BPF program's.
 pub fn prog_fd(fdinfo: &str) -> Option<ProgFd> {
     Some(ProgFd {
