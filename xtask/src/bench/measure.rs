@@ -253,7 +253,9 @@ impl Bench<'_> {
             Tool::BpftracePrint => self.bpftrace_round(tool, without, Script::Print, pair),
             Tool::Tcplife => self.libbpf_round(tool, without, Tracer::Tcplife, pair),
             Tool::Tcpstates => self.libbpf_round(tool, without, Tracer::Tcpstates, pair),
-            Tool::ObserverAlone => bail!("{} is only profiled", tool.label()),
+            Tool::ObserverAlone | Tool::ObserverElsewhere | Tool::BpftraceCountElsewhere => {
+                bail!("{} is only profiled", tool.label())
+            }
         }
     }
 
@@ -486,6 +488,20 @@ impl Bench<'_> {
                     opened: (after.opened - before.opened) as u64,
                     lost: (after.lost - before.lost) as u64,
                 });
+            }
+            Tool::ObserverElsewhere => {
+                let obs = Observer::start(&self.observer, self.poker.port()?, None)?;
+                self.ours.extend(&obs.progs);
+                run(self)?;
+                self.stop_observer(obs)?;
+            }
+            Tool::BpftraceCountElsewhere => {
+                let null = PathBuf::from("/dev/null");
+                let port = self.poker.port()?;
+                let bt = Bpftrace::start(Script::Count, port, &null, &null, &self.poker)?;
+                self.ours.insert(bt.prog);
+                run(self)?;
+                self.stop_bpftrace(bt)?;
             }
             Tool::Floor => {
                 let floor = self.start_floor(&self.dir.join("floor-profile.err"))?;

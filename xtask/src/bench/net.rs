@@ -25,6 +25,11 @@ impl Poker {
         ))
     }
 
+    /// Its port: no load goes there, so a tool watching it rejects every transition of the load.
+    pub(super) fn port(&self) -> Result<u16> {
+        Ok(self.0.local_addr()?.port())
+    }
+
     pub(super) fn poke(&self) -> Result<()> {
         let addr = self.0.local_addr()?;
         let client = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;

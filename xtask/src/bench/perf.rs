@@ -4,13 +4,15 @@ use std::process::Command;
 use super::tool::Tool;
 
 /// The tools profiled (the printing script's cost is mostly in userspace: section 1 shows it).
-pub(super) const PROFILED: [Tool; 6] = [
+pub(super) const PROFILED: [Tool; 8] = [
     Tool::Observer,
     Tool::ObserverAlone,
     Tool::ObserverEvents,
     Tool::Floor,
     Tool::BpftraceEmpty,
     Tool::BpftraceCount,
+    Tool::ObserverElsewhere,
+    Tool::BpftraceCountElsewhere,
 ];
 
 /// Kernel functions that run for a hit of the tracepoint, up to and inside the programs: the

@@ -613,9 +613,32 @@ pub(super) fn profile_section(out: &mut String, plan: &Plan, r: &Results) {
         );
     }
     let _ = writeln!(out);
-    if let Some(text) = backup_price(profiles) {
+    for text in [backup_price(profiles), elsewhere(profiles)]
+        .into_iter()
+        .flatten()
+    {
         let _ = writeln!(out, "{text}\n");
     }
+}
+
+/// What the transitions a tool does not watch cost it, from the runs watching an idle port.
+fn elsewhere(profiles: &[Profile]) -> Option<String> {
+    let median = |tool| Spread::of(profiles.iter().filter(|p| p.tool == tool).map(|p| p.share));
+    let (obs, count) = (
+        median(Tool::ObserverElsewhere)?,
+        median(Tool::BpftraceCountElsewhere)?,
+    );
+    let floor =
+        median(Tool::Floor).map_or(String::new(), |f| format!(" (the floor: {:.2}%)", f.median));
+    Some(format!(
+        "The transitions a tool does not watch: on a busy host most are other ports'. With the \
+         tools watching an idle port instead, so that every transition of the load fails their \
+         filter, observer (metrics only) takes {:.2}% of the samples and bpftrace's counting \
+         program {:.2}%{floor}: what the rest of the host's connections pay. observer runs both \
+         of its programs for each (the backup tells the main program's skipped runs from the \
+         ones it took by the main program's notes, which it makes for every transition).",
+        obs.median, count.median,
+    ))
 }
 
 /// The counts of observer's profiled runs, summed: `opened of accepted, lost N`; `–` for
@@ -995,6 +1018,23 @@ mod tests {
         assert_eq!(show_counted(&[&profiles[5]]), "–");
         // Without the runs of observer alone, there is nothing to say.
         assert_eq!(backup_price(&profiles[..3]), None);
+    }
+
+    #[test]
+    fn the_cost_of_other_ports_transitions_is_the_medians_watching_an_idle_port() {
+        let profiles = [
+            profile(Tool::ObserverElsewhere, 1.9, None),
+            profile(Tool::ObserverElsewhere, 2.1, None),
+            profile(Tool::ObserverElsewhere, 2.0, None),
+            profile(Tool::BpftraceCountElsewhere, 1.3, None),
+            profile(Tool::Floor, 0.6, None),
+        ];
+        let text = elsewhere(&profiles).unwrap();
+        assert!(
+            text.contains("observer (metrics only) takes 2.00% of the samples and bpftrace's counting program 1.30% (the floor: 0.60%)"),
+            "{text}"
+        );
+        assert_eq!(elsewhere(&profiles[..3]), None);
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub(super) enum Tool {
     /// Metrics only, built without the backup program (the feature `without-backup`): not a
     /// mode of observer, a measurement of what its exactness under skipped runs costs.
     ObserverAlone,
+    /// Metrics only, watching an idle port (the bench's poke listener): every transition of the
+    /// load fails its filter, as most of a busy host's do.
+    ObserverElsewhere,
+    /// bpftrace's counting program, filtered on that idle port.
+    BpftraceCountElsewhere,
 }
 
 impl Tool {
@@ -46,6 +51,8 @@ impl Tool {
             Tool::BpftracePrint => "bpftrace, `printf` per event `> /dev/null`",
             Tool::Tcplife => "libbpf-tools `tcplife -L PORT > file`",
             Tool::Tcpstates => "libbpf-tools `tcpstates -L PORT > file`",
+            Tool::ObserverElsewhere => "observer (metrics only) watching an idle port",
+            Tool::BpftraceCountElsewhere => "bpftrace counting, filtered on an idle port",
             Tool::ObserverAlone => {
                 "observer (metrics only), built without its backup program (for this \
                  measurement only)"
