@@ -260,7 +260,18 @@ impl Bench<'_> {
     }
 
     pub(super) fn start_observer(&mut self, events: Option<Stdio>) -> Result<Observer> {
-        let obs = Observer::start(&self.observer, self.nginx.port, events)?;
+        let bin = self.observer.clone();
+        self.start_observer_at(&bin, self.nginx.port, events)
+    }
+
+    /// `bin` watching `port`; its programs are the bench's own, not a foreign tracer.
+    pub(super) fn start_observer_at(
+        &mut self,
+        bin: &Path,
+        port: u16,
+        events: Option<Stdio>,
+    ) -> Result<Observer> {
+        let obs = Observer::start(bin, port, events)?;
         self.ours.extend(&obs.progs);
         Ok(obs)
     }
@@ -470,30 +481,32 @@ impl Bench<'_> {
         };
         let mut counted = None;
         match tool {
-            Tool::Observer | Tool::ObserverEvents | Tool::ObserverAlone => {
-                let port = self.nginx.port;
-                let obs = if tool == Tool::ObserverAlone {
-                    let obs = Observer::start(&without_backup(), port, None)?;
-                    self.ours.extend(&obs.progs);
-                    obs
-                } else {
-                    self.start_observer((tool == Tool::ObserverEvents).then(Stdio::null))?
+            Tool::Observer
+            | Tool::ObserverEvents
+            | Tool::ObserverAlone
+            | Tool::ObserverElsewhere => {
+                let bin = match tool {
+                    Tool::ObserverAlone => without_backup(),
+                    _ => self.observer.clone(),
                 };
+                // Watching an idle port, observer counts nothing of the load.
+                let watched = tool != Tool::ObserverElsewhere;
+                let port = if watched {
+                    self.nginx.port
+                } else {
+                    self.poker.port()?
+                };
+                let events = (tool == Tool::ObserverEvents).then(Stdio::null);
+                let obs = self.start_observer_at(&bin, port, events)?;
                 let before = obs.read(port)?;
                 let accepted = run(self)?;
                 let after = obs.read(port)?;
                 self.stop_observer(obs)?;
-                counted = Some(Tally {
+                counted = watched.then_some(Tally {
                     accepted,
                     opened: (after.opened - before.opened) as u64,
                     lost: (after.lost - before.lost) as u64,
                 });
-            }
-            Tool::ObserverElsewhere => {
-                let obs = Observer::start(&self.observer, self.poker.port()?, None)?;
-                self.ours.extend(&obs.progs);
-                run(self)?;
-                self.stop_observer(obs)?;
             }
             Tool::BpftraceCountElsewhere => {
                 let null = PathBuf::from("/dev/null");

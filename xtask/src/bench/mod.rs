@@ -181,12 +181,12 @@ impl Plan {
             true => Plan {
                 quick: true,
                 pairs: 1,
-                load_secs: 0.75,
+                load_secs: 0.5,
                 checks: 1,
                 profiles: 1,
                 held: 2_000,
                 reading_pairs: 3,
-                time_wait: 1_000,
+                time_wait: 500,
                 idle_window: Duration::from_secs(5),
             },
         }

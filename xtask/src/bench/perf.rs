@@ -1,7 +1,7 @@
 //! perf: where the CPU goes.
 use std::process::Command;
 
-use super::tool::Tool;
+use super::{stats::Spread, tool::Tool};
 
 /// The tools profiled (the printing script's cost is mostly in userspace: section 1 shows it).
 pub(super) const PROFILED: [Tool; 8] = [
@@ -65,6 +65,11 @@ pub(super) struct Tally {
     pub(super) accepted: u64,
     pub(super) opened: u64,
     pub(super) lost: u64,
+}
+
+/// The spread of `tool`'s shares over its profiled runs; None without any.
+pub(super) fn share_of(profiles: &[Profile], tool: Tool) -> Option<Spread> {
+    Spread::of(profiles.iter().filter(|p| p.tool == tool).map(|p| p.share))
 }
 
 impl Profile {

@@ -11,7 +11,7 @@ use super::{
     },
     machine::Machine,
     measure::{CheckKind, OwnCost, Results, Round},
-    perf::{PROFILED, Profile, Tally},
+    perf::{PROFILED, Profile, Tally, share_of},
     readings::{IDLE_AFTER, IDLE_SCANS, Level, MILLION, readings_max_connections},
     stats::Spread,
     tool::{Prog, Tool},
@@ -141,8 +141,8 @@ pub(super) fn summary(out: &mut String, f: &Figures, r: &Results) {
     let floor_ns = f.floor_ns.map_or(f64::NAN, |s| s.median);
     let share_of = |tool| {
         r.profiles
-            .as_ref()
-            .and_then(|p| Spread::of(p.iter().filter(|p| p.tool == tool).map(|p| p.share)))
+            .as_deref()
+            .and_then(|p| share_of(p, tool))
             .map_or(f64::NAN, |s| s.median)
     };
     let share = |tool| {
@@ -596,7 +596,7 @@ pub(super) fn profile_section(out: &mut String, plan: &Plan, r: &Results) {
     );
     for tool in PROFILED {
         let runs: Vec<&Profile> = profiles.iter().filter(|p| p.tool == tool).collect();
-        let share = Spread::of(runs.iter().map(|p| p.share));
+        let share = share_of(profiles, tool);
         let top = runs.first().map_or(String::new(), |p| {
             p.top
                 .iter()
@@ -623,13 +623,12 @@ pub(super) fn profile_section(out: &mut String, plan: &Plan, r: &Results) {
 
 /// What the transitions a tool does not watch cost it, from the runs watching an idle port.
 fn elsewhere(profiles: &[Profile]) -> Option<String> {
-    let median = |tool| Spread::of(profiles.iter().filter(|p| p.tool == tool).map(|p| p.share));
     let (obs, count) = (
-        median(Tool::ObserverElsewhere)?,
-        median(Tool::BpftraceCountElsewhere)?,
+        share_of(profiles, Tool::ObserverElsewhere)?,
+        share_of(profiles, Tool::BpftraceCountElsewhere)?,
     );
-    let floor =
-        median(Tool::Floor).map_or(String::new(), |f| format!(" (the floor: {:.2}%)", f.median));
+    let floor = share_of(profiles, Tool::Floor)
+        .map_or(String::new(), |f| format!(" (the floor: {:.2}%)", f.median));
     Some(format!(
         "The transitions a tool does not watch: on a busy host most are other ports'. With the \
          tools watching an idle port instead, so that every transition of the load fails their \
@@ -659,9 +658,11 @@ fn show_counted(runs: &[&Profile]) -> String {
 
 /// What the backup program costs, from the runs of observer with and without it.
 fn backup_price(profiles: &[Profile]) -> Option<String> {
-    let median = |tool| Spread::of(profiles.iter().filter(|p| p.tool == tool).map(|p| p.share));
-    let (both, alone) = (median(Tool::Observer)?, median(Tool::ObserverAlone)?);
-    let count = median(Tool::BpftraceCount).map_or(String::new(), |c| {
+    let (both, alone) = (
+        share_of(profiles, Tool::Observer)?,
+        share_of(profiles, Tool::ObserverAlone)?,
+    );
+    let count = share_of(profiles, Tool::BpftraceCount).map_or(String::new(), |c| {
         format!(" (bpftrace's counting program: {:.2}%)", c.median)
     });
     let lost: u64 = profiles
