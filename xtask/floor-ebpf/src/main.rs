@@ -13,6 +13,14 @@ pub fn observer_floor(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// A second empty program, attached with the first for the floor of two programs on the
+/// tracepoint (observer's main and backup): with two, the tracepoint calls each through its
+/// iterator instead of calling one directly.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn observer_floor_second(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -253,7 +253,10 @@ impl Bench<'_> {
             Tool::BpftracePrint => self.bpftrace_round(tool, without, Script::Print, pair),
             Tool::Tcplife => self.libbpf_round(tool, without, Tracer::Tcplife, pair),
             Tool::Tcpstates => self.libbpf_round(tool, without, Tracer::Tcpstates, pair),
-            Tool::ObserverAlone | Tool::ObserverElsewhere | Tool::BpftraceCountElsewhere => {
+            Tool::ObserverAlone
+            | Tool::ObserverElsewhere
+            | Tool::BpftraceCountElsewhere
+            | Tool::FloorPair => {
                 bail!("{} is only profiled", tool.label())
             }
         }
@@ -420,10 +423,10 @@ impl Bench<'_> {
 
     pub(super) fn floor_round(&mut self, without: Load, pair: usize) -> Result<Round> {
         let err = self.dir.join(format!("floor-{pair}.err"));
-        let floor = self.start_floor(&err)?;
-        let before = run_stats(floor.prog)?;
+        let floor = self.start_floor(&err, 1)?;
+        let before = run_stats(floor.progs[0])?;
         let (with, accepted) = self.counted_load()?;
-        let after = run_stats(floor.prog)?;
+        let after = run_stats(floor.progs[0])?;
         let memory = Memory::of(floor.proc.pid())?;
         self.stop_floor(floor)?;
         Ok(Round {
@@ -438,9 +441,9 @@ impl Bench<'_> {
         })
     }
 
-    pub(super) fn start_floor(&mut self, err: &Path) -> Result<Floor> {
-        let floor = Floor::start(err, &self.poker)?;
-        self.ours.insert(floor.prog);
+    pub(super) fn start_floor(&mut self, err: &Path, programs: usize) -> Result<Floor> {
+        let floor = Floor::start(err, &self.poker, programs)?;
+        self.ours.extend(floor.progs.iter().copied());
         Ok(floor)
     }
 
@@ -516,8 +519,9 @@ impl Bench<'_> {
                 run(self)?;
                 self.stop_bpftrace(bt)?;
             }
-            Tool::Floor => {
-                let floor = self.start_floor(&self.dir.join("floor-profile.err"))?;
+            Tool::Floor | Tool::FloorPair => {
+                let programs = if tool == Tool::Floor { 1 } else { 2 };
+                let floor = self.start_floor(&self.dir.join("floor-profile.err"), programs)?;
                 run(self)?;
                 self.stop_floor(floor)?;
             }

@@ -4,11 +4,12 @@ use std::process::Command;
 use super::{stats::Spread, tool::Tool};
 
 /// The tools profiled (the printing script's cost is mostly in userspace: section 1 shows it).
-pub(super) const PROFILED: [Tool; 8] = [
+pub(super) const PROFILED: [Tool; 9] = [
     Tool::Observer,
     Tool::ObserverAlone,
     Tool::ObserverEvents,
     Tool::Floor,
+    Tool::FloorPair,
     Tool::BpftraceEmpty,
     Tool::BpftraceCount,
     Tool::ObserverElsewhere,

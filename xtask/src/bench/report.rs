@@ -613,12 +613,47 @@ pub(super) fn profile_section(out: &mut String, plan: &Plan, r: &Results) {
         );
     }
     let _ = writeln!(out);
-    for text in [backup_price(profiles), elsewhere(profiles)]
-        .into_iter()
-        .flatten()
+    for text in [
+        backup_price(profiles),
+        two_programs(profiles),
+        elsewhere(profiles),
+    ]
+    .into_iter()
+    .flatten()
     {
         let _ = writeln!(out, "{text}\n");
     }
+}
+
+/// What a second program on the tracepoint costs with nothing in it, from the floor's runs with
+/// one empty program and with two; and what that leaves observer's code under the CPU goal.
+fn two_programs(profiles: &[Profile]) -> Option<String> {
+    let (one, two) = (
+        share_of(profiles, Tool::Floor)?.median,
+        share_of(profiles, Tool::FloorPair)?.median,
+    );
+    let budget = share_of(profiles, Tool::BpftraceCount).map_or(String::new(), |c| {
+        let alone = share_of(profiles, Tool::ObserverAlone).map_or(String::new(), |a| {
+            format!(
+                "; observer's main program, attached alone, takes {:.2} points above the floor",
+                a.median - one
+            )
+        });
+        format!(
+            " So with two programs, what their code may take for the goal of taking no more \
+             than bpftrace's counting program is {:.2}% less {two:.2}%: {:.2} points{alone}.",
+            c.median,
+            c.median - two,
+        )
+    });
+    Some(format!(
+        "The floor of two programs: two empty programs attached as observer's two are take \
+         {two:.2}% of the samples, one {one:.2}%. A second program on the tracepoint costs \
+         {:.2} points before it does anything: the call through the tracepoint's iterator and \
+         the kernel's run of a program (`bpf_trace_run3`, its recursion guard, the return \
+         thunk), once more.{budget}",
+        two - one,
+    ))
 }
 
 /// What the transitions a tool does not watch cost it, from the runs watching an idle port.
@@ -1019,6 +1054,32 @@ mod tests {
         assert_eq!(show_counted(&[&profiles[5]]), "–");
         // Without the runs of observer alone, there is nothing to say.
         assert_eq!(backup_price(&profiles[..3]), None);
+    }
+
+    #[test]
+    fn a_second_program_costs_the_floor_of_two_less_the_floor_of_one() {
+        let profiles = [
+            profile(Tool::Floor, 0.5, None),
+            profile(Tool::Floor, 0.6, None),
+            profile(Tool::Floor, 0.7, None),
+            profile(Tool::FloorPair, 1.2, None),
+            profile(Tool::FloorPair, 1.3, None),
+            profile(Tool::FloorPair, 1.4, None),
+            profile(Tool::BpftraceCount, 2.1, None),
+            profile(Tool::ObserverAlone, 2.2, None),
+        ];
+        let text = two_programs(&profiles).unwrap();
+        assert!(
+            text.contains("take 1.30% of the samples, one 0.60%. A second program on the tracepoint costs 0.70 points"),
+            "{text}"
+        );
+        assert!(
+            text.contains("is 2.10% less 1.30%: 0.80 points; observer's main program, attached alone, takes 1.60 points above the floor."),
+            "{text}"
+        );
+        // Without bpftrace's runs, the price alone; without the pair, nothing.
+        assert!(!two_programs(&profiles[..6]).unwrap().contains("So with"));
+        assert_eq!(two_programs(&profiles[..3]), None);
     }
 
     #[test]

@@ -6,6 +6,9 @@ pub(super) enum Tool {
     ObserverEvents,
     /// An empty program attached by BTF type, as observer's are: the floor.
     Floor,
+    /// Two empty programs attached so, as many as observer's (main and backup): the floor of a
+    /// design with two programs on the tracepoint.
+    FloorPair,
     /// An empty program on the classic tracepoint interface.
     BpftraceEmpty,
     BpftraceCount,
@@ -46,6 +49,7 @@ impl Tool {
             Tool::ObserverOpen => "observer (metrics only), started with 100 connections open",
             Tool::ObserverEvents => "observer `--events json > /dev/null`",
             Tool::Floor => "empty program, BTF-typed tracepoint as observer's (the floor)",
+            Tool::FloorPair => "two empty programs, attached so (the floor of two programs)",
             Tool::BpftraceEmpty => "bpftrace, empty program (classic tracepoint)",
             Tool::BpftraceCount => "bpftrace, counting in the kernel",
             Tool::BpftracePrint => "bpftrace, `printf` per event `> /dev/null`",
