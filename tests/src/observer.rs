@@ -476,6 +476,22 @@ impl Observer {
         .ok_or(last)
     }
 
+    /// A scrape with a fresh census and an oracle's figure at that moment: the oracle is read
+    /// before and after the scrape, and the two must agree (a socket that changed state in
+    /// between, a TIME_WAIT expiring or a handshake given up, makes them differ: then it is read
+    /// again). The census runs at most once a second, so each try waits a little longer first.
+    pub fn scrape_with_oracle<T: PartialEq>(&self, oracle: impl Fn() -> T) -> (T, Scrape) {
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(1100));
+            let before = oracle();
+            let s = self.scrape();
+            if oracle() == before {
+                return (before, s);
+            }
+        }
+        panic!("the oracle never held still over a scrape");
+    }
+
     /// IDs of the eBPF programs this observer has loaded.
     pub fn program_ids(&self) -> Vec<u64> {
         programs_of(self.pid())

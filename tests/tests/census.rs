@@ -49,22 +49,6 @@ fn ss_states(ns: &Netns, filter: &str) -> std::collections::BTreeMap<String, usi
     states
 }
 
-/// A scrape with a fresh census and the oracle's figure at that moment: the oracle is read
-/// before and after the scrape, and the two must agree (a socket that changed state in between,
-/// a TIME_WAIT expiring or a handshake given up, makes them differ: then it is read again). The
-/// census runs at most once a second, so each try waits a little longer than that first.
-fn with_oracle<T: PartialEq>(o: &Observer, oracle: impl Fn() -> T) -> (T, Scrape) {
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(1100));
-        let before = oracle();
-        let s = o.scrape();
-        if oracle() == before {
-            return (before, s);
-        }
-    }
-    panic!("the oracle never held still over a scrape");
-}
-
 /// A namespace for a churn whose TIME_WAIT sockets all last their 60 s. By default (RFC 1337
 /// off) a RST kills a TIME_WAIT socket, and on a loaded host some do get one: a late segment of
 /// the time-wait side reaches a client port whose socket is gone, and that host answers RST
@@ -97,7 +81,7 @@ fn time_wait_of_2000_churned_connections_equals_ss() {
     let filter = format!("( sport = :{port} )");
     // A time-wait socket whose client's FIN has not come yet is in FIN_WAIT2 (ss lists it so,
     // and leaves it out of time-wait, as the census does); rare, and counted here.
-    let ((ss, waiting_fin), s) = with_oracle(&o, || {
+    let ((ss, waiting_fin), s) = o.scrape_with_oracle(|| {
         let at = |state| ss_state(Some(&ns.name), state, &filter);
         (at("time-wait"), at("fin-wait-2"))
     });
@@ -134,7 +118,7 @@ fn time_wait_of_connections_to_a_watched_remote_port_is_outbound() {
     // Each distinct client port leaves one TIME_WAIT (see above).
     let distinct = ports.iter().collect::<std::collections::HashSet<_>>().len();
     let filter = format!("( dport = :{port} )");
-    let (ss, s) = with_oracle(&o, || ss_state(Some(&ns.name), "time-wait", &filter));
+    let (ss, s) = o.scrape_with_oracle(|| ss_state(Some(&ns.name), "time-wait", &filter));
     assert_eq!(ss, distinct, "all states: {:?}", ss_states(&ns, &filter));
     assert_eq!(time_wait(&s, OUT, port), Some(ss as f64), "{}", s.text);
     // No listener of a watched local port there: no listen queue series.
@@ -158,7 +142,7 @@ fn a_connection_made_from_a_listened_port_number_on_another_address_is_not_inbou
     let local: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
     ns.run(|| drop(connect_from(local, elsewhere.addrs[0])));
     let filter = format!("( sport = :{port} )");
-    let ((on_server, from_client), s) = with_oracle(&o, || {
+    let ((on_server, from_client), s) = o.scrape_with_oracle(|| {
         let at = |f: &str| ss_state(Some(&ns.name), "time-wait", f);
         (
             at(&format!("( src 127.0.0.1:{port} )")),
@@ -197,7 +181,7 @@ fn a_listener_that_never_accepts_shows_its_queue_and_backlog() {
             .collect()
     });
     assert!(clients.len() >= 8, "{} clients connected", clients.len());
-    let (queued, s) = with_oracle(&o, || ss_listen_queues(port)[0].0 as usize);
+    let (queued, s) = o.scrape_with_oracle(|| ss_listen_queues(port)[0].0 as usize);
     assert_eq!(ss_listen_queues(port), [(queued as u64, 8)], "one listener");
     // The kernel lets the queue hold one more than the backlog.
     assert!((8..=9).contains(&queued), "ss Recv-Q {queued}");
@@ -209,7 +193,7 @@ fn a_listener_that_never_accepts_shows_its_queue_and_backlog() {
     );
     // Clients whose ACK came when the queue was full are handshakes the kernel still holds.
     let filter = format!("( sport = :{port} )");
-    let (pending, s) = with_oracle(&o, || ss_state(None, "syn-recv", &filter));
+    let (pending, s) = o.scrape_with_oracle(|| ss_state(None, "syn-recv", &filter));
     assert_eq!(
         per_port(&s, "observer_tcp_handshakes_pending", port),
         Some(pending as f64),
@@ -256,7 +240,7 @@ fn handshakes_whose_ack_is_dropped_are_pending_not_syn_recv() {
             .collect()
     });
     let filter = format!("( sport = :{port} )");
-    let (ss, s) = with_oracle(&o, || ss_state(Some(&ns.name), "syn-recv", &filter));
+    let (ss, s) = o.scrape_with_oracle(|| ss_state(Some(&ns.name), "syn-recv", &filter));
     assert_eq!(ss, 10, "ss: the server holds 10 handshakes");
     assert_eq!(
         per_port(&s, "observer_tcp_handshakes_pending", port),
@@ -278,7 +262,7 @@ fn handshakes_whose_ack_is_dropped_are_pending_not_syn_recv() {
             .expect("SO_LINGER");
     }
     drop(clients);
-    let (ss, _) = with_oracle(&o, || ss_state(Some(&ns.name), "syn-recv", &filter));
+    let (ss, _) = o.scrape_with_oracle(|| ss_state(Some(&ns.name), "syn-recv", &filter));
     assert_eq!(ss, 0, "ss: the resets ended the handshakes");
     if o.counts_request_sockets() {
         let s = o.settle("10 failed handshakes", |s| {

@@ -1,7 +1,7 @@
 //! A million connections: counts stay exact and gauges do not drift. Takes about a minute, so
 //! it is not part of the default run: `cargo xtask test --test soak -- --ignored`.
 use observer_tests::{
-    net::{Mode, Server, churn},
+    net::{Mode, Server, churn, ss_state},
     observer::Observer,
     require_root,
 };
@@ -30,7 +30,30 @@ fn a_million_connections_without_drift() {
         s.conn("observer_tcp_connections_opened_total", "inbound", port),
         Some(N as f64)
     );
+    // The kernel's gauges are back to 0. The server closes first, so its side leaves TIME_WAIT
+    // sockets for 60 s: that series is the census's, and `ss` counts the same sockets.
+    let filter = format!("( sport = :{port} )");
+    let (time_wait, s) = o.scrape_with_oracle(|| ss_state(None, "time-wait", &filter));
     for (labels, v) in s.samples("observer_tcp_connections") {
-        assert_eq!(v, 0.0, "{labels:?}");
+        let expected = if labels.contains(&("state".into(), "time_wait".into())) {
+            time_wait as f64
+        } else {
+            0.0
+        };
+        assert_eq!(v, expected, "{labels:?}");
     }
+    let port = port.to_string();
+    let series = [
+        ("direction", "inbound"),
+        ("port", &port),
+        ("state", "time_wait"),
+    ];
+    assert_eq!(
+        s.value("observer_tcp_connections", &series),
+        Some(time_wait as f64)
+    );
+    assert!(
+        time_wait > 0,
+        "the server closed first: its TIME_WAIT sockets are on the port"
+    );
 }
