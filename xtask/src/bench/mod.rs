@@ -185,7 +185,7 @@ impl Plan {
                 checks: 1,
                 profiles: 1,
                 held: 2_000,
-                reading_pairs: 3,
+                reading_pairs: 2,
                 time_wait: 500,
                 idle_window: Duration::from_secs(5),
             },
