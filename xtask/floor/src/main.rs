@@ -19,21 +19,13 @@ fn main() -> Result<()> {
     let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
     // All loaded before any is attached: whoever sees one run finds every one loaded.
     for name in names {
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("the object has no program {name}"))?
-            .try_into()?;
-        program
+        program(&mut ebpf, name)?
             .load("inet_sock_set_state", &btf)
             .with_context(|| format!("loading {name}"))?;
     }
     drop(btf);
     for name in names {
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("the object has no program {name}"))?
-            .try_into()?;
-        program
+        program(&mut ebpf, name)?
             .attach()
             .with_context(|| format!("attaching {name}"))?;
     }
@@ -41,4 +33,11 @@ fn main() -> Result<()> {
     std::io::stdout().flush()?;
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     Ok(())
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut BtfTracePoint> {
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the object has no program {name}"))?
+        .try_into()?)
 }
