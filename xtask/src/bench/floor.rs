@@ -6,6 +6,7 @@ use std::{
     fs::{self, File},
     path::{Path, PathBuf},
     process::{ChildStdin, Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -55,7 +56,7 @@ impl Floor {
         wait_until(
             &format!("each program of {PACKAGE} to run"),
             START_TIMEOUT,
-            std::time::Duration::from_millis(50),
+            Duration::from_millis(50),
             || {
                 poker.poke()?;
                 for id in &progs {

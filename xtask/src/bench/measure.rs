@@ -511,28 +511,25 @@ impl Bench<'_> {
                     lost: (after.lost - before.lost) as u64,
                 });
             }
-            Tool::BpftraceCountElsewhere => {
-                let null = PathBuf::from("/dev/null");
-                let port = self.poker.port()?;
-                let bt = Bpftrace::start(Script::Count, port, &null, &null, &self.poker)?;
-                self.ours.insert(bt.prog);
-                run(self)?;
-                self.stop_bpftrace(bt)?;
-            }
             Tool::Floor | Tool::FloorPair => {
                 let programs = if tool == Tool::Floor { 1 } else { 2 };
                 let floor = self.start_floor(&self.dir.join("floor-profile.err"), programs)?;
                 run(self)?;
                 self.stop_floor(floor)?;
             }
-            Tool::BpftraceEmpty | Tool::BpftraceCount => {
+            Tool::BpftraceEmpty | Tool::BpftraceCount | Tool::BpftraceCountElsewhere => {
                 let script = if tool == Tool::BpftraceEmpty {
                     Script::Empty
                 } else {
                     Script::Count
                 };
+                let port = if tool == Tool::BpftraceCountElsewhere {
+                    self.poker.port()?
+                } else {
+                    self.nginx.port
+                };
                 let null = PathBuf::from("/dev/null");
-                let bt = Bpftrace::start(script, self.nginx.port, &null, &null, &self.poker)?;
+                let bt = Bpftrace::start(script, port, &null, &null, &self.poker)?;
                 self.ours.insert(bt.prog);
                 run(self)?;
                 self.stop_bpftrace(bt)?;

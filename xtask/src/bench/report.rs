@@ -139,14 +139,14 @@ pub(super) fn summary(out: &mut String, f: &Figures, r: &Results) {
     let both = f.both_ns.map_or(f64::NAN, |s| s.median);
     let empty = f.empty_ns.map_or(f64::NAN, |s| s.median);
     let floor_ns = f.floor_ns.map_or(f64::NAN, |s| s.median);
-    let share_of = |tool| {
+    let median_share = |tool| {
         r.profiles
             .as_deref()
             .and_then(|p| share_of(p, tool))
             .map_or(f64::NAN, |s| s.median)
     };
     let share = |tool| {
-        let v = share_of(tool);
+        let v = median_share(tool);
         if v.is_nan() {
             "–".to_string()
         } else {
@@ -154,9 +154,9 @@ pub(super) fn summary(out: &mut String, f: &Figures, r: &Results) {
         }
     };
     let (obs_share, events_share, count_share) = (
-        share_of(Tool::Observer),
-        share_of(Tool::ObserverEvents),
-        share_of(Tool::BpftraceCount),
+        median_share(Tool::Observer),
+        median_share(Tool::ObserverEvents),
+        median_share(Tool::BpftraceCount),
     );
     let _ = writeln!(
         out,
