@@ -280,30 +280,7 @@ fn churn_two_observers() -> Outcome {
     let info: Vec<String> = [&a, &b]
         .iter()
         .filter_map(|o| o.scrape().ok())
-        .map(|m| {
-            let sum = |name: &str| {
-                let s = m.samples(name);
-                if s.is_empty() {
-                    "none".to_string()
-                } else {
-                    s.iter().map(|(_, v)| v).sum::<f64>().to_string()
-                }
-            };
-            let skipped: Vec<String> = m
-                .samples("observer_kernel_skipped_runs_total")
-                .iter()
-                .map(|(labels, v)| {
-                    format!("{}={v}", labels.get("program").map_or("?", |p| p.as_str()))
-                })
-                .collect();
-            format!(
-                "backup_transitions={} skipped_runs=[{}] nested_runs={} healed=[{}]",
-                sum("observer_kernel_backup_transitions_total"),
-                skipped.join(" "),
-                sum("observer_kernel_nested_runs_total"),
-                healed_report(&m)
-            )
-        })
+        .map(|m| kernel_report(&m))
         .collect();
     for o in [&mut a, &mut b] {
         match o.stop() {
@@ -716,7 +693,9 @@ fn connections_counted(o: &Run, port: u16, direction: &str) -> Outcome {
     if good {
         Ok(detail)
     } else {
-        Err(o.failure(&detail))
+        // What the kernel skipped and healed tells a lost connection from a filter's miss.
+        let kernel = o.scrape().map_or_else(|e| e, |m| kernel_report(&m));
+        Err(o.failure(&format!("{detail} [{kernel}]")))
     }
 }
 
@@ -1339,6 +1318,31 @@ fn by_remote() -> Outcome {
     } else {
         Err(o.failure(&detail))
     }
+}
+
+/// What the kernel caught and healed: the backup's transitions, each program's skipped runs,
+/// nested runs, and the series of `healed_report`.
+fn kernel_report(m: &Metrics) -> String {
+    let sum = |name: &str| {
+        let s = m.samples(name);
+        if s.is_empty() {
+            "none".to_string()
+        } else {
+            s.iter().map(|(_, v)| v).sum::<f64>().to_string()
+        }
+    };
+    let skipped: Vec<String> = m
+        .samples("observer_kernel_skipped_runs_total")
+        .iter()
+        .map(|(labels, v)| format!("{}={v}", labels.get("program").map_or("?", |p| p.as_str())))
+        .collect();
+    format!(
+        "backup_transitions={} skipped_runs=[{}] nested_runs={} healed=[{}]",
+        sum("observer_kernel_backup_transitions_total"),
+        skipped.join(" "),
+        sum("observer_kernel_nested_runs_total"),
+        healed_report(m)
+    )
 }
 
 /// The error series that `healed` allows, with their values: `lost_transition=3 ...`.
